@@ -1,0 +1,194 @@
+//! Dead-letter operations: list, get, replay, purge. The operator CLI and the
+//! orchestrator build on these.
+
+use crate::{Error, Result, scripts};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply};
+use schemas::{AgentType, DeadLetter, DeadLetterReason, Keys};
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only this reason.
+    pub reason: Option<DeadLetterReason>,
+    /// Only this task.
+    pub task_id: Option<String>,
+    /// Only this workflow.
+    pub workflow_id: Option<String>,
+    /// Start after this DLQ entry id (the `next` of a previous page).
+    pub after: Option<String>,
+    /// Page size; 50 when 0, at most 1000.
+    pub limit: usize,
+}
+
+/// One page of dead letters, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterPage {
+    /// The matching dead letters.
+    pub items: Vec<DeadLetter>,
+    /// Pass as `after` to get the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// Dead-letter operations of one namespace.
+#[derive(Clone)]
+pub struct DeadLetters {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("namespace", self.keys.namespace())
+            .finish()
+    }
+}
+
+fn to_dead_letter(e: &StreamId) -> Result<DeadLetter> {
+    let mut fields: Vec<(String, Vec<u8>)> = e
+        .map
+        .iter()
+        .map(|(k, v)| {
+            let bytes = match v {
+                redis::Value::BulkString(b) => b.clone(),
+                redis::Value::SimpleString(s) => s.clone().into_bytes(),
+                redis::Value::Int(i) => i.to_string().into_bytes(),
+                other => format!("{other:?}").into_bytes(),
+            };
+            (k.clone(), bytes)
+        })
+        .collect();
+    fields.sort();
+    Ok(DeadLetter::from_entry(&e.id, &fields)?)
+}
+
+impl DeadLetters {
+    pub(crate) fn new(conn: ConnectionManager, keys: Keys) -> Self {
+        Self { conn, keys }
+    }
+
+    /// Lists dead letters of `agent_type` matching `filter`, oldest first.
+    pub async fn list(
+        &self,
+        agent_type: &AgentType,
+        filter: &DeadLetterFilter,
+    ) -> Result<DeadLetterPage> {
+        let limit = match filter.limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        let key = self.keys.dlq(agent_type);
+        let mut conn = self.conn.clone();
+        let mut start = match &filter.after {
+            Some(id) => format!("({id}"),
+            None => "-".to_owned(),
+        };
+        let mut page = DeadLetterPage::default();
+        // Filters are applied here, so scan in chunks until the page is full.
+        const CHUNK: usize = 500;
+        loop {
+            let reply: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(&mut conn)
+                .await?;
+            let n = reply.ids.len();
+            for e in &reply.ids {
+                start = format!("({}", e.id);
+                let d = match to_dead_letter(e) {
+                    Ok(d) => d,
+                    Err(err) => {
+                        tracing::warn!(id = %e.id, error = %err, "skipping an unreadable DLQ entry");
+                        continue;
+                    }
+                };
+                let keep = filter.reason.is_none_or(|r| r == d.reason)
+                    && filter
+                        .task_id
+                        .as_ref()
+                        .is_none_or(|t| d.task_id.as_ref() == Some(t))
+                    && filter
+                        .workflow_id
+                        .as_ref()
+                        .is_none_or(|w| d.workflow_id.as_ref() == Some(w));
+                if keep {
+                    page.items.push(d);
+                    if page.items.len() == limit {
+                        page.next = Some(e.id.clone());
+                        return Ok(page);
+                    }
+                }
+            }
+            if n < CHUNK {
+                return Ok(page);
+            }
+        }
+    }
+
+    /// One dead letter by its DLQ entry id.
+    pub async fn get(&self, agent_type: &AgentType, id: &str) -> Result<Option<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.dlq(agent_type))
+            .arg(id)
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        reply.ids.first().map(to_dead_letter).transpose()
+    }
+
+    /// Moves a dead letter back to its task stream with attempts reset, in
+    /// one atomic step. Returns the new task entry id, or `None` if there is
+    /// no such dead letter (already replayed or purged).
+    pub async fn replay(&self, agent_type: &AgentType, id: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(scripts::REPLAY
+            .key(self.keys.dlq(agent_type))
+            .key(self.keys.tasks(agent_type))
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Deletes the given dead letters; returns how many existed.
+    pub async fn purge(&self, agent_type: &AgentType, ids: &[String]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("XDEL")
+            .arg(self.keys.dlq(agent_type))
+            .arg(ids)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Deletes every dead letter of `agent_type`; returns how many there were.
+    pub async fn purge_all(&self, agent_type: &AgentType) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.dlq(agent_type);
+        let (n, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(n)
+    }
+
+    /// How many dead letters `agent_type` has.
+    pub async fn count(&self, agent_type: &AgentType) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XLEN")
+            .arg(self.keys.dlq(agent_type))
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::from)
+    }
+}

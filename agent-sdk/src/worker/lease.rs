@@ -1,0 +1,63 @@
+//! The lease loop: keeps this worker's running tasks claimed.
+//!
+//! Every `lease_renew` it runs `renew.lua` over the entries it holds, which
+//! resets their idle time (so no live task looks abandoned, however long it
+//! runs) and reports entries another worker has taken over since — for
+//! example after this process was paused past `claim_idle`. Their handlers
+//! are stopped at once; the commit step would discard their results anyway.
+
+use super::{Inflight, Settings};
+use crate::connection::Conn;
+use crate::scripts;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+const RENEW_BATCH: usize = 1000;
+
+pub(crate) async fn run(
+    s: Arc<Settings>,
+    inflight: Arc<Inflight>,
+    mut conn: Conn,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(s.cfg.lease_renew);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let ids = inflight.ids();
+        for chunk in ids.chunks(RENEW_BATCH) {
+            let mut inv = scripts::RENEW.prepare_invoke();
+            inv.key(&s.tasks_key)
+                .arg(schemas::WORKERS_GROUP)
+                .arg(&*s.consumer);
+            for id in chunk {
+                inv.arg(id);
+            }
+            let Some(mut c) = conn.get(&stop).await else {
+                return;
+            };
+            match inv.invoke_async::<Vec<String>>(&mut c).await {
+                Ok(lost) => {
+                    conn.succeeded();
+                    for id in lost {
+                        // Not pending any more can also mean "just committed";
+                        // only running handlers are stopped.
+                        if inflight.contains(&id) {
+                            tracing::warn!(stream_id = %id, "task was taken over by another worker; stopping its handler");
+                            inflight.abandon(&id);
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !conn.failed(&e, &stop).await {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The worker: consumes one agent type's task stream through the `workers`
+//! consumer group and runs each task through an [`Agent`].
+//!
+//! One process runs these loops, each on its own Redis connection so a slow
+//! or blocked call in one never stalls another:
+//!
+//! | loop | what it does |
+//! |---|---|
+//! | [`read`] | `XREADGROUP … BLOCK` for as many entries as there are free slots |
+//! | [`execute`] | one tokio task per entry: decode, run the handler, decide |
+//! | [`commit`] | batches finished tasks into one fenced `commit.lua` call |
+//! | [`lease`] | renews the claim on running tasks so nobody reclaims them |
+//! | [`reclaim`] | `XAUTOCLAIM`s tasks abandoned by dead workers; poison → DLQ |
+//! | [`promote`] | moves due retries / delayed tasks into the stream |
+//! | [`heartbeat`] | keeps this instance's registry record alive |
+
+mod commit;
+mod delivery;
+mod disposition;
+mod execute;
+mod heartbeat;
+mod lease;
+mod promote;
+mod read;
+mod reclaim;
+
+use crate::agent::Agent;
+use crate::config::RuntimeConfig;
+use crate::connection::{Conn, Connector};
+use crate::metrics::WorkerMetrics;
+use crate::{Error, Result};
+use schemas::codec::DecodeLimits;
+use schemas::{AgentType, Keys, Namespace};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) use commit::CommitOp;
+pub(crate) use disposition::Backoff;
+
+/// Validated settings and the key names derived from them, built once.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) agent_type: AgentType,
+    pub(crate) keys: Keys,
+    pub(crate) tasks_key: String,
+    pub(crate) results_key: String,
+    pub(crate) dlq_key: String,
+    pub(crate) delayed_key: String,
+    pub(crate) result_prefix: String,
+    pub(crate) consumer: Arc<str>,
+    pub(crate) limits: DecodeLimits,
+    pub(crate) backoff: Backoff,
+    pub(crate) version: String,
+}
+
+/// Entries this process holds, by stream id, with the token that stops their
+/// handler. The lease loop renews exactly these; the reader and the reclaimer
+/// consult it so an entry is never run twice in one process.
+#[derive(Debug, Default)]
+pub(crate) struct Inflight {
+    tasks: Mutex<HashMap<String, CancellationToken>>,
+    pub(crate) processed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+impl Inflight {
+    /// Registers `id`; `false` if it is already held.
+    fn start(&self, id: &str, token: CancellationToken) -> bool {
+        let mut map = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(id) {
+            return false;
+        }
+        map.insert(id.to_owned(), token);
+        true
+    }
+
+    /// Forgets `id` once its commit is settled.
+    pub(crate) fn finish(&self, id: &str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the handler of `id` (its entry now belongs to someone else).
+    fn abandon(&self, id: &str) {
+        if let Some(t) = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            t.cancel();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub(crate) fn count(&self, failed: bool) {
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// State shared by the loops of one worker.
+pub(crate) struct Shared<A> {
+    pub(crate) agent: A,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) inflight: Arc<Inflight>,
+    pub(crate) metrics: Arc<WorkerMetrics>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) tracker: TaskTracker,
+    /// Fires when shutdown's grace period is over: handlers still running are
+    /// abandoned (their entries stay pending for another worker).
+    pub(crate) hard_stop: CancellationToken,
+}
+
+/// Builds a [`Worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder<A> {
+    agent: A,
+    config: RuntimeConfig,
+    agent_type: Option<String>,
+    version: String,
+}
+
+impl<A: Agent> WorkerBuilder<A> {
+    /// The agent type served when the configuration names none.
+    pub fn agent_type(mut self, agent_type: impl Into<String>) -> Self {
+        self.agent_type = Some(agent_type.into());
+        self
+    }
+
+    /// The runtime settings (usually parsed from flags and environment).
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The version shown in the registry (defaults to the SDK's).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Validates everything and builds the worker. No I/O happens here.
+    pub fn build(self) -> Result<Worker<A>> {
+        let cfg = self.config;
+        cfg.validate()?;
+        let agent_type = cfg
+            .agent_type
+            .clone()
+            .or(self.agent_type)
+            .ok_or_else(|| Error::Config("no agent type: pass --agent-type".into()))?;
+        let agent_type = AgentType::new(agent_type)?;
+        let keys = Keys::new(Namespace::new(cfg.namespace.clone())?);
+        let consumer: Arc<str> = match &cfg.instance_id {
+            Some(id) => id.as_str().into(),
+            None => default_instance_id().into(),
+        };
+        schemas::names::validate_consumer(&consumer)?;
+        let connector = Connector::new(&cfg.redis_url)?;
+        let settings = Settings {
+            tasks_key: keys.tasks(&agent_type),
+            results_key: keys.results(&agent_type),
+            dlq_key: keys.dlq(&agent_type),
+            delayed_key: keys.delayed(&agent_type),
+            result_prefix: keys.result_prefix(&agent_type),
+            limits: DecodeLimits {
+                max_bytes: cfg.max_payload,
+                ..DecodeLimits::default()
+            },
+            backoff: Backoff {
+                initial: cfg.backoff_initial,
+                max: cfg.backoff_max,
+                multiplier: cfg.backoff_multiplier,
+                jitter: cfg.backoff_jitter,
+            },
+            version: self.version,
+            consumer,
+            keys,
+            agent_type,
+            cfg,
+        };
+        let metrics = Arc::new(WorkerMetrics::new(&settings.agent_type));
+        let slots = Arc::new(Semaphore::new(settings.cfg.concurrency));
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                agent: self.agent,
+                settings: Arc::new(settings),
+                inflight: Arc::default(),
+                metrics,
+                slots,
+                tracker: TaskTracker::new(),
+                hard_stop: CancellationToken::new(),
+            }),
+            connector,
+        })
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in `XINFO CONSUMERS`.
+fn default_instance_id() -> String {
+    let host: String = gethostname::gethostname()
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(80)
+        .collect();
+    let host = if host.is_empty() {
+        "host".to_owned()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        fastrand::u32(..0x100_0000)
+    )
+}
+
+/// A worker serving one agent type. See the module docs for its loops.
+pub struct Worker<A> {
+    shared: Arc<Shared<A>>,
+    connector: Connector,
+}
+
+impl<A> std::fmt::Debug for Worker<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("agent_type", &self.shared.settings.agent_type)
+            .field("instance_id", &self.shared.settings.consumer)
+            .finish()
+    }
+}
+
+impl<A: Agent> Worker<A> {
+    /// Starts building a worker around `agent`.
+    pub fn builder(agent: A) -> WorkerBuilder<A> {
+        WorkerBuilder {
+            agent,
+            config: RuntimeConfig::default(),
+            agent_type: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// This instance's id: its consumer name and registry id.
+    pub fn instance_id(&self) -> &str {
+        &self.shared.settings.consumer
+    }
+
+    /// The agent type served.
+    pub fn agent_type(&self) -> &AgentType {
+        &self.shared.settings.agent_type
+    }
+
+    /// Runs until `shutdown` fires, then drains: stops reading, lets running
+    /// tasks finish within the grace period, commits them, deregisters.
+    /// Tasks still running after the grace period are abandoned and stay
+    /// pending, so another worker reclaims them; none is acknowledged unfinished.
+    pub async fn run_until(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { shared, connector } = self;
+        let s = shared.settings.clone();
+        // Everything but draining stops when the drain is over.
+        let stop_all = CancellationToken::new();
+
+        let mut setup = connector.conn("setup", Duration::from_secs(5));
+        if !ensure_group(&mut setup, &s, &shutdown).await {
+            return Ok(());
+        }
+        drop(setup);
+        tracing::info!(
+            agent_type = %s.agent_type,
+            instance = %s.consumer,
+            url = %connector.redacted_url(),
+            concurrency = s.cfg.concurrency,
+            "worker started"
+        );
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let short = Duration::from_secs(5);
+        let committer = tokio::spawn(commit::run(
+            s.clone(),
+            shared.inflight.clone(),
+            shared.metrics.clone(),
+            rx,
+            connector.conn("commit", short),
+            shared.hard_stop.clone(),
+        ));
+        let status = heartbeat::Status::default();
+        let background = TaskTracker::new();
+        background.spawn(heartbeat::run(
+            s.clone(),
+            shared.inflight.clone(),
+            status.clone(),
+            connector.conn("heartbeat", short),
+            stop_all.clone(),
+        ));
+        background.spawn(lease::run(
+            s.clone(),
+            shared.inflight.clone(),
+            connector.conn("lease", short),
+            stop_all.clone(),
+        ));
+        background.spawn(promote::run(
+            s.clone(),
+            connector.conn("promote", short),
+            shutdown.clone(),
+        ));
+        background.close();
+        let reclaimer = tokio::spawn(reclaim::run(
+            shared.clone(),
+            tx.clone(),
+            connector.conn("reclaim", short),
+            shutdown.clone(),
+        ));
+        // The reader's response timeout must outlast its BLOCK, or every idle
+        // read would look like a dead connection.
+        let read_conn = connector.conn("read", s.cfg.read_block + Duration::from_secs(5));
+        read::run(shared.clone(), tx, read_conn, shutdown.clone()).await;
+
+        // Draining.
+        status.set_draining();
+        let _ = reclaimer.await;
+        shared.tracker.close();
+        tracing::info!(in_flight = shared.inflight.len(), grace = ?s.cfg.shutdown_grace, "draining");
+        if tokio::time::timeout(s.cfg.shutdown_grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                abandoned = shared.tracker.len(),
+                "grace period over; unfinished tasks stay pending for another worker"
+            );
+            shared.hard_stop.cancel();
+            shared.tracker.wait().await;
+        }
+        // Every sender is gone now, so the committer ends once it has
+        // committed what is queued. If Redis is unreachable, give up after a
+        // short wait: the entries stay pending and another worker reclaims them.
+        let mut committer = committer;
+        if tokio::time::timeout(Duration::from_secs(5), &mut committer)
+            .await
+            .is_err()
+        {
+            shared.hard_stop.cancel();
+            let _ = committer.await;
+        }
+        stop_all.cancel();
+        background.wait().await;
+        heartbeat::deregister(&s, &connector).await;
+        tracing::info!(instance = %s.consumer, processed = shared.inflight.processed.load(Ordering::Relaxed), "worker stopped");
+        Ok(())
+    }
+}
+
+/// `XGROUP CREATE <tasks> workers 0 MKSTREAM`, retried through outages.
+/// `0`, not `$`: entries added before the group existed are work too.
+pub(crate) async fn ensure_group(
+    conn: &mut Conn,
+    s: &Settings,
+    cancel: &CancellationToken,
+) -> bool {
+    loop {
+        let Some(mut c) = conn.get(cancel).await else {
+            return false;
+        };
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&s.tasks_key)
+            .arg(schemas::WORKERS_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(()) => {
+                tracing::info!(stream = %s.tasks_key, "created consumer group");
+                return true;
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => return true,
+            Err(e) => {
+                if !conn.failed(&e, cancel).await {
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The reader: pulls entries with `XREADGROUP`, never more than there are free slots.
+
+use super::delivery::Entry;
+use super::execute::{Tx, dispatch};
+use super::{Shared, ensure_group};
+use crate::agent::Agent;
+use crate::connection::Conn;
+use redis::streams::StreamReadReply;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) async fn run<A: Agent>(
+    shared: Arc<Shared<A>>,
+    tx: Tx,
+    mut conn: Conn,
+    stop: CancellationToken,
+) {
+    let s = shared.settings.clone();
+    let block_ms = s.cfg.read_block.as_millis() as u64;
+    // Where to resume reading our own pending list, when it may hold entries
+    // we never saw: a read whose reply was lost (timeout, dropped connection)
+    // may still have delivered entries to us on the server.
+    let mut backlog: Option<String> = Some("0".into());
+    loop {
+        // Wait for at least one free slot, then take every free one up to
+        // the batch size: a read never fetches work we cannot start.
+        let mut permit = tokio::select! {
+            p = shared.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let more = shared.slots.available_permits().min(s.cfg.batch_size - 1);
+        if more > 0
+            && let Ok(p) = shared.slots.clone().try_acquire_many_owned(more as u32)
+        {
+            permit.merge(p);
+        }
+        let want = permit.num_permits();
+        let Some(mut c) = conn.get(&stop).await else {
+            return;
+        };
+
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(schemas::WORKERS_GROUP)
+            .arg(&*s.consumer)
+            .arg("COUNT")
+            .arg(want);
+        match &backlog {
+            Some(from) => {
+                cmd.arg("STREAMS").arg(&s.tasks_key).arg(from);
+            }
+            None => {
+                cmd.arg("BLOCK")
+                    .arg(block_ms)
+                    .arg("STREAMS")
+                    .arg(&s.tasks_key)
+                    .arg(">");
+            }
+        }
+        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(&mut c).await;
+        match reply {
+            Ok(reply) => {
+                conn.succeeded();
+                let ids = reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                if let Some(from) = &mut backlog {
+                    match ids.last() {
+                        Some(last) => *from = last.id.clone(),
+                        None => backlog = None,
+                    }
+                }
+                let mut gone = Vec::new();
+                for sid in ids {
+                    if sid.map.is_empty() {
+                        // Our pending list names an entry whose body was
+                        // deleted or trimmed: nothing left to run.
+                        gone.push(sid.id);
+                        continue;
+                    }
+                    let Some(one) = permit.split(1) else { break };
+                    dispatch(&shared, &tx, Entry::from_stream_id(sid), one, None);
+                }
+                if !gone.is_empty() {
+                    forget_vanished(&mut c, &s.tasks_key, &gone).await;
+                    shared.metrics.vanished.increment(gone.len() as u64);
+                }
+            }
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!(stream = %s.tasks_key, "consumer group missing (stream deleted or flushed); recreating it");
+                if !ensure_group(&mut conn, &s, &stop).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                backlog = Some("0".into());
+                if !conn.failed(&e, &stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Acks entries whose bodies are gone so they leave the pending list. Logged
+/// as an error: a task was deleted or trimmed before it ran.
+pub(crate) async fn forget_vanished(
+    c: &mut redis::aio::MultiplexedConnection,
+    tasks_key: &str,
+    ids: &[String],
+) {
+    tracing::error!(count = ids.len(), ids = ?ids, "pending tasks vanished from the stream before they ran (trimmed or deleted by someone else)");
+    let r: redis::RedisResult<i64> = redis::cmd("XACK")
+        .arg(tasks_key)
+        .arg(schemas::WORKERS_GROUP)
+        .arg(ids)
+        .query_async(c)
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot ack vanished entries; will retry when seen again");
+    }
+}

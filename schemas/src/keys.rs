@@ -1,0 +1,128 @@
+//! Every Redis key name of protocol v1. No other code formats a key.
+//!
+//! Keys an atomic step touches together share the hash tag `{T}` (the agent
+//! type), so each script and `MULTI` stays in one slot and the same code runs
+//! on Redis Cluster. Scripts receive every key they touch in `KEYS`.
+
+use crate::Result;
+use crate::names::{self, AgentType, Namespace};
+
+/// Builds key names for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    ns: Namespace,
+}
+
+impl Keys {
+    /// Key builder for `ns`.
+    pub fn new(ns: Namespace) -> Self {
+        Self { ns }
+    }
+
+    /// The namespace these keys live in.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    fn agent(&self, t: &AgentType, suffix: &str) -> String {
+        format!("{}:agent:{{{}}}:{}", self.ns, t, suffix)
+    }
+
+    /// `N:agent:{T}:tasks` — stream of tasks for agent type `T`, group `workers`.
+    pub fn tasks(&self, t: &AgentType) -> String {
+        self.agent(t, "tasks")
+    }
+
+    /// `N:agent:{T}:results` — stream of results published by agents of type `T`,
+    /// group `orchestrator`.
+    pub fn results(&self, t: &AgentType) -> String {
+        self.agent(t, "results")
+    }
+
+    /// `N:agent:{T}:dlq` — stream of dead letters, kept until replayed or purged.
+    pub fn dlq(&self, t: &AgentType) -> String {
+        self.agent(t, "dlq")
+    }
+
+    /// `N:agent:{T}:delayed` — sorted set of retries and delayed tasks, score = due
+    /// time in ms by the Redis server's clock.
+    pub fn delayed(&self, t: &AgentType) -> String {
+        self.agent(t, "delayed")
+    }
+
+    /// `N:agent:{T}:idem:<key>` — string with TTL: idempotency key → task id.
+    pub fn idempotency(&self, t: &AgentType, key: &str) -> Result<String> {
+        names::validate_idempotency_key(key)?;
+        Ok(self.agent(t, &format!("idem:{key}")))
+    }
+
+    /// `N:agent:{T}:result:<task id>` — string with TTL: the encoded result
+    /// envelope of one task, for lookups by task id.
+    pub fn result(&self, t: &AgentType, task_id: &str) -> Result<String> {
+        names::validate_task_id(task_id)?;
+        Ok(self.agent(t, &format!("result:{task_id}")))
+    }
+
+    /// The prefix of [`Keys::result`] keys; the commit script is given whole
+    /// keys, this exists so the worker can build them without re-validating an
+    /// id that was validated when its envelope was decoded.
+    pub fn result_prefix(&self, t: &AgentType) -> String {
+        self.agent(t, "result:")
+    }
+
+    /// `N:registry:agents` — sorted set of live instance ids, score = last seen (ms).
+    pub fn registry_agents(&self) -> String {
+        format!("{}:registry:agents", self.ns)
+    }
+
+    /// `N:registry:agent:<instance id>` — hash with TTL: one instance's record.
+    pub fn registry_agent(&self, instance_id: &str) -> Result<String> {
+        names::validate_consumer(instance_id)?;
+        Ok(format!("{}:registry:agent:{instance_id}", self.ns))
+    }
+
+    /// Pattern matching every task stream of the namespace (for `SCAN`).
+    pub fn tasks_pattern(&self) -> String {
+        format!("{}:agent:{{*}}:tasks", self.ns)
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(Namespace::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_the_agent_hash_tag() {
+        let k = Keys::new(Namespace::new("prod").unwrap());
+        let t = AgentType::new("scaffold").unwrap();
+        assert_eq!(k.tasks(&t), "prod:agent:{scaffold}:tasks");
+        assert_eq!(k.results(&t), "prod:agent:{scaffold}:results");
+        assert_eq!(k.dlq(&t), "prod:agent:{scaffold}:dlq");
+        assert_eq!(k.delayed(&t), "prod:agent:{scaffold}:delayed");
+        assert_eq!(
+            k.idempotency(&t, "k1").unwrap(),
+            "prod:agent:{scaffold}:idem:k1"
+        );
+        assert_eq!(
+            k.result(&t, "t-1").unwrap(),
+            "prod:agent:{scaffold}:result:t-1"
+        );
+        assert_eq!(
+            k.result(&t, "t-1").unwrap(),
+            format!("{}t-1", k.result_prefix(&t))
+        );
+        assert_eq!(k.registry_agents(), "prod:registry:agents");
+        assert_eq!(
+            k.registry_agent("host-1-ab").unwrap(),
+            "prod:registry:agent:host-1-ab"
+        );
+        assert!(k.result(&t, "a{b}").is_err());
+        assert!(k.idempotency(&t, "").is_err());
+    }
+}
