@@ -12,6 +12,9 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Stream fields with protocol-defined names.
+type PlainFields = Vec<(&'static str, Vec<u8>)>;
+
 /// How long an idempotency key remembers its task by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -119,7 +122,7 @@ impl Client {
         &self,
         input: &I,
         opts: &EnqueueOptions,
-    ) -> Result<(String, Vec<(&'static str, Vec<u8>)>)> {
+    ) -> Result<(String, PlainFields)> {
         let task_id = match &opts.task_id {
             Some(id) => {
                 names::validate_task_id(id)?;
@@ -144,7 +147,7 @@ impl Client {
             }
             .into());
         }
-        let mut f: Vec<(&'static str, Vec<u8>)> = vec![(fields::ID, task_id.clone().into_bytes())];
+        let mut f: PlainFields = vec![(fields::ID, task_id.clone().into_bytes())];
         if let Some(wf) = &opts.workflow_id {
             f.push((fields::WORKFLOW, wf.clone().into_bytes()));
         }

@@ -2,7 +2,7 @@
 //! keys, arguments and reply; every key it touches is passed in `KEYS` and
 //! shares one hash tag, so they run unchanged on Redis Cluster.
 //!
-//! Scripts run once per batch (commit, renew, promote), never once per task.
+//! Scripts run once per batch (commit, renew, claim, promote), never once per task.
 
 use redis::Script;
 use std::sync::LazyLock;
@@ -14,6 +14,10 @@ pub(crate) static COMMIT: LazyLock<Script> =
 /// Renew the claim on running tasks without stealing reclaimed ones.
 pub(crate) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+
+/// Claim abandoned entries by id, reporting those whose body is gone.
+pub(crate) static CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/claim.lua")));
 
 /// Move due delayed entries into the task stream.
 pub(crate) static PROMOTE: LazyLock<Script> =

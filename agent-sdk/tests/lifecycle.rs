@@ -1,6 +1,8 @@
 //! The task lifecycle against a real redis-server, workers in-process.
 //! Every test ends by accounting for every task it enqueued.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use agent_sdk::fault::{FailMode, FaultInput, FaultOutput};
@@ -210,7 +212,9 @@ async fn malformed_entries_go_to_the_dlq_with_their_raw_bytes() {
         r#"{{"v":1,"id":"big","input":{{"echo":"{}"}}}}"#,
         "x".repeat(10_000)
     );
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    // (task id the dead letter should name, fields as sent)
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "garbage",
             vec![("id", b"garbage".to_vec()), ("body", garbage.to_vec())],

@@ -78,6 +78,7 @@ pub(crate) fn dispatch<A: Agent>(
             )
         }
         Parsed::Task(d) => match deliveries {
+            // Delivered max_deliveries times before this claim, never settled.
             Some(n) if n > s.cfg.max_deliveries => {
                 let d = *d;
                 let meta = Meta {
@@ -345,7 +346,7 @@ fn truncate(mut s: String) -> String {
             cut -= 1;
         }
         s.truncate(cut);
-        s.push_str("…");
+        s.push('…');
     }
     s
 }

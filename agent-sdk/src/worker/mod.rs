@@ -7,10 +7,10 @@
 //! | loop | what it does |
 //! |---|---|
 //! | [`read`] | `XREADGROUP … BLOCK` for as many entries as there are free slots |
+//! | [`reclaim`] | between reads: `XAUTOCLAIM`s tasks abandoned by dead workers; poison → DLQ |
 //! | [`execute`] | one tokio task per entry: decode, run the handler, decide |
 //! | [`commit`] | batches finished tasks into one fenced `commit.lua` call |
 //! | [`lease`] | renews the claim on running tasks so nobody reclaims them |
-//! | [`reclaim`] | `XAUTOCLAIM`s tasks abandoned by dead workers; poison → DLQ |
 //! | [`promote`] | moves due retries / delayed tasks into the stream |
 //! | [`heartbeat`] | keeps this instance's registry record alive |
 
@@ -336,12 +336,6 @@ impl<A: Agent> Worker<A> {
             shutdown.clone(),
         ));
         background.close();
-        let reclaimer = tokio::spawn(reclaim::run(
-            shared.clone(),
-            tx.clone(),
-            connector.conn("reclaim", short),
-            shutdown.clone(),
-        ));
         // The reader's response timeout must outlast its BLOCK, or every idle
         // read would look like a dead connection.
         let read_conn = connector.conn("read", s.cfg.read_block + Duration::from_secs(5));
@@ -349,7 +343,6 @@ impl<A: Agent> Worker<A> {
 
         // Draining.
         status.set_draining();
-        let _ = reclaimer.await;
         shared.tracker.close();
         tracing::info!(in_flight = shared.inflight.len(), grace = ?s.cfg.shutdown_grace, "draining");
         if tokio::time::timeout(s.cfg.shutdown_grace, shared.tracker.wait())

@@ -1,8 +1,9 @@
-//! The reader: pulls entries with `XREADGROUP`, never more than there are free slots.
+//! The reader: pulls entries with `XREADGROUP`, never more than there are free
+//! slots, and between reads takes over abandoned ones (see [`reclaim`]).
 
 use super::delivery::Entry;
 use super::execute::{Tx, dispatch};
-use super::{Shared, ensure_group};
+use super::{Shared, ensure_group, reclaim};
 use crate::agent::Agent;
 use crate::connection::Conn;
 use redis::streams::StreamReadReply;
@@ -21,6 +22,9 @@ pub(crate) async fn run<A: Agent>(
     // we never saw: a read whose reply was lost (timeout, dropped connection)
     // may still have delivered entries to us on the server.
     let mut backlog: Option<String> = Some("0".into());
+    let reclaim_every = (s.cfg.claim_idle / 4).max(std::time::Duration::from_millis(50));
+    let mut next_reclaim = tokio::time::Instant::now() + reclaim_every;
+    let mut reclaim_cursor = reclaim::Cursor::default();
     loop {
         // Wait for at least one free slot, then take every free one up to
         // the batch size: a read never fetches work we cannot start.
@@ -38,6 +42,21 @@ pub(crate) async fn run<A: Agent>(
         let Some(mut c) = conn.get(&stop).await else {
             return;
         };
+
+        if tokio::time::Instant::now() >= next_reclaim {
+            next_reclaim = tokio::time::Instant::now() + reclaim_every;
+            match reclaim::reclaim_once(&shared, &tx, &mut c, &mut reclaim_cursor, permit).await {
+                Ok(()) => conn.succeeded(),
+                // NOGROUP: the next read recreates the group.
+                Err(e) if e.code() == Some("NOGROUP") => {}
+                Err(e) => {
+                    if !conn.failed(&e, &stop).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
 
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")

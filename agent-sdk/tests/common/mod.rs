@@ -1,7 +1,10 @@
 //! Helpers shared by the behaviour tests: worker configs with short timings,
 //! in-process and out-of-process workers, and the ledger that accounts for
 //! every task at the end of a test.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
+
+/// A stream entry: its id and its fields.
+pub type RawEntry = (String, Vec<(String, Vec<u8>)>);
 
 use agent_sdk::fault::{FaultAgent, FaultInput};
 use agent_sdk::schemas::{AgentType, Keys, Namespace, fields};
@@ -159,13 +162,13 @@ pub struct Ledger {
     /// task id (or "-" when unknown) → number of DLQ entries.
     pub dead_letters: BTreeMap<String, usize>,
     /// DLQ entries with their fields.
-    pub dlq: Vec<(String, Vec<(String, Vec<u8>)>)>,
+    pub dlq: Vec<RawEntry>,
     pub stream_len: usize,
     pub pending: usize,
     pub delayed: usize,
 }
 
-fn entries(conn: &mut redis::Connection, key: &str) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+fn entries(conn: &mut redis::Connection, key: &str) -> Vec<RawEntry> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
