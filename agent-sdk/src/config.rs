@@ -25,7 +25,9 @@ pub struct RuntimeConfig {
     #[arg(
         long,
         env = "AGENTIC_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        // `--help` must not print a password taken from the environment.
+        hide_env_values = true
     )]
     pub redis_url: String,
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs the echo example agent against a redis-server of its own (or $REDIS_URL),
+# sends it one task with plain redis-cli — the lines in schemas/PROTOCOL.md —
+# and prints the result. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_redis
+
+work=$(mktemp -d)
+worker_pid=""
+cleanup() {
+  if [ -n "$worker_pid" ]; then kill -TERM "$worker_pid" 2>/dev/null || true; wait "$worker_pid" 2>/dev/null || true; fi
+  stop_private_redis
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+if [ -n "${REDIS_URL:-}" ]; then
+  url=$REDIS_URL
+  cli=(redis-cli -u "$REDIS_URL")
+else
+  start_private_redis "$work/redis"
+  url="redis://127.0.0.1:$REDIS_PORT"
+  cli=(redis-cli -p "$REDIS_PORT")
+fi
+
+echo "building the echo example..." >&2
+cargo build -q -p agent-sdk --example echo
+./target/debug/examples/echo --redis-url "$url" >"$work/echo.log" 2>&1 &
+worker_pid=$!
+
+task_id="hello-$(date +%s%N)"
+echo "\$ redis-cli XADD 'agentic:agent:{echo}:tasks' '*' body '{\"v\":1,\"id\":\"$task_id\",\"input\":{\"name\":\"world\"}}'"
+"${cli[@]}" XADD 'agentic:agent:{echo}:tasks' '*' body "{\"v\":1,\"id\":\"$task_id\",\"input\":{\"name\":\"world\"}}"
+echo "\$ redis-cli GET 'agentic:agent:{echo}:result:$task_id'"
+for _ in $(seq 1 200); do
+  result=$("${cli[@]}" GET "agentic:agent:{echo}:result:$task_id")
+  if [ -n "$result" ]; then
+    echo "$result"
+    exit 0
+  fi
+  sleep 0.05
+done
+echo "no result after 10 s; the agent's log:" >&2
+cat "$work/echo.log" >&2
+exit 1

@@ -1,0 +1,51 @@
+# Shared helpers for the scripts in this folder. Source it; do not run it.
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs redis-server (and redis-cli) from Debian's packages when missing.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "installing redis-server (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server redis-tools >/dev/null
+  fi
+}
+
+# Prints a TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+  python3 - <<'PY'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+PY
+}
+
+# start_private_redis DIR: starts a redis-server of our own on a free port,
+# data in DIR; sets REDIS_PORT and REDIS_PID. Stop it with stop_private_redis.
+start_private_redis() {
+  local dir=$1
+  mkdir -p "$dir"
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" --save "" \
+    --appendonly "${REDIS_AOF:-no}" --maxmemory-policy noeviction \
+    --logfile "$dir/redis.log" --daemonize no >/dev/null 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then return 0; fi
+    sleep 0.05
+  done
+  echo "redis-server did not start; see $dir/redis.log" >&2
+  return 1
+}
+
+stop_private_redis() {
+  if [ -n "${REDIS_PID:-}" ] && kill -0 "$REDIS_PID" 2>/dev/null; then
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+  fi
+}

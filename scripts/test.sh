@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command (and what CI runs): installs what the tests need
+# when it is missing, then checks formatting, lints, and runs the whole suite.
+# Every behaviour test starts its own redis-server on a free port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_redis
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --locked --no-fail-fast
+  # nextest does not run doc tests.
+  cargo test --workspace --doc --locked
+else
+  cargo test --workspace --all-targets --locked --no-fail-fast
+  cargo test --workspace --doc --locked
+fi
