@@ -295,21 +295,27 @@ impl Client {
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
+        // A member that is not a valid instance id was not written by a
+        // worker; it is pruned like an expired one.
+        let (ids, mut dead): (Vec<String>, Vec<String>) =
+            ids.into_iter().partition(|id| self.keys.registry_agent(id).is_ok());
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(self.keys.registry_agent(id)?);
         }
-        let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let maps: Vec<HashMap<String, String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
         let mut out = Vec::new();
-        let mut dead = Vec::new();
         for (id, map) in ids.into_iter().zip(maps) {
-            if map.is_empty() {
-                dead.push(id);
-            } else {
-                out.push(AgentRecord::from_fields(&map)?);
+            match AgentRecord::from_fields(&map) {
+                Ok(r) => out.push(r),
+                Err(e) if !map.is_empty() => {
+                    tracing::warn!(instance = %id, error = %e, "skipping an unreadable registry record");
+                }
+                Err(_) => dead.push(id),
             }
         }
         if !dead.is_empty() {
