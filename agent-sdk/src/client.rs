@@ -297,8 +297,9 @@ impl Client {
             .await?;
         // A member that is not a valid instance id was not written by a
         // worker; it is pruned like an expired one.
-        let (ids, mut dead): (Vec<String>, Vec<String>) =
-            ids.into_iter().partition(|id| self.keys.registry_agent(id).is_ok());
+        let (ids, mut dead): (Vec<String>, Vec<String>) = ids
+            .into_iter()
+            .partition(|id| self.keys.registry_agent(id).is_ok());
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(self.keys.registry_agent(id)?);

@@ -45,19 +45,11 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
-fn to_dead_letter(e: &StreamId) -> Result<DeadLetter> {
+fn to_dead_letter(e: StreamId) -> Result<DeadLetter> {
     let mut fields: Vec<(String, Vec<u8>)> = e
         .map
-        .iter()
-        .map(|(k, v)| {
-            let bytes = match v {
-                redis::Value::BulkString(b) => b.clone(),
-                redis::Value::SimpleString(s) => s.clone().into_bytes(),
-                redis::Value::Int(i) => i.to_string().into_bytes(),
-                other => format!("{other:?}").into_bytes(),
-            };
-            (k.clone(), bytes)
-        })
+        .into_iter()
+        .map(|(k, v)| (k, crate::worker::value_bytes(v)))
         .collect();
     fields.sort();
     Ok(DeadLetter::from_entry(&e.id, &fields)?)
@@ -97,12 +89,13 @@ impl DeadLetters {
                 .query_async(&mut conn)
                 .await?;
             let n = reply.ids.len();
-            for e in &reply.ids {
+            for e in reply.ids {
                 start = format!("({}", e.id);
+                let id = e.id.clone();
                 let d = match to_dead_letter(e) {
                     Ok(d) => d,
                     Err(err) => {
-                        tracing::warn!(id = %e.id, error = %err, "skipping an unreadable DLQ entry");
+                        tracing::warn!(%id, error = %err, "skipping an unreadable DLQ entry");
                         continue;
                     }
                 };
@@ -118,7 +111,7 @@ impl DeadLetters {
                 if keep {
                     page.items.push(d);
                     if page.items.len() == limit {
-                        page.next = Some(e.id.clone());
+                        page.next = Some(id);
                         return Ok(page);
                     }
                 }
@@ -138,7 +131,7 @@ impl DeadLetters {
             .arg(id)
             .query_async(&mut conn)
             .await?;
-        reply.ids.first().map(to_dead_letter).transpose()
+        reply.ids.into_iter().next().map(to_dead_letter).transpose()
     }
 
     /// Moves a dead letter back to its task stream with attempts reset, in

@@ -20,7 +20,10 @@ fn run_agent(args: &[&str]) -> (Option<i32>, String) {
         .env_clear()
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -31,7 +34,10 @@ fn bad_flags_get_usage_and_a_nonzero_exit() {
 
     let (code, err) = run_agent(&["--claim-idle", "1s", "--lease-renew", "1s"]);
     assert_eq!(code, Some(64), "inconsistent settings exit 64 (EX_USAGE)");
-    assert!(err.contains("--claim-idle") && err.contains("--lease-renew"), "{err}");
+    assert!(
+        err.contains("--claim-idle") && err.contains("--lease-renew"),
+        "{err}"
+    );
 
     let (code, err) = run_agent(&["--redis-url", "http://:hunter2@example.invalid"]);
     assert_eq!(code, Some(64));
@@ -41,7 +47,11 @@ fn bad_flags_get_usage_and_a_nonzero_exit() {
 fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -66,17 +76,54 @@ async fn metrics_json_logs_and_vanished_tasks() {
     // A task that vanished: read by a worker that then died, and trimmed from
     // the stream by someone else before anyone could run it.
     let mut conn = redis.connection();
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&tasks).arg("workers").arg("0").arg("MKSTREAM").query(&mut conn).unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&tasks)
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .unwrap();
     let ghost = enqueue(&client, &FaultInput::default()).await;
-    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("workers").arg("dead-worker").arg("STREAMS").arg(&tasks).arg(">").query(&mut conn).unwrap();
-    let _: i64 = redis::cmd("XTRIM").arg(&tasks).arg("MAXLEN").arg(0).query(&mut conn).unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("dead-worker")
+        .arg("STREAMS")
+        .arg(&tasks)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&tasks)
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
 
     let ok = enqueue_n(&client, 4, &FaultInput::default()).await;
-    let bad = enqueue_n(&client, 1, &FaultInput { fail: Some(FailMode::Permanent), ..FaultInput::default() }).await;
+    let bad = enqueue_n(
+        &client,
+        1,
+        &FaultInput {
+            fail: Some(FailMode::Permanent),
+            ..FaultInput::default()
+        },
+    )
+    .await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut args = flags(&cfg);
-    args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}"), "--log-format".into(), "json".into()]);
+    args.extend([
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--log-format".into(),
+        "json".into(),
+    ]);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fault-agent"))
         .args(&args)
@@ -87,10 +134,14 @@ async fn metrics_json_logs_and_vanished_tasks() {
         .spawn()
         .unwrap();
 
-    wait_until(WAIT, "5 tasks settled and the ghost's pending entry cleared", || async {
-        let l = Ledger::read(&redis, &t);
-        l.settled() == 5 && l.pending == 0
-    })
+    wait_until(
+        WAIT,
+        "5 tasks settled and the ghost's pending entry cleared",
+        || async {
+            let l = Ledger::read(&redis, &t);
+            l.settled() == 5 && l.pending == 0
+        },
+    )
     .await;
     let ledger = Ledger::read(&redis, &t);
     ledger.assert_exact(&ok, &bad);
@@ -105,26 +156,55 @@ async fn metrics_json_logs_and_vanished_tasks() {
     })
     .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert_eq!(metric(&text, "agentic_tasks_total", &[r#"outcome="dead_lettered""#, r#"reason="permanent""#]), Some(1.0), "{text}");
-    assert_eq!(metric(&text, "agentic_tasks_reclaimed_total", &[]), Some(0.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "agentic_tasks_total",
+            &[r#"outcome="dead_lettered""#, r#"reason="permanent""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "agentic_tasks_reclaimed_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
     assert!(text.contains("agentic_task_duration_seconds"), "{text}");
     assert!(!text.contains(&ok[0]), "a task id must never be a label");
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let logs = std::fs::read_to_string(log.path()).unwrap();
     let mut messages = Vec::new();
     let mut dead_letter_lines = 0;
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         messages.push(v["message"].as_str().unwrap_or_default().to_owned());
         if v["message"] == "task dead-lettered" {
-            assert_eq!(v["span"]["task_id"], bad[0].as_str(), "the task span is in the line: {line}");
+            assert_eq!(
+                v["span"]["task_id"],
+                bad[0].as_str(),
+                "the task span is in the line: {line}"
+            );
             dead_letter_lines += 1;
         }
     }
     assert_eq!(dead_letter_lines, 1, "{messages:?}");
-    assert!(messages.iter().any(|m| m == "worker started"), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("vanished")), "{messages:?}");
-    assert!(messages.iter().any(|m| m == "worker stopped"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m == "worker started"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("vanished")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "worker stopped"),
+        "{messages:?}"
+    );
 }

@@ -16,15 +16,7 @@ impl Entry {
         let fields = s
             .map
             .into_iter()
-            .map(|(k, v)| {
-                let bytes = match v {
-                    redis::Value::BulkString(b) => b,
-                    redis::Value::SimpleString(s) => s.into_bytes(),
-                    redis::Value::Int(i) => i.to_string().into_bytes(),
-                    other => format!("{other:?}").into_bytes(),
-                };
-                (k, bytes)
-            })
+            .map(|(k, v)| (k, value_bytes(v)))
             .collect();
         Self { id: s.id, fields }
     }
@@ -38,6 +30,17 @@ impl Entry {
 
     fn size(&self) -> usize {
         self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+/// The bytes of a stream field value (always a bulk string from Redis; the
+/// other arms only keep odd replies readable instead of failing).
+pub(crate) fn value_bytes(v: redis::Value) -> Vec<u8> {
+    match v {
+        redis::Value::BulkString(b) => b,
+        redis::Value::SimpleString(s) => s.into_bytes(),
+        redis::Value::Int(i) => i.to_string().into_bytes(),
+        other => format!("{other:?}").into_bytes(),
     }
 }
 

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use commit::CommitOp;
+pub(crate) use delivery::value_bytes;
 pub(crate) use disposition::Backoff;
 
 /// Validated settings and the key names derived from them, built once.
