@@ -10,6 +10,9 @@ use super::{Inflight, Settings};
 use crate::connection::Conn;
 use crate::metrics::WorkerMetrics;
 use crate::scripts;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use redis::aio::MultiplexedConnection;
 use schemas::DeadLetterReason;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +25,19 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// Stream fields: name and value bytes.
 pub(crate) type Fields = Vec<(String, Vec<u8>)>;
 
-/// A result to publish: its lookup key and its stream fields, body last.
+/// A result to publish. `commit.lua` builds the results-stream fields from
+/// these parts (fewer script arguments: each costs Redis an allocation).
 #[derive(Debug)]
 pub(crate) struct Publish {
+    /// The result key, `N:agent:{T}:result:<task id>`.
     pub(crate) key: String,
-    pub(crate) fields: Fields,
+    pub(crate) status: schemas::TaskStatus,
+    pub(crate) task_id: String,
+    pub(crate) attempt: u32,
+    pub(crate) workflow_id: Option<String>,
+    pub(crate) stage: Option<String>,
+    /// The encoded result envelope.
+    pub(crate) body: Vec<u8>,
 }
 
 /// One entry's share of a commit.
@@ -56,13 +67,6 @@ pub(crate) struct Finished {
     pub(crate) ran_for: Option<Duration>,
 }
 
-fn push_fields(inv: &mut redis::ScriptInvocation<'_>, fields: &Fields) {
-    inv.arg(fields.len());
-    for (k, v) in fields {
-        inv.arg(k.as_str()).arg(v.as_slice());
-    }
-}
-
 /// Builds one `commit.lua` call for `batch`.
 fn invocation<'a>(settings: &Settings, batch: &[Finished]) -> redis::ScriptInvocation<'a> {
     let mut inv = scripts::COMMIT.prepare_invoke();
@@ -70,16 +74,41 @@ fn invocation<'a>(settings: &Settings, batch: &[Finished]) -> redis::ScriptInvoc
         .key(&settings.results_key)
         .key(&settings.dlq_key)
         .key(&settings.delayed_key);
+    // The id range of the batch, for the one ownership lookup: compare ids
+    // as (ms, seq) numbers, not as strings.
+    let id_key = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    let lowest = batch
+        .iter()
+        .map(|f| f.stream_id.as_str())
+        .min_by_key(|id| id_key(id))
+        .unwrap_or("-");
+    let highest = batch
+        .iter()
+        .map(|f| f.stream_id.as_str())
+        .max_by_key(|id| id_key(id))
+        .unwrap_or("+");
     inv.arg(schemas::WORKERS_GROUP)
         .arg(&*settings.consumer)
         .arg(settings.cfg.result_ttl.as_millis() as u64)
-        .arg(settings.cfg.results_max_len);
-    let mut next_key = 5;
-    let mut publish = |inv: &mut redis::ScriptInvocation<'_>, p: &Publish| {
-        inv.key(&p.key);
-        inv.arg(next_key);
-        next_key += 1;
-        push_fields(inv, &p.fields);
+        .arg(settings.cfg.results_max_len)
+        .arg(lowest)
+        .arg(highest)
+        // Everything we hold fits: never more than `concurrency` entries,
+        // plus a margin for entries being settled.
+        .arg(settings.cfg.concurrency * 2 + MAX_BATCH);
+    // Result keys follow the four fixed keys in the order of the ops that
+    // publish; the script walks them in the same order.
+    let publish = |inv: &mut redis::ScriptInvocation<'_>, p: &Publish| {
+        inv.key(&p.key)
+            .arg(p.status.as_str())
+            .arg(&p.task_id)
+            .arg(p.attempt)
+            .arg(p.workflow_id.as_deref().unwrap_or(""))
+            .arg(p.stage.as_deref().unwrap_or(""))
+            .arg(p.body.as_slice());
     };
     for f in batch {
         match &f.op {
@@ -94,12 +123,17 @@ fn invocation<'a>(settings: &Settings, batch: &[Finished]) -> redis::ScriptInvoc
                     .arg(member.as_slice());
             }
             CommitOp::DeadLetter { dlq, result, .. } => {
-                inv.arg("D").arg(&f.stream_id);
-                push_fields(&mut inv, dlq);
+                inv.arg("D").arg(&f.stream_id).arg(dlq.len());
+                for (k, v) in dlq {
+                    inv.arg(k.as_str()).arg(v.as_slice());
+                }
                 match result {
-                    Some(p) => publish(&mut inv, p),
+                    Some(p) => {
+                        inv.arg(1);
+                        publish(&mut inv, p);
+                    }
                     None => {
-                        inv.arg(0).arg(0);
+                        inv.arg(0);
                     }
                 }
             }
@@ -112,6 +146,10 @@ fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
 
+/// Most commit calls in flight at once. Redis runs them one after the other,
+/// but while it runs one the worker builds the next, so neither side idles.
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Runs until every sender is gone and the queue is drained. After `stop`
 /// fires, a batch that cannot be committed is left pending for another worker.
 pub(crate) async fn run(
@@ -122,75 +160,103 @@ pub(crate) async fn run(
     mut conn: Conn,
     stop: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            // Settle finished calls first: that frees slots for the reader.
+            Some((batch, reply)) = running.next(), if !running.is_empty() => {
+                let batch: Vec<Finished> = batch;
+                match reply {
+                    Ok(v) => {
+                        conn.succeeded();
+                        settle(batch, Some(v), &inflight, &metrics);
+                    }
+                    Err(e) if is_nogroup(&e) => {
+                        // The stream or its group was deleted (FLUSHALL, DEL):
+                        // every entry we hold is gone with it.
+                        tracing::warn!(error = %e, "task stream or group vanished under running tasks; their results are dropped");
+                        let gone = vec![2; batch.len()];
+                        settle(batch, Some(gone), &inflight, &metrics);
+                    }
+                    Err(e) => {
+                        if e.code() == Some("OOM") {
+                            tracing::error!(error = %e, "redis is out of memory; commits wait until it has room (maxmemory-policy must be noeviction)");
+                        }
+                        // Retrying is safe: the fencing check skips entries an
+                        // earlier attempt committed after all.
+                        match conn.failed(&e, &stop).await {
+                            true => match conn.get(&stop).await {
+                                Some(c) => running.push(commit_once(settings.clone(), batch, c)),
+                                None => settle(batch, None, &inflight, &metrics),
+                            },
+                            false => settle(batch, None, &inflight, &metrics),
+                        }
+                    }
+                }
             }
-        }
-        let committed = commit(&settings, &batch, &mut conn, &stop).await;
-        for (i, f) in batch.drain(..).enumerate() {
-            match committed.as_ref().map(|c| c.get(i).copied().unwrap_or(0)) {
-                Some(1) => {
-                    inflight.finish(&f.stream_id);
-                    inflight.count(!matches!(f.op, CommitOp::Ack(_)));
-                    metrics.committed(&f.op, f.ran_for);
+            first = rx.recv(), if open && running.len() < MAX_IN_FLIGHT => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
                 }
-                Some(2) => {
-                    // Settled already: a retried call whose first attempt
-                    // ran but whose reply was lost, or the entry was deleted.
-                    inflight.finish(&f.stream_id);
-                    tracing::info!(stream_id = %f.stream_id, "task no longer pending at commit; nothing to do");
-                }
-                Some(_) => {
-                    inflight.finish(&f.stream_id);
-                    metrics.ownership_lost.increment(1);
-                    tracing::warn!(stream_id = %f.stream_id, "task was taken over by another worker before its commit; result discarded");
-                }
-                None => {
-                    // Not committed: the entry stays pending under our name
-                    // and another worker reclaims it after claim_idle.
-                    inflight.finish(&f.stream_id);
-                    tracing::warn!(stream_id = %f.stream_id, "commit abandoned at shutdown; the task stays pending for another worker");
+                match conn.get(&stop).await {
+                    Some(c) => running.push(commit_once(settings.clone(), batch, c)),
+                    None => settle(batch, None, &inflight, &metrics),
                 }
             }
-            drop(f.permit);
+            else => break,
         }
     }
 }
 
-/// Commits `batch`, retrying through reconnects. `None` when abandoned at stop.
-async fn commit(
-    settings: &Settings,
-    batch: &[Finished],
-    conn: &mut Conn,
-    stop: &CancellationToken,
-) -> Option<Vec<i64>> {
-    let inv = invocation(settings, batch);
-    loop {
-        let mut c = conn.get(stop).await?;
-        match inv.invoke_async::<Vec<i64>>(&mut c).await {
-            Ok(v) => {
-                conn.succeeded();
-                return Some(v);
+/// One attempt at committing `batch`; hands the batch back with the reply.
+async fn commit_once(
+    settings: Arc<Settings>,
+    batch: Vec<Finished>,
+    mut c: MultiplexedConnection,
+) -> (Vec<Finished>, redis::RedisResult<Vec<i64>>) {
+    let reply = invocation(&settings, &batch).invoke_async(&mut c).await;
+    (batch, reply)
+}
+
+/// Releases a batch: counts what was committed, logs what was not. `None`
+/// means abandoned at shutdown: the entries stay pending under our name and
+/// another worker reclaims them after claim_idle.
+fn settle(
+    batch: Vec<Finished>,
+    committed: Option<Vec<i64>>,
+    inflight: &Inflight,
+    metrics: &WorkerMetrics,
+) {
+    for (i, f) in batch.into_iter().enumerate() {
+        inflight.finish(&f.stream_id);
+        match committed.as_ref().map(|c| c.get(i).copied().unwrap_or(0)) {
+            Some(1) => {
+                inflight.count(!matches!(f.op, CommitOp::Ack(_)));
+                metrics.committed(&f.op, f.ran_for);
             }
-            Err(e) if is_nogroup(&e) => {
-                // The stream or its group was deleted (FLUSHALL, DEL): every
-                // entry we hold is gone with it, there is nothing to commit.
-                tracing::warn!(error = %e, "task stream or group vanished under running tasks; their results are dropped");
-                return Some(vec![2; batch.len()]);
+            Some(2) => {
+                // Settled already: a retried call whose first attempt ran
+                // but whose reply was lost, or the entry was deleted.
+                tracing::info!(stream_id = %f.stream_id, "task no longer pending at commit; nothing to do");
             }
-            Err(e) => {
-                if e.code() == Some("OOM") {
-                    tracing::error!(error = %e, "redis is out of memory; commits wait until it has room (maxmemory-policy must be noeviction)");
-                }
-                if !conn.failed(&e, stop).await {
-                    return None;
-                }
+            Some(_) => {
+                metrics.ownership_lost.increment(1);
+                tracing::warn!(stream_id = %f.stream_id, "task was taken over by another worker before its commit; result discarded");
+            }
+            None => {
+                tracing::warn!(stream_id = %f.stream_id, "commit abandoned at shutdown; the task stays pending for another worker");
             }
         }
+        drop(f.permit);
     }
 }

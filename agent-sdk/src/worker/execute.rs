@@ -393,21 +393,14 @@ fn result_publish<O: Serialize>(
         duration_ms: ran_for.as_millis() as u64,
     };
     let body = encoding.encode(&envelope)?;
-    let mut fields: Fields = Vec::with_capacity(6);
-    fields.push((fields::TASK_ID.into(), task_id.as_bytes().to_vec()));
-    fields.push((fields::STATUS.into(), status.as_str().as_bytes().to_vec()));
-    fields.push((fields::ATTEMPT.into(), attempt.to_string().into_bytes()));
-    if let Some(wf) = &meta.workflow_id {
-        fields.push((fields::WORKFLOW.into(), wf.as_bytes().to_vec()));
-    }
-    if let Some(st) = &meta.stage {
-        fields.push((fields::STAGE.into(), st.as_bytes().to_vec()));
-    }
-    // The body goes last: commit.lua stores the last value at the result key.
-    fields.push((fields::BODY.into(), body));
     Ok(Publish {
         key: format!("{}{}", s.result_prefix, task_id),
-        fields,
+        status,
+        task_id,
+        attempt,
+        workflow_id: meta.workflow_id.clone(),
+        stage: meta.stage.clone(),
+        body,
     })
 }
 

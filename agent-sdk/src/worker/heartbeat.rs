@@ -78,9 +78,11 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
+            // Stop first: a ready timer must not start another round after it.
+            biased;
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(s.cfg.heartbeat) => {}
             _ = status.changed.notified() => {}
-            _ = stop.cancelled() => return,
         }
     }
 }

@@ -24,8 +24,10 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            // Stop first: a ready timer must not start another round after it.
+            biased;
             _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
         }
         let ids = inflight.ids();
         for chunk in ids.chunks(RENEW_BATCH) {

@@ -16,8 +16,10 @@ pub(crate) async fn run(s: Arc<Settings>, mut conn: Conn, stop: CancellationToke
     let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            // Stop first: a ready timer must not start another round after it.
+            biased;
             _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
         pause = s.cfg.promote_interval;
         let Some(mut c) = conn.get(&stop).await else {

@@ -28,9 +28,15 @@ pub(crate) async fn run<A: Agent>(
     loop {
         // Wait for at least one free slot, then take every free one up to
         // the batch size: a read never fetches work we cannot start.
+        // Biased: once stop fired, never start another read, even when a
+        // slot is free at the same moment.
         let mut permit = tokio::select! {
-            p = shared.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            biased;
             _ = stop.cancelled() => return,
+            p = shared.slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let more = shared.slots.available_permits().min(s.cfg.batch_size - 1);
         if more > 0
