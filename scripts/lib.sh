@@ -31,6 +31,7 @@ start_private_redis() {
   local dir=$1
   mkdir -p "$dir"
   REDIS_PORT=$(free_port)
+  # --daemonize no + &: the pid is ours to stop, and the server dies with us.
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" --save "" \
     --appendonly "${REDIS_AOF:-no}" --maxmemory-policy noeviction \
     --logfile "$dir/redis.log" --daemonize no >/dev/null 2>&1 &

@@ -1,9 +1,9 @@
 //! Dead-letter operations: list, get, replay, purge. The operator CLI and the
 //! orchestrator build on these.
 
+use crate::worker::{Entry, parse_entries};
 use crate::{Error, Result, scripts};
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamId, StreamRangeReply};
 use schemas::{AgentType, DeadLetter, DeadLetterReason, Keys};
 
 /// Which dead letters to list.
@@ -45,14 +45,25 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
-fn to_dead_letter(e: StreamId) -> Result<DeadLetter> {
-    let mut fields: Vec<(String, Vec<u8>)> = e
-        .map
-        .into_iter()
-        .map(|(k, v)| (k, crate::worker::value_bytes(v)))
-        .collect();
-    fields.sort();
-    Ok(DeadLetter::from_entry(&e.id, &fields)?)
+fn to_dead_letter(e: &Entry) -> Result<DeadLetter> {
+    Ok(DeadLetter::from_entry(&e.id, &e.fields)?)
+}
+
+/// `XRANGE key start end [COUNT n]`, parsed keeping field order.
+async fn range(
+    conn: &mut ConnectionManager,
+    key: &str,
+    start: &str,
+    end: &str,
+    count: Option<usize>,
+) -> Result<Vec<Entry>> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key).arg(start).arg(end);
+    if let Some(n) = count {
+        cmd.arg("COUNT").arg(n);
+    }
+    let v: redis::Value = cmd.query_async(conn).await?;
+    Ok(parse_entries(v))
 }
 
 impl DeadLetters {
@@ -80,19 +91,12 @@ impl DeadLetters {
         // Filters are applied here, so scan in chunks until the page is full.
         const CHUNK: usize = 500;
         loop {
-            let reply: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg(&start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(CHUNK)
-                .query_async(&mut conn)
-                .await?;
-            let n = reply.ids.len();
-            for e in reply.ids {
+            let reply = range(&mut conn, &key, &start, "+", Some(CHUNK)).await?;
+            let n = reply.len();
+            for e in reply {
                 start = format!("({}", e.id);
                 let id = e.id.clone();
-                let d = match to_dead_letter(e) {
+                let d = match to_dead_letter(&e) {
                     Ok(d) => d,
                     Err(err) => {
                         tracing::warn!(%id, error = %err, "skipping an unreadable DLQ entry");
@@ -125,13 +129,9 @@ impl DeadLetters {
     /// One dead letter by its DLQ entry id.
     pub async fn get(&self, agent_type: &AgentType, id: &str) -> Result<Option<DeadLetter>> {
         let mut conn = self.conn.clone();
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.dlq(agent_type))
-            .arg(id)
-            .arg(id)
-            .query_async(&mut conn)
-            .await?;
-        reply.ids.into_iter().next().map(to_dead_letter).transpose()
+        let key = self.keys.dlq(agent_type);
+        let found = range(&mut conn, &key, id, id, None).await?;
+        found.first().map(to_dead_letter).transpose()
     }
 
     /// Moves a dead letter back to its task stream with attempts reset, in

@@ -38,9 +38,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub(crate) use commit::CommitOp;
-pub(crate) use delivery::value_bytes;
+pub(crate) use delivery::{Entry, parse_entries};
 pub(crate) use disposition::Backoff;
 
 /// Validated settings and the key names derived from them, built once.
@@ -135,6 +136,9 @@ pub(crate) struct Shared<A> {
     /// Fires when shutdown's grace period is over: handlers still running are
     /// abandoned (their entries stay pending for another worker).
     pub(crate) hard_stop: CancellationToken,
+    /// `worker{agent, stream, instance}`: parent of every task span and of
+    /// the worker's own log lines.
+    pub(crate) span: tracing::Span,
 }
 
 /// Builds a [`Worker`].
@@ -205,6 +209,12 @@ impl<A: Agent> WorkerBuilder<A> {
             cfg,
         };
         let metrics = Arc::new(WorkerMetrics::new(&settings.agent_type));
+        let span = tracing::info_span!(
+            "worker",
+            agent = %settings.agent_type,
+            stream = %settings.tasks_key,
+            instance = %settings.consumer,
+        );
         let slots = Arc::new(Semaphore::new(settings.cfg.concurrency));
         Ok(Worker {
             shared: Arc::new(Shared {
@@ -215,6 +225,7 @@ impl<A: Agent> WorkerBuilder<A> {
                 slots,
                 tracker: TaskTracker::new(),
                 hard_stop: CancellationToken::new(),
+                span,
             }),
             connector,
         })
@@ -288,6 +299,11 @@ impl<A: Agent> Worker<A> {
     /// Tasks still running after the grace period are abandoned and stay
     /// pending, so another worker reclaims them; none is acknowledged unfinished.
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<()> {
+        let span = self.shared.span.clone();
+        self.run(shutdown).instrument(span).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Self { shared, connector } = self;
         let s = shared.settings.clone();
         // Everything but draining stops when the drain is over.
@@ -308,34 +324,46 @@ impl<A: Agent> Worker<A> {
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let short = Duration::from_secs(5);
-        let committer = tokio::spawn(commit::run(
-            s.clone(),
-            shared.inflight.clone(),
-            shared.metrics.clone(),
-            rx,
-            connector.conn("commit", short),
-            shared.hard_stop.clone(),
-        ));
+        let committer = tokio::spawn(
+            commit::run(
+                s.clone(),
+                shared.inflight.clone(),
+                shared.metrics.clone(),
+                rx,
+                connector.conn("commit", short),
+                shared.hard_stop.clone(),
+            )
+            .instrument(shared.span.clone()),
+        );
         let status = heartbeat::Status::default();
         let background = TaskTracker::new();
-        background.spawn(heartbeat::run(
-            s.clone(),
-            shared.inflight.clone(),
-            status.clone(),
-            connector.conn("heartbeat", short),
-            stop_all.clone(),
-        ));
-        background.spawn(lease::run(
-            s.clone(),
-            shared.inflight.clone(),
-            connector.conn("lease", short),
-            stop_all.clone(),
-        ));
-        background.spawn(promote::run(
-            s.clone(),
-            connector.conn("promote", short),
-            shutdown.clone(),
-        ));
+        background.spawn(
+            heartbeat::run(
+                s.clone(),
+                shared.inflight.clone(),
+                status.clone(),
+                connector.conn("heartbeat", short),
+                stop_all.clone(),
+            )
+            .instrument(shared.span.clone()),
+        );
+        background.spawn(
+            lease::run(
+                s.clone(),
+                shared.inflight.clone(),
+                connector.conn("lease", short),
+                stop_all.clone(),
+            )
+            .instrument(shared.span.clone()),
+        );
+        background.spawn(
+            promote::run(
+                s.clone(),
+                connector.conn("promote", short),
+                shutdown.clone(),
+            )
+            .instrument(shared.span.clone()),
+        );
         background.close();
         // The reader's response timeout must outlast its BLOCK, or every idle
         // read would look like a dead connection.

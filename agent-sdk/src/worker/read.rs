@@ -1,12 +1,11 @@
 //! The reader: pulls entries with `XREADGROUP`, never more than there are free
 //! slots, and between reads takes over abandoned ones (see [`reclaim`]).
 
-use super::delivery::Entry;
+use super::delivery::parse_read_reply;
 use super::execute::{Tx, dispatch};
 use super::{Shared, ensure_group, reclaim};
 use crate::agent::Agent;
 use crate::connection::Conn;
-use redis::streams::StreamReadReply;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -82,13 +81,11 @@ pub(crate) async fn run<A: Agent>(
                     .arg(">");
             }
         }
-        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(&mut c).await;
+        let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
         match reply {
             Ok(reply) => {
                 conn.succeeded();
-                let ids = reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                    .unwrap_or_default();
+                let ids = parse_read_reply(reply);
                 if let Some(from) = &mut backlog {
                     match ids.last() {
                         Some(last) => *from = last.id.clone(),
@@ -96,15 +93,15 @@ pub(crate) async fn run<A: Agent>(
                     }
                 }
                 let mut gone = Vec::new();
-                for sid in ids {
-                    if sid.map.is_empty() {
+                for entry in ids {
+                    if entry.fields.is_empty() {
                         // Our pending list names an entry whose body was
                         // deleted or trimmed: nothing left to run.
-                        gone.push(sid.id);
+                        gone.push(entry.id);
                         continue;
                     }
                     let Some(one) = permit.split(1) else { break };
-                    dispatch(&shared, &tx, Entry::from_stream_id(sid), one, None);
+                    dispatch(&shared, &tx, entry, one, None);
                 }
                 if !gone.is_empty() {
                     forget_vanished(&mut c, &s.tasks_key, &gone).await;

@@ -19,12 +19,12 @@
 //! them well inside `claim_idle` (checked by `RuntimeConfig::validate`).
 
 use super::Shared;
-use super::delivery::Entry;
+use super::delivery::parse_entries;
 use super::execute::{Tx, dispatch};
 use crate::agent::Agent;
 use crate::scripts;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamClaimReply, StreamPendingCountReply};
+use redis::streams::StreamPendingCountReply;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -100,32 +100,27 @@ pub(crate) async fn reclaim_once<A: Agent>(
     for id in chosen.keys() {
         inv.arg(id);
     }
-    let (claimed, vanished): (StreamClaimReply, Vec<String>) = inv.invoke_async(c).await?;
+    let (claimed, vanished): (redis::Value, Vec<String>) = inv.invoke_async(c).await?;
+    let claimed = parse_entries(claimed);
     if !vanished.is_empty() {
         tracing::error!(count = vanished.len(), ids = ?vanished, "pending tasks vanished from the stream before they ran (trimmed or deleted by someone else)");
         shared.metrics.vanished.increment(vanished.len() as u64);
     }
-    if claimed.ids.is_empty() {
+    if claimed.is_empty() {
         return Ok(());
     }
-    shared.metrics.reclaimed.increment(claimed.ids.len() as u64);
+    shared.metrics.reclaimed.increment(claimed.len() as u64);
     tracing::info!(
-        count = claimed.ids.len(),
+        count = claimed.len(),
         "reclaimed tasks abandoned by other workers"
     );
-    for sid in claimed.ids {
+    for entry in claimed {
         // Deliveries including this claim.
         let deliveries = chosen
-            .get(&sid.id)
+            .get(&entry.id)
             .map_or(u32::MAX, |n| u32::try_from(n + 1).unwrap_or(u32::MAX));
         let Some(one) = permit.split(1) else { break };
-        dispatch(
-            shared,
-            tx,
-            Entry::from_stream_id(sid),
-            one,
-            Some(deliveries),
-        );
+        dispatch(shared, tx, entry, one, Some(deliveries));
     }
     Ok(())
 }
