@@ -26,7 +26,9 @@
 -- 2 no longer pending; 0 and 2 skip the op.
 local tasks, results, dlq, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer = ARGV[1], ARGV[2]
-local ttl, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- The TTL stays a string: a number would be formatted anew on every SET.
+local ttl, cap = ARGV[3], tonumber(ARGV[4])
+local keep_results = ttl ~= '0'
 local now = nil
 
 local mine = {}
@@ -70,7 +72,7 @@ local function publish(f, key)
   else
     redis.call('XADD', results, '*', unpack(f))
   end
-  if ttl > 0 then
+  if keep_results then
     redis.call('SET', key, f[#f], 'PX', ttl)
   end
 end
