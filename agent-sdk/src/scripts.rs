@@ -3,6 +3,11 @@
 //! shares one hash tag, so they run unchanged on Redis Cluster.
 //!
 //! Scripts run once per batch (commit, renew, claim, promote), never once per task.
+//!
+//! Each starts with a `#!lua` shebang (Redis 7+): a script so marked is
+//! refused whole with `OOM` when Redis is over `maxmemory`, instead of being
+//! stopped by `OOM` at its first write after having done part of its work.
+//! A commit is therefore all or nothing, and its retry publishes nothing twice.
 
 use redis::Script;
 use std::sync::LazyLock;

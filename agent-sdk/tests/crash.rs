@@ -65,11 +65,29 @@ async fn killed_worker_tasks_are_completed_by_another() {
     let ids = enqueue_n(&client, 12, &sleep_input(400)).await;
     let mut a = Proc::spawn(&cfg, "worker-a");
     let held = wait_pending_by(&redis, "worker-a", 4).await;
+    assert!(
+        client
+            .agents()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.instance_id == "worker-a")
+    );
     a.kill9();
-    // Killed mid-task: its entries stay pending under its name.
+    // Killed mid-task: its entries stay pending under its name, and its
+    // registry record expires by itself (three heartbeats).
     for id in &held {
         assert_eq!(owner_of(&redis, id).as_deref(), Some("worker-a"));
     }
+    wait_until(WAIT, "worker-a's registry record expires", || async {
+        client
+            .agents()
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.instance_id != "worker-a")
+    })
+    .await;
     let _b = Proc::spawn(&cfg, "worker-b");
     let ledger = settle(&redis, ids.len()).await;
     ledger.assert_exact(&ids, &[]);

@@ -608,3 +608,49 @@ async fn entries_enqueued_before_any_worker_are_not_skipped() {
     worker.shutdown().await;
     ledger.assert_exact(&ids, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_commits_wait_and_publish_once() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    let mut cfg = config(&redis);
+    cfg.concurrency = 10;
+    let worker = start_fault(cfg);
+    let ids = enqueue_n(
+        &client,
+        10,
+        &FaultInput {
+            sleep_ms: 400,
+            ..FaultInput::default()
+        },
+    )
+    .await;
+    wait_until(WAIT, "all ten running", || async {
+        Ledger::read(&redis, &fault_type()).pending == 10
+    })
+    .await;
+    // Full Redis: every write that may grow memory is refused from now on.
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stuck = Ledger::read(&redis, &fault_type());
+    assert_eq!(
+        (stuck.settled(), stuck.pending),
+        (0, 10),
+        "nothing committed, nothing lost while Redis is full"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut conn)
+        .unwrap();
+    let ledger = settle(&redis, 10).await;
+    worker.shutdown().await;
+    ledger.assert_exact(&ids, &[]);
+}

@@ -1,3 +1,4 @@
+#!lua
 -- Claims abandoned entries by id, telling apart those whose body is gone.
 --
 -- XCLAIM silently drops a pending id whose entry was deleted or trimmed; a

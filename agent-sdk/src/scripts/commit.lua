@@ -1,3 +1,4 @@
+#!lua
 -- Commits a batch of finished tasks in one atomic step.
 --
 -- Fencing: XACK takes no consumer, so before touching anything for an entry

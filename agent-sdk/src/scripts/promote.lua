@@ -1,3 +1,4 @@
+#!lua
 -- Moves due retries and delayed tasks from the delayed set into the task stream.
 --
 -- Due means score <= now by the Redis server's clock: producers and workers

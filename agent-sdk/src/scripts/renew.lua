@@ -1,3 +1,4 @@
+#!lua
 -- Keeps this consumer's running tasks claimed, without stealing any back.
 --
 -- XCLAIM ... 0 id JUSTID by the owner resets the idle time without counting

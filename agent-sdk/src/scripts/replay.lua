@@ -1,3 +1,4 @@
+#!lua
 -- Moves one dead letter back to its task stream, atomically: the entry is
 -- either still dead or replayed, never both, and two concurrent replays of
 -- the same id add it once (the second finds nothing and returns nil).

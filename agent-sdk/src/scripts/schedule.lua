@@ -1,3 +1,4 @@
+#!lua
 -- Schedules a task (or, with an idempotency key, enqueues it at most once).
 --
 -- KEYS[1] tasks stream, KEYS[2] delayed zset, KEYS[3] idempotency key (optional).
