@@ -16,12 +16,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== doc tests"
+# First, so that the last lines printed are the suite's summary.
+cargo test --workspace --doc --locked
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --locked --no-fail-fast
-  # nextest does not run doc tests.
-  cargo test --workspace --doc --locked
 else
   cargo test --workspace --all-targets --locked --no-fail-fast
-  cargo test --workspace --doc --locked
 fi
