@@ -251,7 +251,7 @@ async fn graceful_shutdown_finishes_in_flight_tasks() {
     let client = client(&redis).await;
     let mut cfg = config(&redis);
     cfg.concurrency = 4;
-    let ids = enqueue_n(&client, 8, &sleep_input(800)).await;
+    let ids = enqueue_n(&client, 8, &sleep_input(2_000)).await;
     let mut a = Proc::spawn(&cfg, "worker-a");
     wait_until(WAIT, "worker-a registered", || async {
         client.agents().await.unwrap().len() == 1

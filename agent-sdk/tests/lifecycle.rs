@@ -356,7 +356,7 @@ async fn delayed_tasks_wait_in_the_delayed_set() {
     let client = client(&redis).await;
     let worker = start_fault(config(&redis));
     let opts = EnqueueOptions {
-        delay: Some(Duration::from_millis(800)),
+        delay: Some(Duration::from_secs(2)),
         ..EnqueueOptions::default()
     };
     let id = client
@@ -620,7 +620,7 @@ async fn out_of_memory_commits_wait_and_publish_once() {
         &client,
         10,
         &FaultInput {
-            sleep_ms: 400,
+            sleep_ms: 1_000,
             ..FaultInput::default()
         },
     )
@@ -637,7 +637,8 @@ async fn out_of_memory_commits_wait_and_publish_once() {
         .arg("1")
         .query(&mut conn)
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The handlers finish meanwhile; their commits are refused and retried.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     let stuck = Ledger::read(&redis, &fault_type());
     assert_eq!(
         (stuck.settled(), stuck.pending),

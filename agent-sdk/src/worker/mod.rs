@@ -314,9 +314,8 @@ impl<A: Agent> Worker<A> {
             return Ok(());
         }
         drop(setup);
+        // Agent type, stream and instance are on the enclosing worker span.
         tracing::info!(
-            agent_type = %s.agent_type,
-            instance = %s.consumer,
             url = %connector.redacted_url(),
             concurrency = s.cfg.concurrency,
             "worker started"
@@ -399,7 +398,10 @@ impl<A: Agent> Worker<A> {
         stop_all.cancel();
         background.wait().await;
         heartbeat::deregister(&s, &connector).await;
-        tracing::info!(instance = %s.consumer, processed = shared.inflight.processed.load(Ordering::Relaxed), "worker stopped");
+        tracing::info!(
+            processed = shared.inflight.processed.load(Ordering::Relaxed),
+            "worker stopped"
+        );
         Ok(())
     }
 }
