@@ -1,5 +1,6 @@
 //! The producer client: enqueue tasks, read results, list live agents.
 
+use crate::clock::now_ms;
 use crate::connection::{parse_url, redact_url};
 use crate::dlq::DeadLetters;
 use crate::{Error, Result, scripts};
@@ -10,7 +11,7 @@ use schemas::{
 };
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Stream fields with protocol-defined names.
 type PlainFields = Vec<(&'static str, Vec<u8>)>;
@@ -70,12 +71,6 @@ impl std::fmt::Debug for Client {
             .field("namespace", self.keys.namespace())
             .finish()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Client {

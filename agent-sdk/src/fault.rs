@@ -14,9 +14,10 @@
 //! - `sent_at_us`: microseconds since the Unix epoch at enqueue; the output's
 //!   `latency_us` is the time from then to the handler's start (benchmarks).
 
+pub use crate::clock::now_us;
 use crate::{Agent, AgentError, TaskContext};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How a fault-test task fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,13 +67,6 @@ pub struct FaultOutput {
     pub worker: String,
     /// Enqueue-to-start latency, when `sent_at_us` was given.
     pub latency_us: Option<u64>,
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// See the module docs.

@@ -32,6 +32,7 @@
 
 mod agent;
 mod client;
+mod clock;
 mod config;
 mod connection;
 mod dlq;

@@ -15,13 +15,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn sleep_input(ms: u64) -> FaultInput {
-    FaultInput {
-        sleep_ms: ms,
-        ..FaultInput::default()
-    }
-}
-
 async fn wait_pending_by(redis: &TestRedis, owner: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     wait_until(WAIT, &format!("{n} entries pending on {owner}"), || {
@@ -35,16 +28,6 @@ async fn wait_pending_by(redis: &TestRedis, owner: &str, n: usize) -> Vec<String
     })
     .await;
     ids
-}
-
-async fn settle(redis: &TestRedis, n: usize) -> Ledger {
-    let t = fault_type();
-    wait_until(WAIT, &format!("{n} tasks settled"), || async {
-        Ledger::read(redis, &t).settled() >= n
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ledger::read(redis, &t)
 }
 
 async fn result_worker(client: &agent_sdk::Client, id: &str) -> String {

@@ -16,24 +16,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn settle(redis: &TestRedis, n: usize) -> Ledger {
-    let t = fault_type();
-    let ok = tokio::time::timeout(WAIT, async {
-        while Ledger::read(redis, &t).settled() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        ok.is_ok(),
-        "{n} tasks not settled within {WAIT:?}: {:#?}",
-        Ledger::read(redis, &t)
-    );
-    // Let anything that would wrongly follow (a second result) show up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ledger::read(redis, &t)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_json_and_msgpack() {
     let redis = TestRedis::start();
@@ -103,15 +85,7 @@ async fn permanent_failure_goes_to_the_dlq_at_once() {
     let client = client(&redis).await;
     let worker = start_fault(config(&redis));
     let ok = enqueue_n(&client, 5, &FaultInput::default()).await;
-    let bad = enqueue_n(
-        &client,
-        5,
-        &FaultInput {
-            fail: Some(FailMode::Permanent),
-            ..FaultInput::default()
-        },
-    )
-    .await;
+    let bad = enqueue_n(&client, 5, &failing(FailMode::Permanent)).await;
     let ledger = settle(&redis, 10).await;
     worker.shutdown().await;
     ledger.assert_exact(&ok, &bad);
@@ -143,15 +117,7 @@ async fn attempts_exhausted_panics_and_timeouts() {
     let mut cfg = config(&redis);
     cfg.task_timeout = Duration::from_millis(150);
     let worker = start_fault(cfg);
-    let failing = enqueue_n(
-        &client,
-        3,
-        &FaultInput {
-            fail: Some(FailMode::Retryable),
-            ..FaultInput::default()
-        },
-    )
-    .await;
+    let failing = enqueue_n(&client, 3, &failing(FailMode::Retryable)).await;
     let panicking = enqueue_n(
         &client,
         3,
@@ -161,15 +127,7 @@ async fn attempts_exhausted_panics_and_timeouts() {
         },
     )
     .await;
-    let slow = enqueue_n(
-        &client,
-        2,
-        &FaultInput {
-            sleep_ms: 2_000,
-            ..FaultInput::default()
-        },
-    )
-    .await;
+    let slow = enqueue_n(&client, 2, &sleep_input(2_000)).await;
     let dead: Vec<String> = failing
         .iter()
         .chain(&panicking)
@@ -616,15 +574,7 @@ async fn out_of_memory_commits_wait_and_publish_once() {
     let mut cfg = config(&redis);
     cfg.concurrency = 10;
     let worker = start_fault(cfg);
-    let ids = enqueue_n(
-        &client,
-        10,
-        &FaultInput {
-            sleep_ms: 1_000,
-            ..FaultInput::default()
-        },
-    )
-    .await;
+    let ids = enqueue_n(&client, 10, &sleep_input(1_000)).await;
     wait_until(WAIT, "all ten running", || async {
         Ledger::read(&redis, &fault_type()).pending == 10
     })

@@ -102,15 +102,7 @@ async fn metrics_json_logs_and_vanished_tasks() {
         .unwrap();
 
     let ok = enqueue_n(&client, 4, &FaultInput::default()).await;
-    let bad = enqueue_n(
-        &client,
-        1,
-        &FaultInput {
-            fail: Some(FailMode::Permanent),
-            ..FaultInput::default()
-        },
-    )
-    .await;
+    let bad = enqueue_n(&client, 1, &failing(FailMode::Permanent)).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -5,6 +5,7 @@ use super::delivery::{self, Delivery, Entry, Parsed};
 use super::disposition::{self, Disposition, Failure};
 use super::{Settings, Shared};
 use crate::agent::{Agent, AgentErrorKind, TaskContext};
+use crate::clock::now_ms;
 use futures::FutureExt;
 use schemas::{
     DeadLetterReason, Encoding, ErrorInfo, ErrorKind, ResultEnvelope, TaskStatus, fields,
@@ -12,7 +13,7 @@ use schemas::{
 use serde::Serialize;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
@@ -21,12 +22,6 @@ pub(crate) type Tx = UnboundedSender<Finished>;
 
 /// Longest error message kept in a dead letter or result.
 const MAX_ERROR_LEN: usize = 16 * 1024;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What is known about a task's identity.
 #[derive(Debug, Clone, Default)]

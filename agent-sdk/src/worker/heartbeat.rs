@@ -3,8 +3,8 @@
 //! The hash `N:registry:agent:<id>` expires three beats after the last one, so
 //! a killed process disappears by itself; a clean shutdown deletes it at once.
 
-use super::execute::now_ms;
 use super::{Inflight, Settings};
+use crate::clock::now_ms;
 use crate::connection::{Conn, Connector};
 use schemas::{AgentRecord, AgentStatus};
 use std::sync::Arc;

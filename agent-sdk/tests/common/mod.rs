@@ -152,6 +152,43 @@ where
     }
 }
 
+/// Waits until `n` tasks of the fault agent type are settled, then a little
+/// longer so that anything that would wrongly follow (a second result) shows
+/// up, and returns the ledger. On timeout, the ledger is in the message.
+pub async fn settle(redis: &TestRedis, n: usize) -> Ledger {
+    let t = fault_type();
+    let wait = Duration::from_secs(60);
+    let ok = tokio::time::timeout(wait, async {
+        while Ledger::read(redis, &t).settled() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "{n} tasks not settled within {wait:?}: {:#?}",
+        Ledger::read(redis, &t)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ledger::read(redis, &t)
+}
+
+/// Input of a task that sleeps `ms` and succeeds.
+pub fn sleep_input(ms: u64) -> FaultInput {
+    FaultInput {
+        sleep_ms: ms,
+        ..FaultInput::default()
+    }
+}
+
+/// Input of a task that fails with `mode` on every attempt.
+pub fn failing(mode: agent_sdk::fault::FailMode) -> FaultInput {
+    FaultInput {
+        fail: Some(mode),
+        ..FaultInput::default()
+    }
+}
+
 /// Everything the system says happened to the tasks of one agent type.
 #[derive(Debug, Default)]
 pub struct Ledger {
