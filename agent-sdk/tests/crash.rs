@@ -84,43 +84,20 @@ async fn killed_worker_tasks_are_completed_by_another() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paused_worker_stops_its_handler_once_the_task_is_reclaimed() {
+/// worker-a takes the only task and is paused (SIGSTOP) until worker-b has
+/// reclaimed it, then resumes. Whatever worker-a does next, only worker-b's
+/// result may be published; worker-a must log `expect`.
+async fn paused_worker_loses_its_task(zombie_lease: Option<Duration>, task_ms: u64, expect: &str) {
     let redis = TestRedis::start();
     let client = client(&redis).await;
     let mut cfg = config(&redis);
     cfg.concurrency = 1;
-    let ids = enqueue_n(&client, 1, &sleep_input(3_000)).await;
-    let a = Proc::spawn(&cfg, "worker-a");
-    let held = wait_pending_by(&redis, "worker-a", 1).await;
-    a.signal("STOP");
-    let _b = Proc::spawn(&cfg, "worker-b");
-    wait_until(WAIT, "worker-b reclaims the task", || async {
-        owner_of(&redis, &held[0]).as_deref() == Some("worker-b")
-    })
-    .await;
-    a.signal("CONT");
-    // The lease loop of the resumed worker finds the task is no longer its own.
-    wait_until(WAIT, "worker-a notices it lost the task", || async {
-        a.log_text().contains("taken over by another worker")
-    })
-    .await;
-    let ledger = settle(&redis, 1).await;
-    ledger.assert_exact(&ids, &[]);
-    assert_eq!(result_worker(&client, &ids[0]).await, "worker-b");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paused_worker_publishes_nothing_for_a_reclaimed_task() {
-    let redis = TestRedis::start();
-    let client = client(&redis).await;
-    let mut cfg = config(&redis);
-    cfg.concurrency = 1;
-    // worker-a renews so rarely that only the commit's fencing can stop it.
     let mut zombie = cfg.clone();
-    zombie.lease_renew = Duration::from_secs(20);
-    zombie.claim_idle = Duration::from_secs(60);
-    let ids = enqueue_n(&client, 1, &sleep_input(1_000)).await;
+    if let Some(renew) = zombie_lease {
+        zombie.lease_renew = renew;
+        zombie.claim_idle = renew * 3;
+    }
+    let ids = enqueue_n(&client, 1, &sleep_input(task_ms)).await;
     let a = Proc::spawn(&zombie, "worker-a");
     let held = wait_pending_by(&redis, "worker-a", 1).await;
     a.signal("STOP");
@@ -129,11 +106,9 @@ async fn paused_worker_publishes_nothing_for_a_reclaimed_task() {
         owner_of(&redis, &held[0]).as_deref() == Some("worker-b")
     })
     .await;
-    // worker-a's handler is past its sleep: it finishes at once and tries to
-    // commit while worker-b still runs the task.
     a.signal("CONT");
-    wait_until(WAIT, "worker-a's commit is refused", || async {
-        a.log_text().contains("before its commit; result discarded")
+    wait_until(WAIT, &format!("worker-a logs {expect:?}"), || async {
+        a.log_text().contains(expect)
     })
     .await;
     let ledger = settle(&redis, 1).await;
@@ -143,6 +118,31 @@ async fn paused_worker_publishes_nothing_for_a_reclaimed_task() {
         "worker-b",
         "only the owner's result is published"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_worker_stops_its_handler_once_the_task_is_reclaimed() {
+    // On waking, worker-a's lease loop finds the task is no longer its own
+    // while the handler still has a second to run.
+    paused_worker_loses_its_task(
+        None,
+        3_000,
+        "taken over by another worker; stopping its handler",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_worker_publishes_nothing_for_a_reclaimed_task() {
+    // worker-a renews so rarely that only the commit's fencing can stop it:
+    // its handler is past its sleep on waking and commits at once, while
+    // worker-b still runs the task.
+    paused_worker_loses_its_task(
+        Some(Duration::from_secs(20)),
+        1_000,
+        "before its commit; result discarded",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
