@@ -605,3 +605,127 @@ async fn out_of_memory_commits_wait_and_publish_once() {
     worker.shutdown().await;
     ledger.assert_exact(&ids, &[]);
 }
+
+/// Sleeps, counting how many times each task ran, across workers.
+struct CountingSleeper(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+impl Agent for CountingSleeper {
+    type Input = FaultInput;
+    type Output = ();
+    async fn handle(&self, ctx: &TaskContext, input: FaultInput) -> Result<(), AgentError> {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(ctx.task_id().to_owned())
+            .or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(input.sleep_ms)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tasks_keep_their_claim_while_they_run() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    let runs = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let cfg = config(&redis);
+    // Each task runs for more than twice claim_idle, next to an idle worker
+    // that would reclaim anything that looked abandoned.
+    let ids = enqueue_n(
+        &client,
+        3,
+        &sleep_input(cfg.claim_idle.as_millis() as u64 * 2 + 500),
+    )
+    .await;
+    let a = start(CountingSleeper(runs.clone()), cfg.clone());
+    wait_until(WAIT, "all three running", || async {
+        Ledger::read(&redis, &fault_type()).pending == 3
+    })
+    .await;
+    let b = start(CountingSleeper(runs.clone()), cfg);
+    let ledger = settle(&redis, 3).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    ledger.assert_exact(&ids, &[]);
+    let runs = runs.lock().unwrap();
+    for id in &ids {
+        assert_eq!(
+            runs.get(id),
+            Some(&1),
+            "task {id} ran {:?} times",
+            runs.get(id)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_task_limits_override_the_worker_defaults() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    let worker = start_fault(config(&redis));
+    let t = fault_type();
+    let once = client
+        .enqueue(
+            &t,
+            &failing(FailMode::Retryable),
+            EnqueueOptions {
+                max_attempts: Some(1),
+                ..EnqueueOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+        .task_id;
+    let quick = client
+        .enqueue(
+            &t,
+            &sleep_input(5_000),
+            EnqueueOptions {
+                timeout: Some(Duration::from_millis(100)),
+                max_attempts: Some(2),
+                ..EnqueueOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+        .task_id;
+    // The producer refuses a body over its limit: nothing is added.
+    let small = client.clone().with_max_payload(256);
+    let big = FaultInput {
+        echo: Some(serde_json::json!("x".repeat(1000))),
+        ..FaultInput::default()
+    };
+    let err = small
+        .enqueue(&t, &big, EnqueueOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("over the limit"), "{err}");
+
+    let ledger = settle(&redis, 2).await;
+    worker.shutdown().await;
+    ledger.assert_exact(&[], &[once.clone(), quick.clone()]);
+    let dl = client.dead_letters();
+    let get = |id: String| {
+        let dl = dl.clone();
+        let t = t.clone();
+        async move {
+            let f = DeadLetterFilter {
+                task_id: Some(id),
+                ..DeadLetterFilter::default()
+            };
+            dl.list(&t, &f).await.unwrap().items.remove(0)
+        }
+    };
+    let d = get(once).await;
+    assert_eq!(
+        (d.reason, d.attempts),
+        (DeadLetterReason::AttemptsExhausted, 1)
+    );
+    let d = get(quick).await;
+    assert_eq!(
+        (d.reason, d.attempts),
+        (DeadLetterReason::AttemptsExhausted, 2)
+    );
+    assert!(d.error.contains("timed out after 100ms"), "{}", d.error);
+}
