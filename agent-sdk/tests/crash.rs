@@ -282,3 +282,23 @@ async fn shutdown_past_grace_leaves_tasks_pending_for_another_worker() {
         assert_eq!(result_worker(&client, id).await, "worker-b");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_started_before_redis_waits_for_it() {
+    let mut redis = TestRedis::start();
+    let cfg = config(&redis);
+    redis.kill();
+    let a = Proc::spawn(&cfg, "worker-a");
+    wait_until(WAIT, "worker-a says it cannot connect", || async {
+        a.log_text().contains("cannot connect to redis; retrying")
+    })
+    .await;
+    redis.restart();
+    let client = client(&redis).await;
+    let ids = enqueue_n(&client, 5, &FaultInput::default()).await;
+    settle(&redis, 5).await.assert_exact(&ids, &[]);
+    assert!(
+        !a.log_text().contains("127.0.0.1:0"),
+        "sanity: the log names the real URL"
+    );
+}
