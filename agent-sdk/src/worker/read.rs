@@ -17,10 +17,10 @@ pub(crate) async fn run<A: Agent>(
 ) {
     let s = shared.settings.clone();
     let block_ms = s.cfg.read_block.as_millis() as u64;
-    // Where to resume reading our own pending list, when it may hold entries
-    // we never saw: a read whose reply was lost (timeout, dropped connection)
-    // may still have delivered entries to us on the server.
-    let mut backlog: Option<String> = Some("0".into());
+    // Where to resume going through our own pending list, when it may hold
+    // entries we never saw (see `reclaim::recover_own`); "-" is its start.
+    // A new consumer's list is empty, but the check is cheap.
+    let mut backlog: Option<String> = Some("-".into());
     let reclaim_every = (s.cfg.claim_idle / 4).max(std::time::Duration::from_millis(50));
     let mut next_reclaim = tokio::time::Instant::now() + reclaim_every;
     let mut reclaim_cursor = reclaim::Cursor::default();
@@ -63,49 +63,42 @@ pub(crate) async fn run<A: Agent>(
             continue;
         }
 
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
+        if let Some(from) = &backlog {
+            let from = (from != "-").then_some(from.as_str());
+            match reclaim::recover_own(&shared, &tx, &mut c, from, permit).await {
+                Ok(next) => {
+                    conn.succeeded();
+                    backlog = next;
+                }
+                Err(e) if e.code() == Some("NOGROUP") => backlog = None,
+                Err(e) => {
+                    if !conn.failed(&e, &stop).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
+
+        let reply: redis::RedisResult<redis::Value> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
             .arg(schemas::WORKERS_GROUP)
             .arg(&*s.consumer)
             .arg("COUNT")
-            .arg(want);
-        match &backlog {
-            Some(from) => {
-                cmd.arg("STREAMS").arg(&s.tasks_key).arg(from);
-            }
-            None => {
-                cmd.arg("BLOCK")
-                    .arg(block_ms)
-                    .arg("STREAMS")
-                    .arg(&s.tasks_key)
-                    .arg(">");
-            }
-        }
-        let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
+            .arg(want)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&s.tasks_key)
+            .arg(">")
+            .query_async(&mut c)
+            .await;
         match reply {
             Ok(reply) => {
                 conn.succeeded();
-                let ids = parse_read_reply(reply);
-                if let Some(from) = &mut backlog {
-                    match ids.last() {
-                        Some(last) => *from = last.id.clone(),
-                        None => backlog = None,
-                    }
-                }
-                let mut gone = Vec::new();
-                for entry in ids {
-                    if entry.fields.is_empty() {
-                        // Our pending list names an entry whose body was
-                        // deleted or trimmed: nothing left to run.
-                        gone.push(entry.id);
-                        continue;
-                    }
+                for entry in parse_read_reply(reply) {
                     let Some(one) = permit.split(1) else { break };
                     dispatch(&shared, &tx, entry, one, None);
-                }
-                if !gone.is_empty() {
-                    forget_vanished(&mut c, &s.tasks_key, &gone).await;
-                    shared.metrics.vanished.increment(gone.len() as u64);
                 }
             }
             Err(e) if e.code() == Some("NOGROUP") => {
@@ -115,30 +108,12 @@ pub(crate) async fn run<A: Agent>(
                 }
             }
             Err(e) => {
-                backlog = Some("0".into());
+                // The read may have run on the server with its reply lost.
+                backlog = Some("-".into());
                 if !conn.failed(&e, &stop).await {
                     return;
                 }
             }
         }
-    }
-}
-
-/// Acks entries whose bodies are gone so they leave the pending list. Logged
-/// as an error: a task was deleted or trimmed before it ran.
-pub(crate) async fn forget_vanished(
-    c: &mut redis::aio::MultiplexedConnection,
-    tasks_key: &str,
-    ids: &[String],
-) {
-    tracing::error!(count = ids.len(), ids = ?ids, "pending tasks vanished from the stream before they ran (trimmed or deleted by someone else)");
-    let r: redis::RedisResult<i64> = redis::cmd("XACK")
-        .arg(tasks_key)
-        .arg(schemas::WORKERS_GROUP)
-        .arg(ids)
-        .query_async(c)
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot ack vanished entries; will retry when seen again");
     }
 }

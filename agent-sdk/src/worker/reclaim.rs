@@ -19,7 +19,7 @@
 //! them well inside `claim_idle` (checked by `RuntimeConfig::validate`).
 
 use super::Shared;
-use super::delivery::parse_entries;
+use super::delivery::{Entry, parse_entries};
 use super::execute::{Tx, dispatch};
 use crate::agent::Agent;
 use crate::scripts;
@@ -28,6 +28,78 @@ use redis::streams::StreamPendingCountReply;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
+
+/// Claims `ids` for this consumer if still idle for `min_idle_ms` (claim.lua).
+/// Entries whose body is gone are acknowledged, reported and counted.
+async fn claim<A: Agent>(
+    shared: &Arc<Shared<A>>,
+    c: &mut MultiplexedConnection,
+    ids: impl IntoIterator<Item = &String>,
+    min_idle_ms: u64,
+) -> redis::RedisResult<Vec<Entry>> {
+    let s = &shared.settings;
+    let mut inv = scripts::CLAIM.prepare_invoke();
+    inv.key(&s.tasks_key)
+        .arg(schemas::WORKERS_GROUP)
+        .arg(&*s.consumer)
+        .arg(min_idle_ms);
+    for id in ids {
+        inv.arg(id);
+    }
+    let (claimed, vanished): (redis::Value, Vec<String>) = inv.invoke_async(c).await?;
+    if !vanished.is_empty() {
+        tracing::error!(count = vanished.len(), ids = ?vanished, "pending tasks vanished from the stream before they ran (trimmed or deleted by someone else)");
+        shared.metrics.vanished.increment(vanished.len() as u64);
+    }
+    Ok(parse_entries(claimed))
+}
+
+/// Picks up entries of this consumer's own pending list that this process
+/// never saw: a read whose reply was lost (timeout, dropped connection) may
+/// still have delivered them on the server. Listing with `XPENDING` counts no
+/// delivery, so only the unseen entries are claimed (and counted), never the
+/// running ones. Returns where to continue, or `None` once the list is done.
+pub(crate) async fn recover_own<A: Agent>(
+    shared: &Arc<Shared<A>>,
+    tx: &Tx,
+    c: &mut MultiplexedConnection,
+    from: Option<&str>,
+    mut permit: OwnedSemaphorePermit,
+) -> redis::RedisResult<Option<String>> {
+    let s = &shared.settings;
+    let want = permit.num_permits();
+    let start = from.map_or("-".to_owned(), |id| format!("({id}"));
+    let own: StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&s.tasks_key)
+        .arg(schemas::WORKERS_GROUP)
+        .arg(start)
+        .arg("+")
+        .arg(want)
+        .arg(&*s.consumer)
+        .query_async(c)
+        .await?;
+    let next = match own.ids.last() {
+        Some(last) if own.ids.len() == want => Some(last.id.clone()),
+        _ => None,
+    };
+    let unseen: Vec<String> = own
+        .ids
+        .into_iter()
+        .map(|p| p.id)
+        .filter(|id| !shared.inflight.contains(id))
+        .collect();
+    if !unseen.is_empty() {
+        tracing::info!(
+            count = unseen.len(),
+            "picking up tasks delivered to this worker by a read whose reply was lost"
+        );
+        for entry in claim(shared, c, &unseen, 0).await? {
+            let Some(one) = permit.split(1) else { break };
+            dispatch(shared, tx, entry, one, None);
+        }
+    }
+    Ok(next)
+}
 
 /// Most pending entries inspected per pass.
 const SCAN: usize = 200;
@@ -92,20 +164,13 @@ pub(crate) async fn reclaim_once<A: Agent>(
         return Ok(());
     }
 
-    let mut inv = scripts::CLAIM.prepare_invoke();
-    inv.key(&s.tasks_key)
-        .arg(schemas::WORKERS_GROUP)
-        .arg(&*s.consumer)
-        .arg(s.cfg.claim_idle.as_millis() as u64);
-    for id in chosen.keys() {
-        inv.arg(id);
-    }
-    let (claimed, vanished): (redis::Value, Vec<String>) = inv.invoke_async(c).await?;
-    let claimed = parse_entries(claimed);
-    if !vanished.is_empty() {
-        tracing::error!(count = vanished.len(), ids = ?vanished, "pending tasks vanished from the stream before they ran (trimmed or deleted by someone else)");
-        shared.metrics.vanished.increment(vanished.len() as u64);
-    }
+    let claimed = claim(
+        shared,
+        c,
+        chosen.keys(),
+        s.cfg.claim_idle.as_millis() as u64,
+    )
+    .await?;
     if claimed.is_empty() {
         return Ok(());
     }
