@@ -309,7 +309,7 @@ impl Client {
             match AgentRecord::from_fields(&map) {
                 Ok(r) => out.push(r),
                 Err(e) if !map.is_empty() => {
-                    tracing::warn!(instance = %id, error = %e, "skipping an unreadable registry record");
+                    tracing::warn!(instance = %id, error = %e, "leaving out an unreadable registry record");
                 }
                 Err(_) => dead.push(id),
             }

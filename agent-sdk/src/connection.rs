@@ -208,15 +208,15 @@ mod tests {
     #[test]
     fn redacts_passwords() {
         assert_eq!(
-            redact_url("redis://:s3cret@h:6379/0"),
-            "redis://:***@h:6379/0"
+            redact_url("redis://:s3cret@h:7000/0"),
+            "redis://:***@h:7000/0"
         );
         assert_eq!(
-            redact_url("redis://user:s3cret@h:6379"),
-            "redis://user:***@h:6379"
+            redact_url("redis://user:s3cret@h:7000"),
+            "redis://user:***@h:7000"
         );
         assert_eq!(redact_url("rediss://user:p@ss@h"), "rediss://user:***@h");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://h:7000"), "redis://h:7000");
         assert!(!redact_url("redis://:pw@h/?x=@").contains("pw"));
     }
 

@@ -99,7 +99,7 @@ impl DeadLetters {
                 let d = match to_dead_letter(&e) {
                     Ok(d) => d,
                     Err(err) => {
-                        tracing::warn!(%id, error = %err, "skipping an unreadable DLQ entry");
+                        tracing::warn!(%id, error = %err, "leaving out an unreadable DLQ entry");
                         continue;
                     }
                 };
