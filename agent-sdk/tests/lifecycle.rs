@@ -690,6 +690,15 @@ async fn per_task_limits_override_the_worker_defaults() {
         .await
         .unwrap()
         .task_id;
+    // Out-of-range values from a hand-written envelope do not break anything.
+    let mut conn = redis.connection();
+    let _: String = redis::cmd("XADD")
+        .arg(keys().tasks(&t))
+        .arg("*")
+        .arg("body")
+        .arg(r#"{"v":1,"id":"huge-timeout","timeout_ms":18446744073709551615,"max_attempts":4294967295,"input":{}}"#)
+        .query(&mut conn)
+        .unwrap();
     // The producer refuses a body over its limit: nothing is added.
     let small = client.clone().with_max_payload(256);
     let big = FaultInput {
@@ -702,9 +711,9 @@ async fn per_task_limits_override_the_worker_defaults() {
         .unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
 
-    let ledger = settle(&redis, 2).await;
+    let ledger = settle(&redis, 3).await;
     worker.shutdown().await;
-    ledger.assert_exact(&[], &[once.clone(), quick.clone()]);
+    ledger.assert_exact(&["huge-timeout".to_owned()], &[once.clone(), quick.clone()]);
     let dl = client.dead_letters();
     let get = |id: String| {
         let dl = dl.clone();

@@ -20,6 +20,9 @@ use tracing::Instrument;
 
 pub(crate) type Tx = UnboundedSender<Finished>;
 
+/// Longest handler timeout a task can ask for.
+const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Longest error message kept in a dead letter or result.
 const MAX_ERROR_LEN: usize = 16 * 1024;
 
@@ -101,9 +104,18 @@ pub(crate) fn dispatch<A: Agent>(
                 )
             }
             _ => {
-                shared
-                    .tracker
-                    .spawn(run_task(shared.clone(), tx.clone(), *d, token, permit));
+                let id = d.entry.id.clone();
+                let inflight = shared.inflight.clone();
+                let run = AssertUnwindSafe(run_task(shared.clone(), tx.clone(), *d, token, permit));
+                shared.tracker.spawn(async move {
+                    // Handler panics are caught inside; this catches the
+                    // runtime's own. Without it the entry would stay in
+                    // `inflight`, be renewed forever and never settle.
+                    if run.catch_unwind().await.is_err() {
+                        tracing::error!(stream_id = %id, "bug: the runtime panicked while running a task; it stays pending and will be reclaimed");
+                        inflight.finish(&id);
+                    }
+                });
                 return;
             }
         },
@@ -160,9 +172,13 @@ async fn run_task<A: Agent>(
         attempt,
         encoding,
     } = d;
+    // The task may choose its timeout, within reason: 0 means the default,
+    // and no value may overflow the deadline arithmetic.
     let timeout = envelope
         .timeout_ms
-        .map_or(s.cfg.task_timeout, Duration::from_millis);
+        .filter(|ms| *ms > 0)
+        .map_or(s.cfg.task_timeout, Duration::from_millis)
+        .min(MAX_TASK_TIMEOUT);
     let max_attempts = envelope.max_attempts.unwrap_or(s.cfg.max_attempts).max(1);
     let meta = Meta {
         task_id: Some(envelope.id.clone()),
