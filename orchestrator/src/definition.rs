@@ -1,0 +1,1047 @@
+//! Workflow definitions: a DAG of stages.
+//!
+//! ```yaml
+//! name: sdlc
+//! stages:
+//!   - name: scaffold
+//!     agent: scaffold
+//!     timeout: 5m
+//!   - name: deployment
+//!     agent: deployment
+//!     depends_on: [integration]
+//!     approval: true
+//!     compensate:
+//!       input: { action: rollback }
+//! ```
+
+use crate::{DefinitionError, Result};
+use agent_sdk::schemas::AgentType;
+use petgraph::Direction;
+use petgraph::algo::toposort;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+/// Largest definition accepted by the parsers, in bytes (1 MiB).
+pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
+/// Most stages a definition may have.
+pub const MAX_STAGES: usize = 10_000;
+/// Longest definition or stage name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Range of `max_attempts` when given.
+pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
+/// Shortest stage timeout when given.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest stage timeout when given (7 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A workflow definition as written by its author (YAML or JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Name: 1–64 of `a-z 0-9 - _`.
+    pub name: String,
+    /// Version, assigned when the definition is registered (1, 2, …);
+    /// a running workflow keeps the version it started with.
+    #[serde(default)]
+    pub version: u32,
+    /// What the workflow is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The stages; order is free, `depends_on` decides it.
+    pub stages: Vec<StageDef>,
+}
+
+/// One stage of a definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageDef {
+    /// Name, unique in the definition: 1–64 of `a-z 0-9 - _`.
+    pub name: String,
+    /// Agent type that runs the stage.
+    pub agent: String,
+    /// Stages that must complete first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Deadline of the stage from dispatch to result (`30s`, `5m`); also the
+    /// handler timeout sent with its task. The orchestrator's default when absent.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Attempts the agent may make (retryable failures); its default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The task that undoes this stage when a later one fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Compensation>,
+    /// A person must approve before the stage starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
+}
+
+/// How to undo a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compensation {
+    /// Agent type that runs the compensation; the stage's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub input: serde_json::Value,
+}
+
+/// Stages planned into levels: every stage of a level depends only on stages
+/// of earlier levels, so a level's stages can run in parallel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Stage names, level by level; within a level in definition order.
+    pub levels: Vec<Vec<String>>,
+}
+
+impl Definition {
+    /// Parses a definition written in YAML.
+    ///
+    /// Refuses inputs over [`MAX_DEFINITION_BYTES`] before parsing, and more
+    /// than [`MAX_STAGES`] stages. Does not [`validate`](Self::validate).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        check_size(text)?;
+        let def: Self =
+            serde_norway::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        check_stage_count(def.stages.len())?;
+        Ok(def)
+    }
+
+    /// Parses a definition written in JSON; same limits as [`from_yaml`](Self::from_yaml).
+    pub fn from_json(text: &str) -> Result<Self> {
+        check_size(text)?;
+        let def: Self =
+            serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        check_stage_count(def.stages.len())?;
+        Ok(def)
+    }
+
+    /// Parses JSON when the first non-whitespace character is `{`, YAML otherwise.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.trim_start().starts_with('{') {
+            Self::from_json(text)
+        } else {
+            Self::from_yaml(text)
+        }
+    }
+
+    /// The stage named `name`, if any.
+    pub fn stage(&self, name: &str) -> Option<&StageDef> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The built-in software-delivery pipeline, `sdlc` version 1:
+    /// scaffold → validation → e2e → integration → deployment, each stage run
+    /// by the agent of its name, with deployment rolled back by
+    /// `{"action": "rollback"}` when it must be undone.
+    pub fn sdlc() -> Self {
+        const STAGES: [(&str, u64); 5] = [
+            ("scaffold", 5),
+            ("validation", 5),
+            ("e2e", 15),
+            ("integration", 5),
+            ("deployment", 10),
+        ];
+        let stages = STAGES
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, minutes))| StageDef {
+                name: name.to_owned(),
+                agent: name.to_owned(),
+                depends_on: i
+                    .checked_sub(1)
+                    .map(|prev| vec![STAGES[prev].0.to_owned()])
+                    .unwrap_or_default(),
+                timeout: Some(Duration::from_secs(minutes * 60)),
+                max_attempts: Some(3),
+                compensate: (name == "deployment").then(|| Compensation {
+                    agent: None,
+                    input: serde_json::json!({ "action": "rollback" }),
+                }),
+                approval: false,
+            })
+            .collect();
+        Self {
+            name: "sdlc".to_owned(),
+            version: 1,
+            description: Some(
+                "Software delivery: scaffold, validation, e2e, integration, deployment".to_owned(),
+            ),
+            stages,
+        }
+    }
+
+    /// Checks every rule and plans the stages into parallel levels.
+    ///
+    /// Rules: definition and stage names 1–64 of `a-z 0-9 - _`; agents (and
+    /// compensation agents) valid agent types; 1 to [`MAX_STAGES`] stages with
+    /// unique names; every dependency names another stage, once; no cycles;
+    /// `max_attempts` in [`MAX_ATTEMPTS`]; `timeout` within
+    /// [`MIN_TIMEOUT`]..=[`MAX_TIMEOUT`]; `compensate.input` an object or null.
+    ///
+    /// A stage's level is 0 without dependencies, else 1 + the highest level
+    /// of its dependencies; within a level stages keep definition order.
+    /// Runs in O(stages + dependencies).
+    ///
+    /// A cycle is reported in running order, from the stage defined first
+    /// back to it: `a -> b -> c -> a` means b depends on a, c on b, a on c.
+    pub fn validate(&self) -> Result<Plan> {
+        check_name("definition name", &self.name).map_err(DefinitionError::Invalid)?;
+        if self.stages.is_empty() {
+            return Err(DefinitionError::Invalid(format!(
+                "definition {:?} has no stages",
+                self.name
+            )));
+        }
+        check_stage_count(self.stages.len())?;
+
+        // Each stage alone, and the name → index map.
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.stages.len());
+        for (i, stage) in self.stages.iter().enumerate() {
+            check_name("stage name", &stage.name).map_err(|why| {
+                DefinitionError::Invalid(format!("stage #{} of {:?}: {why}", i + 1, self.name))
+            })?;
+            stage.check_fields()?;
+            if index.insert(&stage.name, i).is_some() {
+                return Err(DefinitionError::DuplicateStage(stage.name.clone()));
+            }
+        }
+
+        // Dependencies; edges run from a dependency to the stage that waits for it.
+        let edge_count = self.stages.iter().map(|s| s.depends_on.len()).sum();
+        let mut graph: DiGraph<(), ()> = DiGraph::with_capacity(self.stages.len(), edge_count);
+        for _ in &self.stages {
+            graph.add_node(());
+        }
+        // `seen[d] == i + 1` once stage `i` has listed `d`: finds repeats in O(1)
+        // without clearing a set per stage.
+        let mut seen = vec![0usize; self.stages.len()];
+        for (i, stage) in self.stages.iter().enumerate() {
+            for dep in &stage.depends_on {
+                let Some(&d) = index.get(dep.as_str()) else {
+                    return Err(DefinitionError::UnknownDependency {
+                        stage: stage.name.clone(),
+                        missing: dep.clone(),
+                    });
+                };
+                if d == i {
+                    return Err(DefinitionError::Invalid(format!(
+                        "stage {:?} depends on itself",
+                        stage.name
+                    )));
+                }
+                if seen[d] == i + 1 {
+                    return Err(DefinitionError::Invalid(format!(
+                        "stage {:?} lists {dep:?} more than once in depends_on",
+                        stage.name
+                    )));
+                }
+                seen[d] = i + 1;
+                graph.add_edge(NodeIndex::new(d), NodeIndex::new(i), ());
+            }
+        }
+
+        let order = toposort(&graph, None).map_err(|cycle| DefinitionError::Cycle {
+            cycle: self.cycle_through(&graph, cycle.node_id()),
+        })?;
+
+        let mut level = vec![0usize; self.stages.len()];
+        let mut depth = 0;
+        for node in order {
+            let l = graph
+                .neighbors_directed(node, Direction::Incoming)
+                .map(|dep| level[dep.index()] + 1)
+                .max()
+                .unwrap_or(0);
+            level[node.index()] = l;
+            depth = depth.max(l + 1);
+        }
+        let mut levels = vec![Vec::new(); depth];
+        for (stage, &l) in self.stages.iter().zip(&level) {
+            levels[l].push(stage.name.clone());
+        }
+        Ok(Plan { levels })
+    }
+
+    /// The stages of one cycle through `start`, in the order they would have
+    /// to run (each stage is a dependency of the next), starting and ending
+    /// with the one defined first. Breadth-first, so the cycle is a shortest one.
+    fn cycle_through(&self, graph: &DiGraph<(), ()>, start: NodeIndex) -> Vec<String> {
+        const NONE: usize = usize::MAX;
+        let mut parent = vec![NONE; graph.node_count()];
+        let mut queue = VecDeque::from([start]);
+        let mut last = None;
+        'search: while let Some(node) = queue.pop_front() {
+            for next in graph.neighbors(node) {
+                if next == start {
+                    last = Some(node);
+                    break 'search;
+                }
+                if parent[next.index()] == NONE {
+                    parent[next.index()] = node.index();
+                    queue.push_back(next);
+                }
+            }
+        }
+        // petgraph reports a node of a strongly connected component with more
+        // than one node, so the search always finds a way back; if not, name
+        // the node alone rather than invent a cycle.
+        let Some(mut node) = last.map(NodeIndex::index) else {
+            return vec![self.stages[start.index()].name.clone()];
+        };
+        let mut path = vec![node];
+        while node != start.index() {
+            node = parent[node];
+            path.push(node);
+        }
+        path.reverse();
+        let first = path
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &n)| n)
+            .map_or(0, |(pos, _)| pos);
+        path.rotate_left(first);
+        path.push(path[0]);
+        path.into_iter()
+            .map(|n| self.stages[n].name.clone())
+            .collect()
+    }
+}
+
+impl StageDef {
+    /// Checks the fields that need no other stage.
+    fn check_fields(&self) -> Result<()> {
+        let invalid = |why: String| {
+            Err(DefinitionError::Invalid(format!(
+                "stage {:?}: {why}",
+                self.name
+            )))
+        };
+        if let Err(e) = AgentType::new(self.agent.as_str()) {
+            return invalid(e.to_string());
+        }
+        if let Some(n) = self.max_attempts
+            && !MAX_ATTEMPTS.contains(&n)
+        {
+            return invalid(format!(
+                "max_attempts {n} is out of range {}..={}",
+                MAX_ATTEMPTS.start(),
+                MAX_ATTEMPTS.end()
+            ));
+        }
+        if let Some(t) = self.timeout
+            && !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t)
+        {
+            return invalid(format!(
+                "timeout {} is out of range {}..={}",
+                humantime::format_duration(t),
+                humantime::format_duration(MIN_TIMEOUT),
+                humantime::format_duration(MAX_TIMEOUT)
+            ));
+        }
+        if let Some(c) = &self.compensate {
+            if let Some(agent) = &c.agent
+                && let Err(e) = AgentType::new(agent.as_str())
+            {
+                return invalid(format!("compensate: {e}"));
+            }
+            if !(c.input.is_object() || c.input.is_null()) {
+                return invalid(format!(
+                    "compensate.input must be a JSON object or null, not {}",
+                    json_kind(&c.input)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a definition or stage name: 1–64 of `a-z 0-9 - _`.
+fn check_name(what: &str, value: &str) -> std::result::Result<(), String> {
+    let why = if value.is_empty() {
+        "must not be empty"
+    } else if value.len() > MAX_NAME_LEN {
+        "is longer than 64 bytes"
+    } else if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        "may hold only a-z, 0-9, '-' and '_'"
+    } else {
+        return Ok(());
+    };
+    let shown: String = value.chars().take(80).collect();
+    Err(format!("invalid {what} {shown:?}: {why}"))
+}
+
+fn check_size(text: &str) -> Result<()> {
+    if text.len() > MAX_DEFINITION_BYTES {
+        return Err(DefinitionError::Invalid(format!(
+            "definition of {} bytes is over the limit of {MAX_DEFINITION_BYTES} bytes (1 MiB)",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_stage_count(n: usize) -> Result<()> {
+    if n > MAX_STAGES {
+        return Err(DefinitionError::Invalid(format!(
+            "definition has {n} stages, over the limit of {MAX_STAGES}"
+        )));
+    }
+    Ok(())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Durations written the human way (`30s`, `5m`, `1h 30m`).
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::HashSet;
+
+    /// A stage run by the agent `work`, depending on `deps`.
+    fn stage(name: &str, deps: &[&str]) -> StageDef {
+        StageDef {
+            name: name.to_owned(),
+            agent: "work".to_owned(),
+            depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
+            timeout: None,
+            max_attempts: None,
+            compensate: None,
+            approval: false,
+        }
+    }
+
+    fn def(stages: Vec<StageDef>) -> Definition {
+        Definition {
+            name: "test".to_owned(),
+            version: 1,
+            description: None,
+            stages,
+        }
+    }
+
+    fn levels(plan: &Plan) -> Vec<Vec<&str>> {
+        plan.levels
+            .iter()
+            .map(|l| l.iter().map(String::as_str).collect())
+            .collect()
+    }
+
+    fn invalid(result: Result<Plan>) -> String {
+        match result {
+            Err(DefinitionError::Invalid(msg)) => msg,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    /// Every stage once; level 0 without dependencies, else exactly one
+    /// level after its latest dependency; definition order within a level.
+    fn check_plan(def: &Definition, plan: &Plan) {
+        let mut level_of = HashMap::new();
+        for (l, names) in plan.levels.iter().enumerate() {
+            assert!(!names.is_empty(), "level {l} is empty");
+            for name in names {
+                assert!(level_of.insert(name.as_str(), l).is_none(), "{name} twice");
+            }
+        }
+        assert_eq!(level_of.len(), def.stages.len(), "stages missing");
+        for s in &def.stages {
+            let l = level_of[s.name.as_str()];
+            for d in &s.depends_on {
+                assert!(level_of[d.as_str()] < l, "{} not after {d}", s.name);
+            }
+            let want = s
+                .depends_on
+                .iter()
+                .map(|d| level_of[d.as_str()] + 1)
+                .max()
+                .unwrap_or(0);
+            assert_eq!(l, want, "level of {}", s.name);
+        }
+        let position: HashMap<&str, usize> = def
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        for names in &plan.levels {
+            assert!(
+                names
+                    .windows(2)
+                    .all(|w| position[w[0].as_str()] < position[w[1].as_str()])
+            );
+        }
+    }
+
+    /// A reported cycle is closed, made of real `depends_on` edges, and
+    /// visits no stage twice.
+    fn check_cycle(def: &Definition, cycle: &[String]) {
+        assert!(cycle.len() >= 3, "{cycle:?}");
+        assert_eq!(cycle.first(), cycle.last());
+        let inner: HashSet<_> = cycle[1..].iter().collect();
+        assert_eq!(inner.len(), cycle.len() - 1, "{cycle:?} repeats a stage");
+        for w in cycle.windows(2) {
+            let next = def.stage(&w[1]).unwrap();
+            assert!(
+                next.depends_on.contains(&w[0]),
+                "{} -> {} is no edge",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
+    /// xorshift64: deterministic, good enough to shape test graphs.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// `n` stages, each depending on up to 3 random earlier ones, then shuffled.
+    fn random_dag(n: usize, seed: u64) -> Definition {
+        let mut rng = Rng(seed);
+        let mut stages: Vec<StageDef> = (0..n)
+            .map(|i| {
+                let mut deps = Vec::new();
+                if i > 0 {
+                    for _ in 0..rng.below(4) {
+                        let d = format!("s{}", rng.below(i));
+                        if !deps.contains(&d) {
+                            deps.push(d);
+                        }
+                    }
+                }
+                StageDef {
+                    depends_on: deps,
+                    ..stage(&format!("s{i}"), &[])
+                }
+            })
+            .collect();
+        for i in (1..n).rev() {
+            stages.swap(i, rng.below(i + 1));
+        }
+        def(stages)
+    }
+
+    const YAML: &str = r#"
+name: release
+version: 2
+description: Build and ship.
+stages:
+  - name: build
+    agent: builder
+    timeout: 90s
+    max_attempts: 5
+  - name: ship
+    agent: deployment
+    depends_on: [build]
+    timeout: 1h 30m
+    approval: true
+    compensate:
+      agent: rollback
+      input: { action: rollback, keep: 2 }
+"#;
+
+    const JSON: &str = r#"{
+  "name": "release",
+  "version": 2,
+  "description": "Build and ship.",
+  "stages": [
+    {"name": "build", "agent": "builder", "timeout": "90s", "max_attempts": 5},
+    {"name": "ship", "agent": "deployment", "depends_on": ["build"], "timeout": "1h 30m",
+     "approval": true,
+     "compensate": {"agent": "rollback", "input": {"action": "rollback", "keep": 2}}}
+  ]
+}"#;
+
+    #[test]
+    fn yaml_and_json_parse_equal() {
+        let yaml = Definition::from_yaml(YAML).unwrap();
+        let json = Definition::from_json(JSON).unwrap();
+        assert_eq!(yaml, json);
+        assert_eq!(Definition::parse(YAML).unwrap(), yaml);
+        assert_eq!(Definition::parse(JSON).unwrap(), yaml);
+        let ship = yaml.stage("ship").unwrap();
+        assert_eq!(ship.timeout, Some(Duration::from_secs(5400)));
+        assert!(ship.approval);
+        assert_eq!(
+            ship.compensate.as_ref().unwrap().input,
+            json!({"action": "rollback", "keep": 2})
+        );
+        assert!(yaml.stage("nope").is_none());
+        assert_eq!(levels(&yaml.validate().unwrap()), [["build"], ["ship"]]);
+    }
+
+    #[test]
+    fn round_trips_through_yaml_and_json() {
+        let sdlc = Definition::sdlc();
+        let yaml = serde_norway::to_string(&sdlc).unwrap();
+        let json = serde_json::to_string(&sdlc).unwrap();
+        assert_eq!(Definition::parse(&yaml).unwrap(), sdlc);
+        assert_eq!(Definition::parse(&json).unwrap(), sdlc);
+    }
+
+    #[test]
+    fn sdlc_plans_into_five_levels_of_one() {
+        let sdlc = Definition::sdlc();
+        assert_eq!((sdlc.name.as_str(), sdlc.version), ("sdlc", 1));
+        let plan = sdlc.validate().unwrap();
+        assert_eq!(
+            levels(&plan),
+            [
+                ["scaffold"],
+                ["validation"],
+                ["e2e"],
+                ["integration"],
+                ["deployment"]
+            ]
+        );
+        let minutes = |name: &str| sdlc.stage(name).unwrap().timeout.unwrap().as_secs() / 60;
+        assert_eq!(
+            ["scaffold", "validation", "e2e", "integration", "deployment"].map(minutes),
+            [5, 5, 15, 5, 10]
+        );
+        for s in &sdlc.stages {
+            assert_eq!(s.agent, s.name);
+            assert_eq!(s.max_attempts, Some(3));
+        }
+        let deployment = sdlc.stage("deployment").unwrap();
+        assert_eq!(
+            deployment.compensate,
+            Some(Compensation {
+                agent: None,
+                input: json!({"action": "rollback"})
+            })
+        );
+        assert!(sdlc.stage("e2e").unwrap().compensate.is_none());
+    }
+
+    #[test]
+    fn diamond() {
+        // Defined out of order: order within a level follows the definition.
+        let d = def(vec![
+            stage("d", &["c", "b"]),
+            stage("c", &["a"]),
+            stage("b", &["a"]),
+            stage("a", &[]),
+        ]);
+        let plan = d.validate().unwrap();
+        assert_eq!(levels(&plan), [vec!["a"], vec!["c", "b"], vec!["d"]]);
+        let d = def(vec![
+            stage("a", &[]),
+            stage("b", &["a"]),
+            stage("c", &["a"]),
+            stage("d", &["b", "c"]),
+        ]);
+        assert_eq!(
+            levels(&d.validate().unwrap()),
+            [vec!["a"], vec!["b", "c"], vec!["d"]]
+        );
+    }
+
+    #[test]
+    fn level_is_one_after_the_latest_dependency() {
+        let d = def(vec![
+            stage("a", &[]),
+            stage("b", &["a"]),
+            stage("c", &["b"]),
+            stage("x", &[]),
+            stage("y", &["a", "c"]),
+        ]);
+        let plan = d.validate().unwrap();
+        assert_eq!(
+            levels(&plan),
+            [vec!["a", "x"], vec!["b"], vec!["c"], vec!["y"]]
+        );
+        check_plan(&d, &plan);
+    }
+
+    #[test]
+    fn bad_names() {
+        let mut d = def(vec![stage("a", &[])]);
+        d.name = "Bad Name".to_owned();
+        let msg = invalid(d.validate());
+        assert!(
+            msg.contains("definition name") && msg.contains("Bad Name"),
+            "{msg}"
+        );
+
+        for bad in ["", "Build", "a:b", "a b", &"x".repeat(65)] {
+            let d = def(vec![stage("ok", &[]), stage(bad, &[])]);
+            let msg = invalid(d.validate());
+            assert!(msg.contains("stage name") && msg.contains("#2"), "{msg}");
+            assert!(msg.contains(&format!("{:?}", bad)), "{msg}");
+        }
+        // Stage names follow the name rule, not the agent type's reserved words.
+        assert!(def(vec![stage("count", &[])]).validate().is_ok());
+        assert!(def(vec![stage(&"x".repeat(64), &[])]).validate().is_ok());
+    }
+
+    #[test]
+    fn bad_agents() {
+        let mut s = stage("build", &[]);
+        s.agent = "Builder".to_owned();
+        let msg = invalid(def(vec![s]).validate());
+        assert!(
+            msg.contains("\"build\"") && msg.contains("agent type"),
+            "{msg}"
+        );
+
+        let mut s = stage("build", &[]);
+        s.agent = "streams".to_owned();
+        let msg = invalid(def(vec![s]).validate());
+        assert!(
+            msg.contains("\"build\"") && msg.contains("reserved"),
+            "{msg}"
+        );
+
+        let mut s = stage("ship", &[]);
+        s.compensate = Some(Compensation {
+            agent: Some("roll back".to_owned()),
+            input: serde_json::Value::Null,
+        });
+        let msg = invalid(def(vec![s]).validate());
+        assert!(
+            msg.contains("\"ship\"") && msg.contains("compensate"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn no_stages() {
+        let msg = invalid(def(vec![]).validate());
+        assert!(msg.contains("no stages") && msg.contains("test"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_stage() {
+        let d = def(vec![stage("a", &[]), stage("b", &[]), stage("a", &[])]);
+        assert_eq!(
+            d.validate(),
+            Err(DefinitionError::DuplicateStage("a".to_owned()))
+        );
+    }
+
+    #[test]
+    fn unknown_dependency() {
+        let d = def(vec![stage("a", &[]), stage("b", &["a", "ghost"])]);
+        let err = d.validate().unwrap_err();
+        assert_eq!(
+            err,
+            DefinitionError::UnknownDependency {
+                stage: "b".to_owned(),
+                missing: "ghost".to_owned()
+            }
+        );
+        assert!(err.to_string().contains("\"b\""));
+    }
+
+    #[test]
+    fn self_dependency() {
+        let msg = invalid(def(vec![stage("a", &[]), stage("b", &["a", "b"])]).validate());
+        assert!(msg.contains("\"b\"") && msg.contains("itself"), "{msg}");
+    }
+
+    #[test]
+    fn repeated_dependency() {
+        let msg = invalid(def(vec![stage("a", &[]), stage("b", &["a", "a"])]).validate());
+        assert!(
+            msg.contains("\"b\"") && msg.contains("\"a\" more than once"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn cycle_is_listed_in_order() {
+        let d = def(vec![
+            stage("start", &[]),
+            stage("a", &["start", "c"]),
+            stage("b", &["a"]),
+            stage("c", &["b"]),
+            stage("end", &["c"]),
+        ]);
+        let err = d.validate().unwrap_err();
+        assert_eq!(err.to_string(), "stages form a cycle: a -> b -> c -> a");
+        let DefinitionError::Cycle { cycle } = err else {
+            panic!("{err:?}")
+        };
+        check_cycle(&d, &cycle);
+
+        // Two stages waiting for each other.
+        let d = def(vec![stage("x", &["y"]), stage("y", &["x"])]);
+        assert_eq!(
+            d.validate().unwrap_err().to_string(),
+            "stages form a cycle: x -> y -> x"
+        );
+    }
+
+    #[test]
+    fn max_attempts_range() {
+        for (n, ok) in [(0, false), (1, true), (100, true), (101, false)] {
+            let mut s = stage("build", &[]);
+            s.max_attempts = Some(n);
+            let result = def(vec![s]).validate();
+            if ok {
+                assert!(result.is_ok(), "{n}");
+            } else {
+                let msg = invalid(result);
+                assert!(
+                    msg.contains("\"build\"") && msg.contains("max_attempts"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn timeout_range() {
+        let day = 24 * 3600;
+        for (secs, ok) in [
+            (0.0, false),
+            (0.5, false),
+            (1.0, true),
+            (7.0 * day as f64, true),
+            (7.0 * day as f64 + 1.0, false),
+        ] {
+            let mut s = stage("build", &[]);
+            s.timeout = Some(Duration::from_secs_f64(secs));
+            let result = def(vec![s]).validate();
+            if ok {
+                assert!(result.is_ok(), "{secs}");
+            } else {
+                let msg = invalid(result);
+                assert!(
+                    msg.contains("\"build\"") && msg.contains("timeout"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn compensation_input_is_an_object_or_null() {
+        for (input, ok) in [
+            (json!(null), true),
+            (json!({"action": "rollback"}), true),
+            (json!(["rollback"]), false),
+            (json!("rollback"), false),
+            (json!(1), false),
+        ] {
+            let mut s = stage("ship", &[]);
+            s.compensate = Some(Compensation { agent: None, input });
+            let result = def(vec![s]).validate();
+            if ok {
+                assert!(result.is_ok());
+            } else {
+                let msg = invalid(result);
+                assert!(
+                    msg.contains("\"ship\"") && msg.contains("compensate.input"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        for text in [
+            "name: x\nstages: []\nowner: me\n",
+            "name: x\nstages:\n  - name: a\n    agent: a\n    retries: 3\n",
+            "name: x\nstages:\n  - name: a\n    agent: a\n    compensate: { agent: a, with: 1 }\n",
+            r#"{"name": "x", "stages": [{"name": "a", "agent": "a", "dependsOn": []}]}"#,
+        ] {
+            let err = Definition::parse(text).unwrap_err();
+            assert!(
+                matches!(&err, DefinitionError::Parse(m) if m.contains("unknown field")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_errors_say_where() {
+        let err = Definition::from_yaml("name: x\nstages:\n  - name: a\n    timeout: soon\n")
+            .unwrap_err();
+        assert!(
+            matches!(&err, DefinitionError::Parse(m) if m.contains("line") && m.contains("soon")),
+            "{err:?}"
+        );
+        let err = Definition::parse("{\"name\": \"x\",\n \"stages\": [}").unwrap_err();
+        assert!(
+            matches!(&err, DefinitionError::Parse(m) if m.contains("line 2")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn size_limits() {
+        let mut text = String::from("name: x\nstages: []\n");
+        text.push_str(&"#".repeat(MAX_DEFINITION_BYTES + 1 - text.len()));
+        for parsed in [
+            Definition::from_yaml(&text),
+            Definition::from_json(&text),
+            Definition::parse(&text),
+        ] {
+            let msg = match parsed {
+                Err(DefinitionError::Invalid(msg)) => msg,
+                other => panic!("{other:?}"),
+            };
+            assert!(msg.contains("1048576") && msg.contains("1 MiB"), "{msg}");
+        }
+
+        let many = random_dag(MAX_STAGES + 1, 7);
+        let msg = invalid(many.validate());
+        assert!(msg.contains("10000"), "{msg}");
+        let json = serde_json::to_string(&many).unwrap();
+        assert!(json.len() <= MAX_DEFINITION_BYTES);
+        assert!(matches!(
+            Definition::from_json(&json),
+            Err(DefinitionError::Invalid(m)) if m.contains("10000")
+        ));
+        let at_limit = random_dag(MAX_STAGES, 7);
+        check_plan(&at_limit, &at_limit.validate().unwrap());
+    }
+
+    #[test]
+    fn random_dag_of_a_thousand_stages() {
+        for seed in [1, 0x9e37_79b9_7f4a_7c15, 42] {
+            let d = random_dag(1000, seed);
+            let plan = d.validate().unwrap();
+            check_plan(&d, &plan);
+            assert!(plan.levels.len() > 1);
+        }
+    }
+
+    /// Stage `i` depends on some of stages `0..i`; `order` shuffles them.
+    fn arb_dag() -> impl Strategy<Value = Definition> {
+        (1..60usize).prop_flat_map(|n| {
+            let deps =
+                prop::collection::vec(prop::collection::vec(any::<prop::sample::Index>(), 0..4), n);
+            let order = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
+            (deps, order).prop_map(move |(deps, order)| {
+                let mut stages: Vec<StageDef> = deps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, picks)| {
+                        let mut depends_on = Vec::new();
+                        if i > 0 {
+                            for p in picks {
+                                let d = format!("s{}", p.index(i));
+                                if !depends_on.contains(&d) {
+                                    depends_on.push(d);
+                                }
+                            }
+                        }
+                        StageDef {
+                            depends_on,
+                            ..stage(&format!("s{i}"), &[])
+                        }
+                    })
+                    .collect();
+                let mut shuffled: Vec<Option<StageDef>> = stages.drain(..).map(Some).collect();
+                def(order.iter().map(|&i| shuffled[i].take().unwrap()).collect())
+            })
+        })
+    }
+
+    /// Stages that `name` waits for, directly or not.
+    fn ancestors(def: &Definition, name: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut todo = vec![name.to_owned()];
+        while let Some(n) = todo.pop() {
+            for d in &def.stage(&n).unwrap().depends_on {
+                if !found.contains(d) {
+                    found.push(d.clone());
+                    todo.push(d.clone());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    proptest! {
+        #[test]
+        fn random_dags_validate(d in arb_dag()) {
+            let plan = d.validate().unwrap();
+            check_plan(&d, &plan);
+        }
+
+        #[test]
+        fn a_back_edge_makes_a_cycle(
+            d in arb_dag(),
+            pick_stage in any::<prop::sample::Index>(),
+            pick_ancestor in any::<prop::sample::Index>(),
+        ) {
+            let waiting: Vec<&StageDef> =
+                d.stages.iter().filter(|s| !s.depends_on.is_empty()).collect();
+            prop_assume!(!waiting.is_empty());
+            let late = pick_stage.get(&waiting).name.clone();
+            let early = pick_ancestor.get(&ancestors(&d, &late)).clone();
+            let mut d = d;
+            let pos = d.stages.iter().position(|s| s.name == early).unwrap();
+            d.stages[pos].depends_on.push(late.clone());
+            match d.validate() {
+                Err(DefinitionError::Cycle { cycle }) => {
+                    check_cycle(&d, &cycle);
+                    prop_assert!(cycle.contains(&late) && cycle.contains(&early));
+                }
+                other => prop_assert!(false, "{early} -> {late}: {other:?}"),
+            }
+        }
+    }
+}
