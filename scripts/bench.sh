@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the benchmark (agent-sdk/examples/bench.rs) against a private,
-# throw-away redis-server and prints its one JSON object on stdout.
+# Runs the benchmarks — the runtime's (agent-sdk/examples/bench.rs, against a
+# private, throw-away redis-server) and the orchestrator's DAG planning
+# (orchestrator/examples/plan_bench.rs) — and prints one JSON object on stdout.
 #
 #   scripts/bench.sh [bench flags...]    e.g. scripts/bench.sh --tasks 50000
 #
@@ -17,6 +18,7 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 ensure_redis
 log "building (release)"
 cargo build --release -p agent-sdk --example bench --bin fault-agent >&2
+cargo build --release -p orchestrator --example plan_bench >&2
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 work_dir="$(mktemp -d -t agentic-bench.XXXXXX)"
@@ -25,5 +27,10 @@ trap 'stop_private_redis; rm -rf "$work_dir"' EXIT
 start_private_redis "$work_dir"
 log "redis-server pid $REDIS_PID on port $REDIS_PORT ($(redis-server --version | awk '{print $3}'))"
 
-"$target_dir/release/examples/bench" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-  --worker-bin "$target_dir/release/fault-agent" "$@"
+status=0
+runtime=$("$target_dir/release/examples/bench" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+  --worker-bin "$target_dir/release/fault-agent" "$@") || status=$?
+plan=$("$target_dir/release/examples/plan_bench")
+# One JSON object: the runtime's figures plus the orchestrator's.
+python3 -c 'import json, sys; a = json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a, sort_keys=True))' "$runtime" "$plan"
+exit "$status"

@@ -438,6 +438,7 @@ mod opt_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random_dag::random_dag;
     use proptest::prelude::*;
     use serde_json::json;
     use std::collections::HashSet;
@@ -533,48 +534,6 @@ mod tests {
                 w[1]
             );
         }
-    }
-
-    /// xorshift64: deterministic, good enough to shape test graphs.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    /// `n` stages, each depending on up to 3 random earlier ones, then shuffled.
-    fn random_dag(n: usize, seed: u64) -> Definition {
-        let mut rng = Rng(seed);
-        let mut stages: Vec<StageDef> = (0..n)
-            .map(|i| {
-                let mut deps = Vec::new();
-                if i > 0 {
-                    for _ in 0..rng.below(4) {
-                        let d = format!("s{}", rng.below(i));
-                        if !deps.contains(&d) {
-                            deps.push(d);
-                        }
-                    }
-                }
-                StageDef {
-                    depends_on: deps,
-                    ..stage(&format!("s{i}"), &[])
-                }
-            })
-            .collect();
-        for i in (1..n).rev() {
-            stages.swap(i, rng.below(i + 1));
-        }
-        def(stages)
     }
 
     const YAML: &str = r#"

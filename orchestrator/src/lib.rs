@@ -10,6 +10,7 @@
 pub mod definition;
 mod error;
 pub mod machine;
+pub mod random_dag;
 
 pub use definition::{Compensation, Definition, Plan, StageDef};
 pub use error::{DefinitionError, Result};
