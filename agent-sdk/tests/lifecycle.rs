@@ -743,28 +743,11 @@ async fn per_task_limits_override_the_worker_defaults() {
 async fn entries_delivered_to_this_consumer_but_never_seen_are_picked_up() {
     let redis = TestRedis::start();
     let client = client(&redis).await;
-    let tasks = keys().tasks(&fault_type());
-    let mut conn = redis.connection();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&tasks)
-        .arg("workers")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut conn)
-        .unwrap();
+    create_group(&redis);
     let ids = enqueue_n(&client, 3, &FaultInput::default()).await;
     // A read whose reply never reached the worker: the entries sit in its
     // pending list, unseen.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("workers")
-        .arg("worker-x")
-        .arg("STREAMS")
-        .arg(&tasks)
-        .arg(">")
-        .query(&mut conn)
-        .unwrap();
+    deliver_unseen(&redis, "worker-x");
     let mut cfg = config(&redis);
     cfg.instance_id = Some("worker-x".into());
     // Long enough that reclaiming cannot be what picks them up.

@@ -71,34 +71,17 @@ async fn metrics_json_logs_and_vanished_tasks() {
     let client = client(&redis).await;
     let cfg = config(&redis);
     let t = fault_type();
-    let tasks = keys().tasks(&t);
 
     // A task that vanished: read by a worker that then died, and trimmed from
     // the stream by someone else before anyone could run it.
-    let mut conn = redis.connection();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&tasks)
-        .arg("workers")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut conn)
-        .unwrap();
+    create_group(&redis);
     let ghost = enqueue(&client, &FaultInput::default()).await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("workers")
-        .arg("dead-worker")
-        .arg("STREAMS")
-        .arg(&tasks)
-        .arg(">")
-        .query(&mut conn)
-        .unwrap();
+    deliver_unseen(&redis, "dead-worker");
     let _: i64 = redis::cmd("XTRIM")
-        .arg(&tasks)
+        .arg(keys().tasks(&t))
         .arg("MAXLEN")
         .arg(0)
-        .query(&mut conn)
+        .query(&mut redis.connection())
         .unwrap();
 
     let ok = enqueue_n(&client, 4, &FaultInput::default()).await;

@@ -398,6 +398,34 @@ impl Drop for Proc {
     }
 }
 
+/// Creates the `workers` group on the fault agent's task stream, as a worker would.
+pub fn create_group(redis: &TestRedis) {
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys().tasks(&fault_type()))
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .unwrap();
+}
+
+/// Delivers every new task to `consumer` as a worker that never gets to see
+/// them would (it died, or the reply was lost): they sit in its pending list.
+pub fn deliver_unseen(redis: &TestRedis, consumer: &str) {
+    let mut conn = redis.connection();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg(consumer)
+        .arg("STREAMS")
+        .arg(keys().tasks(&fault_type()))
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+}
+
 /// The consumer owning pending entry `id`, if it is pending.
 pub fn owner_of(redis: &TestRedis, id: &str) -> Option<String> {
     let mut conn = redis.connection();
