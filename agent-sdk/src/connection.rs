@@ -52,13 +52,13 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Whether the connection that returned `e` should be dropped and rebuilt.
-pub(crate) fn is_connection_error(e: &RedisError) -> bool {
+pub fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// Exponential backoff for reconnects and retried Redis calls: 50 ms doubling
 /// to 5 s, with jitter, forever (callers stop on cancellation).
-pub(crate) fn redis_backoff() -> impl Iterator<Item = Duration> {
+pub fn redis_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(5))
@@ -69,7 +69,7 @@ pub(crate) fn redis_backoff() -> impl Iterator<Item = Duration> {
 
 /// Opens connections to one Redis.
 #[derive(Clone)]
-pub(crate) struct Connector {
+pub struct Connector {
     client: redis::Client,
     redacted: String,
 }
@@ -83,19 +83,25 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    pub(crate) fn new(url: &str) -> Result<Self> {
+    pub fn new(url: &str) -> Result<Self> {
         Ok(Self {
             client: parse_url(url)?,
             redacted: redact_url(url),
         })
     }
 
-    pub(crate) fn redacted_url(&self) -> &str {
+    /// The underlying client, for connection kinds this type does not wrap
+    /// (pools, pub/sub, connection managers).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn redacted_url(&self) -> &str {
         &self.redacted
     }
 
     /// One connection whose responses time out after `response_timeout`.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
         response_timeout: Duration,
     ) -> redis::RedisResult<MultiplexedConnection> {
@@ -110,7 +116,7 @@ impl Connector {
     }
 
     /// A [`Conn`] that connects lazily and reconnects after failures.
-    pub(crate) fn conn(&self, role: &'static str, response_timeout: Duration) -> Conn {
+    pub fn conn(&self, role: &'static str, response_timeout: Duration) -> Conn {
         Conn {
             connector: self.clone(),
             role,
@@ -122,7 +128,7 @@ impl Connector {
 }
 
 /// A connection owned by one loop; see the module docs.
-pub(crate) struct Conn {
+pub struct Conn {
     connector: Connector,
     role: &'static str,
     response_timeout: Duration,
@@ -142,10 +148,7 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// The live connection, connecting (with backoff) if needed. `None` once
     /// `cancel` fires.
-    pub(crate) async fn get(
-        &mut self,
-        cancel: &CancellationToken,
-    ) -> Option<MultiplexedConnection> {
+    pub async fn get(&mut self, cancel: &CancellationToken) -> Option<MultiplexedConnection> {
         loop {
             if let Some(c) = &self.inner {
                 return Some(c.clone());
@@ -173,7 +176,7 @@ impl Conn {
     /// Reports a failed call: drops the connection if the error says it is
     /// broken, then waits the next backoff step. Returns `false` if `cancel`
     /// fired while waiting.
-    pub(crate) async fn failed(&mut self, e: &RedisError, cancel: &CancellationToken) -> bool {
+    pub async fn failed(&mut self, e: &RedisError, cancel: &CancellationToken) -> bool {
         if is_connection_error(e) {
             self.inner = None;
         }
@@ -182,7 +185,7 @@ impl Conn {
     }
 
     /// Reports a successful call: the next failure starts the backoff afresh.
-    pub(crate) fn succeeded(&mut self) {
+    pub fn succeeded(&mut self) {
         if self.inner.is_some() {
             self.backoff = None;
         }

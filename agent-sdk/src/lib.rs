@@ -34,7 +34,7 @@ mod agent;
 mod client;
 mod clock;
 mod config;
-mod connection;
+pub mod connection;
 mod dlq;
 mod error;
 pub mod fault;

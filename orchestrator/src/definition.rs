@@ -14,7 +14,7 @@
 //!       input: { action: rollback }
 //! ```
 
-use crate::{DefinitionError, Result};
+use crate::error::{DefinitionError, Result};
 use agent_sdk::schemas::AgentType;
 use petgraph::Direction;
 use petgraph::algo::toposort;

@@ -22,5 +22,59 @@ pub enum DefinitionError {
     Cycle { cycle: Vec<String> },
 }
 
-/// Result alias of this crate.
+/// Result alias of the definition module.
 pub type Result<T, E = DefinitionError> = std::result::Result<T, E>;
+
+/// Errors of the durable shell, the API and the server.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A definition was refused.
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// No such workflow, definition, stage or task.
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The request contradicts the current state (id taken, stage not
+    /// waiting for approval, workflow already ended).
+    #[error("{0}")]
+    Conflict(String),
+    /// A request field breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// A stored workflow or definition cannot be read back: written by a
+    /// newer or broken version. Nothing is changed.
+    #[error("stored {what} {id:?} is unreadable: {why}")]
+    Corrupt {
+        what: &'static str,
+        id: String,
+        why: String,
+    },
+    /// Settings are inconsistent; the message names the setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Redis refused a command or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A pooled connection could not be had in time.
+    #[error("redis connection pool: {0}")]
+    Pool(String),
+    /// The SDK client failed (dispatch, results, dead letters).
+    #[error(transparent)]
+    Sdk(#[from] agent_sdk::Error),
+    /// A name broke the wire protocol's rules.
+    #[error(transparent)]
+    Protocol(#[from] agent_sdk::schemas::Error),
+    /// Listening or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<deadpool_redis::PoolError> for Error {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        match e {
+            deadpool_redis::PoolError::Backend(e) => Self::Redis(e),
+            other => Self::Pool(other.to_string()),
+        }
+    }
+}

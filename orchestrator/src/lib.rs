@@ -1,16 +1,34 @@
 //! The orchestrator: durable multi-stage workflows over the agents.
 //!
-//! Built so far (see `orchestrator/README.md` for what is not):
-//!
 //! - [`definition`]: workflow definitions — a DAG of stages — parsed from YAML
 //!   or JSON, validated, planned into parallel levels; the built-in `sdlc`.
 //! - [`machine`]: the workflow state machine as a pure function,
 //!   `apply(state, event) -> (state, commands)`.
+//! - [`store`], [`catalog`]: workflows and definitions in Redis.
+//! - [`engine`]: the durable shell — versioned transitions, outbox, dispatch.
+//! - [`results`], [`timers`], [`sweep`], [`changes`]: the loops that feed it.
+//! - [`api`], [`server`], [`config`]: the HTTP API and `orchestrator serve`.
 
+pub mod api;
+pub mod catalog;
+pub mod changes;
+pub mod config;
 pub mod definition;
+pub mod engine;
 mod error;
 pub mod machine;
 pub mod random_dag;
+pub mod results;
+mod scripts;
+pub mod server;
+pub mod store;
+pub mod sweep;
+pub mod timers;
 
+pub use config::ServeConfig;
 pub use definition::{Compensation, Definition, Plan, StageDef};
-pub use error::{DefinitionError, Result};
+pub use engine::Engine;
+pub use error::{DefinitionError, Error};
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

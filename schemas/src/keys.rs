@@ -81,6 +81,59 @@ impl Keys {
         Ok(format!("{}:registry:agent:{instance_id}", self.ns))
     }
 
+    /// `N:wf:{<id>}` — hash: one workflow's state (`state` JSON, `version`,
+    /// `status`, `definition`, times) and its outbox of commands decided but
+    /// not yet carried out. The id is the hash tag: a transition touches this
+    /// key and [`Keys::workflow_events`] only.
+    pub fn workflow(&self, id: &str) -> Result<String> {
+        names::validate_workflow_id(id)?;
+        Ok(format!("{}:wf:{{{id}}}", self.ns))
+    }
+
+    /// `N:wf:{<id>}:events` — stream: the workflow's event log, one entry per
+    /// stored transition, in version order.
+    pub fn workflow_events(&self, id: &str) -> Result<String> {
+        names::validate_workflow_id(id)?;
+        Ok(format!("{}:wf:{{{id}}}:events", self.ns))
+    }
+
+    /// `N:wfs:all` — sorted set of every workflow id, score = creation time
+    /// (ms): listing and pagination.
+    pub fn workflows_all(&self) -> String {
+        format!("{}:wfs:all", self.ns)
+    }
+
+    /// `N:wfs:active` — sorted set of workflows that have not ended, score =
+    /// creation time (ms): what the orchestrator sweeps for unfinished
+    /// outboxes after a crash.
+    pub fn workflows_active(&self) -> String {
+        format!("{}:wfs:active", self.ns)
+    }
+
+    /// `N:wfs:timers` — sorted set of durable timers, member = the task id (or
+    /// approval id) it guards, score = due time in ms by the Redis server's clock.
+    pub fn workflow_timers(&self) -> String {
+        format!("{}:wfs:timers", self.ns)
+    }
+
+    /// `N:wfs:changes` — pub/sub channel: one message per stored transition,
+    /// for live views (SSE). Losing one costs a view a refresh, never state.
+    pub fn workflow_changes(&self) -> String {
+        format!("{}:wfs:changes", self.ns)
+    }
+
+    /// `N:def:{<name>}` — hash: a workflow definition's versions (`1`, `2`, …
+    /// → JSON) and `latest`.
+    pub fn definition(&self, name: &str) -> Result<String> {
+        names::validate_definition_name(name)?;
+        Ok(format!("{}:def:{{{name}}}", self.ns))
+    }
+
+    /// `N:defs` — set of registered definition names.
+    pub fn definitions(&self) -> String {
+        format!("{}:defs", self.ns)
+    }
+
     /// Pattern matching every task stream of the namespace (for `SCAN`).
     pub fn tasks_pattern(&self) -> String {
         format!("{}:agent:{{*}}:tasks", self.ns)
@@ -123,6 +176,12 @@ mod tests {
             "prod:registry:agent:host-1-ab"
         );
         assert!(k.result(&t, "a{b}").is_err());
+        assert_eq!(k.workflow("w-1").unwrap(), "prod:wf:{w-1}");
+        assert_eq!(k.workflow_events("w-1").unwrap(), "prod:wf:{w-1}:events");
+        assert!(k.workflow("a:b").is_err());
+        assert!(k.workflow("a{b}").is_err());
+        assert_eq!(k.definition("sdlc").unwrap(), "prod:def:{sdlc}");
+        assert!(k.definition("Bad Name").is_err());
         assert!(k.idempotency(&t, "").is_err());
     }
 }

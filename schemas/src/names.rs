@@ -176,6 +176,35 @@ pub fn validate_consumer(value: &str) -> Result<()> {
     )
 }
 
+/// Checks a workflow definition name: 1–64 of `a-z 0-9 - _` (the same rule
+/// as agent types).
+pub fn validate_definition_name(value: &str) -> Result<()> {
+    check(
+        "definition name",
+        value,
+        MAX_NAME_LEN,
+        lower_name_byte,
+        "may hold only a-z, 0-9, '-' and '_'",
+    )
+}
+
+/// Longest workflow id: a stage's task id `<workflow>:<stage>:<n>` must
+/// stay within [`MAX_ID_LEN`].
+pub const MAX_WORKFLOW_ID_LEN: usize = 48;
+
+/// Checks a workflow id: 1–48 of `A-Z a-z 0-9 - _ .`. No `:` (task ids
+/// `<workflow>:<stage>:<n>` are split at the first one) and no braces (the
+/// id is the hash tag of the workflow's keys).
+pub fn validate_workflow_id(value: &str) -> Result<()> {
+    check(
+        "workflow id",
+        value,
+        MAX_WORKFLOW_ID_LEN,
+        |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'),
+        "may hold only A-Z, a-z, 0-9, '-', '_' and '.'",
+    )
+}
+
 /// Checks a task id: 1–128 of `A-Z a-z 0-9 - _ . : @ / + =` (no spaces, no braces).
 pub fn validate_task_id(value: &str) -> Result<()> {
     check(

@@ -1,0 +1,165 @@
+//! Server-sent events.
+//!
+//! - `/api/v1/events`: every workflow change in this namespace, live (from
+//!   the `N:wfs:changes` channel every replica publishes to).
+//! - `/api/v1/workflows/{id}/events`: one workflow's event log, from the
+//!   start (or after `Last-Event-ID` / `?after=`), then live, in order, each
+//!   event's SSE id being its log entry id; ends with an `end` event once the
+//!   workflow has ended. The log is the source: a change message only wakes
+//!   the stream up, so a lost message delays an event, never drops it.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiQuery;
+use super::workflows::is_entry_id;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// Even without a change message, the log is re-read this often.
+const POLL: Duration = Duration::from_secs(5);
+
+fn into_sse(rx: mpsc::Receiver<Event>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /events` — every change, live.
+pub async fn all(State(state): State<AppState>) -> Response {
+    let mut changes = state.inner.changes.subscribe();
+    let stop = state.inner.stop.clone();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+                c = changes.recv() => match c {
+                    Ok(c) => Event::default()
+                        .event("change")
+                        .json_data(&*c)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable change")),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Event::default()
+                        .event("lagged")
+                        .data(format!("{n} changes skipped: re-read the state")),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    into_sse(rx)
+}
+
+/// Query of the per-workflow stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    after: Option<String>,
+}
+
+/// `GET /workflows/{id}/events` — the event log, then live.
+pub async fn workflow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+) -> ApiResult<Response> {
+    agent_sdk::schemas::names::validate_workflow_id(&id)
+        .map_err(|_| ApiError::not_found("workflow", &id))?;
+    let mut after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.after);
+    if let Some(a) = &after
+        && !is_entry_id(a)
+    {
+        return Err(ApiError::bad_request(format!("not an event id: {a:?}")));
+    }
+    {
+        let mut conn = state.conn().await?;
+        if state.engine().store().load(&mut conn, &id).await?.is_none() {
+            return Err(ApiError::not_found("workflow", &id));
+        }
+    }
+    // Subscribe before the first read, so no change falls in between.
+    let mut changes = state.inner.changes.subscribe();
+    let stop = state.inner.stop.clone();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let entries = match state.conn().await {
+                Ok(mut conn) => state
+                    .engine()
+                    .store()
+                    .log(&mut conn, &id, after.as_deref(), 500)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.message),
+            };
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(workflow = %id, error = %e, "cannot read the event log for a stream; retrying");
+                    Vec::new()
+                }
+            };
+            let mut ended = false;
+            let full = entries.len() == 500;
+            for e in entries {
+                ended = e.status.is_terminal();
+                after = Some(e.id.clone());
+                let ev = Event::default()
+                    .event("transition")
+                    .id(e.id.clone())
+                    .json_data(&e)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable entry"));
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            if ended && !full {
+                let _ = tx
+                    .send(
+                        Event::default().event("end").data(
+                            serde_json::json!({ "workflow_id": id, "ended": true }).to_string(),
+                        ),
+                    )
+                    .await;
+                return;
+            }
+            if full {
+                continue;
+            }
+            // Wait for a change of this workflow (or poll).
+            let deadline = tokio::time::sleep(POLL);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                    _ = &mut deadline => break,
+                    c = changes.recv() => match c {
+                        Ok(c) if c.workflow_id == id => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        }
+    });
+    Ok(into_sse(rx))
+}

@@ -1,0 +1,198 @@
+//! `/health`, `/ready` and `/metrics`.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::store::{ALL_STATUSES, parse_status, status_str};
+use agent_sdk::schemas::{AgentType, ORCHESTRATOR_GROUP};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::OnceLock;
+
+/// Most active workflows counted per scrape.
+const MAX_COUNTED: usize = 100_000;
+
+static PROMETHEUS: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls and a
+/// process that already has a recorder get the figures computed per scrape
+/// only).
+pub fn install_metrics() {
+    PROMETHEUS.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .ok()
+    });
+}
+
+/// `GET /health` — the process is up.
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /ready` — Redis answers and every watched results stream has the
+/// `orchestrator` group; 503 naming what is missing otherwise.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match check_ready(&state).await {
+        Ok(types) => Json(json!({ "status": "ready", "results_streams": types })).into_response(),
+        Err(e) => {
+            let mut r = e.into_response();
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    }
+}
+
+async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
+    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
+    let mut conn = state
+        .conn()
+        .await
+        .map_err(|e| unavailable(format!("redis: {}", e.message)))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| unavailable(format!("redis: {e}")))?;
+    let types = state.engine().watched_types();
+    for t in &types {
+        let Ok(t) = AgentType::new(t.clone()) else {
+            continue;
+        };
+        let stream = state.engine().keys().results(&t);
+        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await;
+        let has = groups.ok().is_some_and(|gs| {
+            gs.iter().any(|g| {
+                g.get("name")
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                    .is_some_and(|n| n == ORCHESTRATOR_GROUP)
+            })
+        });
+        if !has {
+            return Err(unavailable(format!(
+                "consumer group {ORCHESTRATOR_GROUP} missing on {stream}"
+            )));
+        }
+    }
+    Ok(types)
+}
+
+/// `GET /metrics` — Prometheus text: this process's counters and
+/// histograms, plus figures read from Redis at each scrape (workflows by
+/// status, backlog, delayed and DLQ size per agent type).
+pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let mut out = String::new();
+    let mut conn = state.conn().await?;
+    let store = state.engine().store();
+    let keys = state.engine().keys();
+
+    let mut by_status: BTreeMap<&str, u64> = ALL_STATUSES
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| (status_str(*s), 0))
+        .collect();
+    let mut offset = 0;
+    while offset < MAX_COUNTED {
+        let page = store.active_page(&mut conn, offset, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len();
+        let mut pipe = redis::pipe();
+        for (id, _) in &page {
+            pipe.cmd("HGET")
+                .arg(keys.workflow(id).map_err(crate::error::Error::from)?)
+                .arg("status");
+        }
+        let statuses: Vec<Option<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(crate::error::Error::from)?;
+        for s in statuses.into_iter().flatten() {
+            if let Some(s) = parse_status(&s)
+                && !s.is_terminal()
+            {
+                *by_status.entry(status_str(s)).or_default() += 1;
+            }
+        }
+    }
+    let total: u64 = redis::cmd("ZCARD")
+        .arg(keys.workflows_all())
+        .query_async(&mut conn)
+        .await
+        .map_err(crate::error::Error::from)?;
+    let _ = writeln!(
+        out,
+        "# HELP orchestrator_workflows Workflows that have not ended, by status."
+    );
+    let _ = writeln!(out, "# TYPE orchestrator_workflows gauge");
+    for (s, n) in &by_status {
+        let _ = writeln!(out, "orchestrator_workflows{{status=\"{s}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP orchestrator_workflows_stored Workflows stored, ended or not."
+    );
+    let _ = writeln!(out, "# TYPE orchestrator_workflows_stored gauge");
+    let _ = writeln!(out, "orchestrator_workflows_stored {total}");
+
+    let types = state.engine().watched_types();
+    let mut pipe = redis::pipe();
+    for t in &types {
+        let Ok(at) = AgentType::new(t.clone()) else {
+            continue;
+        };
+        pipe.cmd("XLEN").arg(keys.tasks(&at));
+        pipe.cmd("ZCARD").arg(keys.delayed(&at));
+        pipe.cmd("XLEN").arg(keys.dlq(&at));
+    }
+    let sizes: Vec<u64> = if types.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(crate::error::Error::from)?
+    };
+    for (i, (name, help)) in [
+        (
+            "agentic_backlog",
+            "Entries in the task stream (waiting or running), by agent type.",
+        ),
+        (
+            "agentic_delayed",
+            "Tasks waiting for a retry or a delay, by agent type.",
+        ),
+        ("agentic_dlq_size", "Dead letters, by agent type."),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (j, t) in types.iter().enumerate() {
+            if let Some(n) = sizes.get(j * 3 + i) {
+                let _ = writeln!(out, "{name}{{agent_type=\"{t}\"}} {n}");
+            }
+        }
+    }
+    if let Some(Some(h)) = PROMETHEUS.get() {
+        out.push_str(&h.render());
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}

@@ -1,0 +1,419 @@
+//! `/api/v1/workflows...`: create, read, list, operator actions, event log.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::engine::{NewWorkflow, Outcome};
+use crate::machine::{Event, StageStatus, Workflow};
+use crate::store::{ListFilter, LogEntry, Page, parse_status};
+use agent_sdk::DeadLetterFilter;
+use agent_sdk::schemas::AgentType;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Body of `POST /workflows`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Definition name.
+    definition: String,
+    /// Definition version (the latest when absent).
+    #[serde(default)]
+    version: Option<u32>,
+    /// Workflow input, passed to every stage.
+    #[serde(default)]
+    input: Value,
+    /// Workflow id (1–48 of `A-Z a-z 0-9 - _ .`); generated when absent.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// A workflow as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct WorkflowView {
+    #[serde(flatten)]
+    workflow: Workflow,
+    /// Transitions stored.
+    version: u64,
+    /// Completed stages in percent.
+    progress: u8,
+    /// Per stage: the agent that runs it and how long it took.
+    stage_details: Vec<StageDetail>,
+}
+
+#[derive(Debug, Serialize)]
+struct StageDetail {
+    name: String,
+    agent: String,
+    depends_on: Vec<String>,
+    /// Dispatch number of the current run (1 = first; a replay keeps it).
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+}
+
+async fn view(state: &AppState, workflow: Workflow, version: u64) -> ApiResult<WorkflowView> {
+    let mut conn = state.conn().await?;
+    let def = state
+        .engine()
+        .catalog()
+        .get(
+            &mut conn,
+            &workflow.definition,
+            Some(workflow.definition_version),
+        )
+        .await?;
+    let stage_details = workflow
+        .stages
+        .iter()
+        .map(|s| {
+            let sd = def.stage(&s.name);
+            StageDetail {
+                name: s.name.clone(),
+                agent: sd.map(|d| d.agent.clone()).unwrap_or_default(),
+                depends_on: sd.map(|d| d.depends_on.clone()).unwrap_or_default(),
+                attempt: s.dispatches,
+                duration_ms: s
+                    .started_at_ms
+                    .zip(s.finished_at_ms)
+                    .map(|(a, b)| b.saturating_sub(a)),
+            }
+        })
+        .collect();
+    Ok(WorkflowView {
+        progress: workflow.progress(),
+        workflow,
+        version,
+        stage_details,
+    })
+}
+
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("/api/v1/workflows/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/api/v1/workflows"))
+}
+
+/// `POST /workflows` — 201 with the workflow and its `Location`.
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateRequest>,
+) -> ApiResult<Response> {
+    let mut conn = state.conn().await?;
+    let (workflow, version) = state
+        .engine()
+        .create(
+            &mut conn,
+            NewWorkflow {
+                definition: req.definition,
+                version: req.version,
+                input: req.input,
+                id: req.id,
+            },
+        )
+        .await?;
+    let loc = location(&workflow.id);
+    let body = view(&state, workflow, version).await?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<(Workflow, u64)> {
+    agent_sdk::schemas::names::validate_workflow_id(id)
+        .map_err(|_| ApiError::not_found("workflow", id))?;
+    let mut conn = state.conn().await?;
+    match state.engine().store().load(&mut conn, id).await? {
+        Some(s) => Ok((s.workflow, s.version)),
+        None => Err(ApiError::not_found("workflow", id)),
+    }
+}
+
+/// `GET /workflows/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    let (wf, v) = load(&state, &id).await?;
+    Ok(Json(view(&state, wf, v).await?))
+}
+
+/// Query of `GET /workflows`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    definition: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /workflows?status=&definition=&limit=&cursor=` — newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page>> {
+    let status = match &q.status {
+        Some(s) => Some(parse_status(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status {s:?}: one of pending, running, awaiting_approval, blocked, \
+                 compensating, completed, failed, cancelled"
+            ))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be 1..=1000"));
+    }
+    let mut conn = state.conn().await?;
+    let page = state
+        .engine()
+        .store()
+        .list(
+            &mut conn,
+            &ListFilter {
+                status,
+                definition: q.definition,
+                cursor: q.cursor,
+                limit,
+            },
+        )
+        .await?;
+    Ok(Json(page))
+}
+
+/// Body of cancel / abort / reject.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
+    let r = r.reason.unwrap_or_else(|| default.to_owned());
+    if r.len() > 1024 {
+        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
+    }
+    Ok(r)
+}
+
+/// Applies an operator event; 409 when it changes nothing.
+async fn act(
+    state: &AppState,
+    id: &str,
+    event: Event,
+    refused: &str,
+) -> ApiResult<Json<WorkflowView>> {
+    load(state, id).await?;
+    let mut conn = state.conn().await?;
+    match state.engine().signal(&mut conn, id, &event).await? {
+        Outcome::Applied { workflow, version } => Ok(Json(view(state, workflow, version).await?)),
+        Outcome::Unchanged { workflow, .. } => Err(ApiError::conflict(format!(
+            "{refused} (workflow {id} is {})",
+            crate::store::status_str(workflow.status)
+        ))),
+        Outcome::NotFound => Err(ApiError::not_found("workflow", id)),
+    }
+}
+
+/// `POST /workflows/{id}/cancel` — stop dispatching, compensate, end `cancelled`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> ApiResult<Json<WorkflowView>> {
+    let reason = reason(body, "cancelled by an operator")?;
+    act(
+        &state,
+        &id,
+        Event::Cancelled { reason },
+        "nothing to cancel: it has ended or is ending",
+    )
+    .await
+}
+
+/// `POST /workflows/{id}/abort` — compensate, end `failed` (for a blocked workflow).
+pub async fn abort(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> ApiResult<Json<WorkflowView>> {
+    let reason = reason(body, "aborted by an operator")?;
+    act(
+        &state,
+        &id,
+        Event::Aborted { reason },
+        "nothing to abort: it has ended or is ending",
+    )
+    .await
+}
+
+async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Workflow, u64)> {
+    let (wf, v) = load(state, id).await?;
+    if wf.stage(stage).is_none() {
+        return Err(ApiError::not_found("stage", stage));
+    }
+    Ok((wf, v))
+}
+
+/// `POST /workflows/{id}/stages/{stage}/approve`.
+pub async fn approve(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(String, String)>,
+) -> ApiResult<Json<WorkflowView>> {
+    stage_exists(&state, &id, &stage).await?;
+    act(
+        &state,
+        &id,
+        Event::Approved {
+            stage: stage.clone(),
+        },
+        &format!("stage {stage} is not waiting for approval"),
+    )
+    .await
+}
+
+/// `POST /workflows/{id}/stages/{stage}/reject`.
+pub async fn reject(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(String, String)>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> ApiResult<Json<WorkflowView>> {
+    stage_exists(&state, &id, &stage).await?;
+    let reason = reason(body, "rejected by an operator")?;
+    act(
+        &state,
+        &id,
+        Event::Rejected {
+            stage: stage.clone(),
+            reason,
+        },
+        &format!("stage {stage} is not waiting for approval"),
+    )
+    .await
+}
+
+/// `POST /workflows/{id}/stages/{stage}/replay` — replays the dead letter of
+/// a dead-lettered stage; the workflow resumes when its result comes.
+pub async fn replay(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(String, String)>,
+) -> ApiResult<Json<WorkflowView>> {
+    let (wf, _) = stage_exists(&state, &id, &stage).await?;
+    let s = wf
+        .stage(&stage)
+        .ok_or_else(|| ApiError::not_found("stage", &stage))?;
+    if s.status != StageStatus::DeadLettered {
+        return Err(ApiError::conflict(format!(
+            "stage {stage} is not dead-lettered"
+        )));
+    }
+    let task_id = s.task_id.clone().unwrap_or_default();
+    let mut conn = state.conn().await?;
+    let def = state
+        .engine()
+        .catalog()
+        .get(&mut conn, &wf.definition, Some(wf.definition_version))
+        .await?;
+    let agent = def
+        .stage(&stage)
+        .map(|d| d.agent.clone())
+        .ok_or_else(|| ApiError::not_found("stage", &stage))?;
+    let agent = AgentType::new(agent).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let dlq = state.engine().client().dead_letters();
+    let page = dlq
+        .list(
+            &agent,
+            &DeadLetterFilter {
+                task_id: Some(task_id.clone()),
+                limit: 10,
+                ..DeadLetterFilter::default()
+            },
+        )
+        .await?;
+    let Some(entry) = page.items.first() else {
+        return Err(ApiError::conflict(format!(
+            "no dead letter of task {task_id} in {agent}'s DLQ (replayed or purged already?)"
+        )));
+    };
+    if dlq.replay(&agent, &entry.id).await?.is_none() {
+        return Err(ApiError::conflict(format!(
+            "dead letter {} was replayed or purged meanwhile",
+            entry.id
+        )));
+    }
+    match state
+        .engine()
+        .signal(
+            &mut conn,
+            &id,
+            &Event::Replayed {
+                stage: stage.clone(),
+            },
+        )
+        .await?
+    {
+        Outcome::Applied { workflow, version } | Outcome::Unchanged { workflow, version } => {
+            Ok(Json(view(&state, workflow, version).await?))
+        }
+        Outcome::NotFound => Err(ApiError::not_found("workflow", &id)),
+    }
+}
+
+/// Query of `GET /workflows/{id}/log`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A page of the event log.
+#[derive(Debug, Serialize)]
+pub struct LogPage {
+    items: Vec<LogEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Whether `s` looks like a stream entry id (`ms-seq`).
+pub(super) fn is_entry_id(s: &str) -> bool {
+    let mut parts = s.splitn(2, '-');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    ok(parts.next()) && ok(parts.next())
+}
+
+/// `GET /workflows/{id}/log?after=&limit=` — the event log, oldest first.
+pub async fn log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> ApiResult<Json<LogPage>> {
+    load(&state, &id).await?;
+    if let Some(a) = &q.after
+        && !is_entry_id(a)
+    {
+        return Err(ApiError::bad_request(format!(
+            "after must be an entry id like 1700000000000-0, got {a:?}"
+        )));
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be 1..=10000"));
+    }
+    let mut conn = state.conn().await?;
+    let items = state
+        .engine()
+        .store()
+        .log(&mut conn, &id, q.after.as_deref(), limit)
+        .await?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(LogPage { items, next }))
+}

@@ -1,0 +1,459 @@
+//! The durable shell around [`machine::apply`](crate::machine::apply).
+//!
+//! One transition: read the workflow (state, version, outbox), apply the
+//! event, store the new state with its event-log entry and the new commands
+//! appended to the outbox, in one script that checks the version (a
+//! concurrent transition makes it retry from a fresh read). Then carry out
+//! the outbox — dispatch tasks with the task id as idempotency key, arm and
+//! cancel timers — and clear it if no transition came in meanwhile.
+//!
+//! A crash anywhere leaves a consistent state: before the store, nothing
+//! happened (the result is still pending and is read again); after it, the
+//! outbox says what remains to be done, and whoever next touches the
+//! workflow, or the sweeper, carries it out. Carrying a command out twice is
+//! harmless, so the outbox is at-least-once and its effects exactly-once.
+
+use crate::catalog::Catalog;
+use crate::definition::Definition;
+use crate::error::Error;
+use crate::machine::{self, Command, Event, Workflow};
+use crate::store::{NewLogEntry, Stored, WorkflowStore};
+use agent_sdk::schemas::{AgentType, Keys, names};
+use agent_sdk::{Client, EnqueueOptions};
+use redis::aio::ConnectionLike;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::RwLock;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long a dispatched task's idempotency key is kept: an outbox carried
+/// out again within this time never enqueues its tasks twice. Longer than
+/// the longest stage timeout.
+pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// Most attempts at one transition under contention before giving up (the
+/// event stays pending and is tried again later).
+const MAX_CONFLICT_RETRIES: usize = 64;
+
+/// What an event did to a workflow.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A transition was stored; the workflow after it.
+    Applied {
+        /// The new state.
+        workflow: Workflow,
+        /// Its version.
+        version: u64,
+    },
+    /// The event changed nothing (duplicate, stale, or after the end).
+    Unchanged {
+        /// The current state.
+        workflow: Workflow,
+        /// Its version.
+        version: u64,
+    },
+    /// No such workflow.
+    NotFound,
+}
+
+/// Where to create a workflow from.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    /// Definition name.
+    pub definition: String,
+    /// Definition version (the latest when `None`).
+    pub version: Option<u32>,
+    /// Workflow input.
+    pub input: Value,
+    /// Workflow id (a fresh UUIDv7 when `None`).
+    pub id: Option<String>,
+}
+
+/// The shell: shared by the result consumers, the timer loop, the sweeper and
+/// the HTTP handlers.
+#[derive(Debug)]
+pub struct Engine {
+    store: WorkflowStore,
+    catalog: Catalog,
+    client: Client,
+    watched: RwLock<HashSet<String>>,
+    watch_tx: mpsc::UnboundedSender<AgentType>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The event's `type` tag.
+fn event_kind(e: &Event) -> &'static str {
+    match e {
+        Event::Started => "started",
+        Event::TaskSucceeded { .. } => "task_succeeded",
+        Event::TaskFailed { .. } => "task_failed",
+        Event::TaskDeadLettered { .. } => "task_dead_lettered",
+        Event::TaskTimedOut { .. } => "task_timed_out",
+        Event::Approved { .. } => "approved",
+        Event::Rejected { .. } => "rejected",
+        Event::Replayed { .. } => "replayed",
+        Event::Aborted { .. } => "aborted",
+        Event::Cancelled { .. } => "cancelled",
+    }
+}
+
+/// The stage an event concerns, found in the state before it.
+fn event_stage(wf: &Workflow, e: &Event) -> Option<String> {
+    match e {
+        Event::TaskSucceeded { task_id, .. }
+        | Event::TaskFailed { task_id, .. }
+        | Event::TaskDeadLettered { task_id, .. }
+        | Event::TaskTimedOut { task_id } => wf
+            .stages
+            .iter()
+            .find(|s| {
+                s.task_id.as_deref() == Some(task_id)
+                    || matches!(&s.compensation, Some(machine::CompensationState::Running { task_id: t }) if t == task_id)
+            })
+            .map(|s| {
+                if task_id.ends_with(":undo") {
+                    format!("{}.undo", s.name)
+                } else {
+                    s.name.clone()
+                }
+            }),
+        Event::Approved { stage } | Event::Rejected { stage, .. } | Event::Replayed { stage } => {
+            Some(stage.clone())
+        }
+        Event::Started | Event::Aborted { .. } | Event::Cancelled { .. } => None,
+    }
+}
+
+/// The event as logged: task outputs are left out (they are in the state).
+fn logged_event(e: &Event) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.remove("output");
+    }
+    v
+}
+
+fn log_entry(before: &Workflow, event: &Event, commands: &[Command]) -> NewLogEntry {
+    NewLogEntry {
+        kind: event_kind(event).to_owned(),
+        stage: event_stage(before, event),
+        event: logged_event(event),
+        dispatched: commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Dispatch {
+                    stage,
+                    compensation,
+                    ..
+                } => Some(if *compensation {
+                    format!("{stage}.undo")
+                } else {
+                    stage.clone()
+                }),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+impl Engine {
+    /// An engine over `client`'s Redis and namespace. Agent types it starts
+    /// dispatching to are announced on the returned channel, so their result
+    /// streams get a consumer.
+    pub fn new(client: Client) -> (Self, mpsc::UnboundedReceiver<AgentType>) {
+        let keys = client.keys().clone();
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                store: WorkflowStore::new(keys.clone()),
+                catalog: Catalog::new(keys),
+                client,
+                watched: RwLock::default(),
+                watch_tx,
+            },
+            watch_rx,
+        )
+    }
+
+    /// The workflow store.
+    pub fn store(&self) -> &WorkflowStore {
+        &self.store
+    }
+
+    /// The definition catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The SDK client (dispatch, results, dead letters).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Key names.
+    pub fn keys(&self) -> &Keys {
+        self.store.keys()
+    }
+
+    /// Makes sure the results of `agent` are consumed.
+    pub fn watch(&self, agent: &str) {
+        let known = self.watched.read().is_ok_and(|w| w.contains(agent));
+        if known {
+            return;
+        }
+        if let Ok(t) = AgentType::new(agent)
+            && let Ok(mut w) = self.watched.write()
+            && w.insert(agent.to_owned())
+        {
+            let _ = self.watch_tx.send(t);
+        }
+    }
+
+    /// Agent types whose results are consumed, sorted.
+    pub fn watched_types(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .watched
+            .read()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Watches every agent type `def` dispatches to.
+    pub fn watch_definition(&self, def: &Definition) {
+        for s in &def.stages {
+            self.watch(&s.agent);
+            if let Some(c) = &s.compensate
+                && let Some(a) = &c.agent
+            {
+                self.watch(a);
+            }
+        }
+    }
+
+    /// Creates and starts a workflow; returns it as stored.
+    pub async fn create<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        req: NewWorkflow,
+    ) -> Result<(Workflow, u64)> {
+        let id = match req.id {
+            Some(id) => {
+                names::validate_workflow_id(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+                id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let def = self.catalog.get(conn, &req.definition, req.version).await?;
+        let now = now_ms();
+        let fresh = Workflow::new(id.clone(), &def, req.input, now);
+        let Some((started, commands)) = machine::apply(&fresh, &def, &Event::Started, now) else {
+            return Err(Error::Invalid(format!(
+                "definition {} v{} cannot start",
+                def.name, def.version
+            )));
+        };
+        self.watch_definition(&def);
+        self.store.index(conn, &id, now).await?;
+        let entry = log_entry(&fresh, &Event::Started, &commands);
+        if !self
+            .store
+            .save(conn, 0, &started, &commands, &entry)
+            .await?
+        {
+            return Err(Error::Conflict(format!("workflow {id:?} exists already")));
+        }
+        metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
+        metrics::counter!("orchestrator_workflows_created_total").increment(1);
+        self.carry_out(conn, &id, 1, &commands).await?;
+        Ok((started, 1))
+    }
+
+    /// Applies `event` to workflow `id`, stores the transition and carries
+    /// out its commands. Retries from a fresh read when another transition
+    /// wins the race.
+    pub async fn signal<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        event: &Event,
+    ) -> Result<Outcome> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(stored) = self.store.load(conn, id).await? else {
+                return Ok(Outcome::NotFound);
+            };
+            let Stored {
+                workflow,
+                version,
+                outbox,
+                ..
+            } = stored;
+            let def = self
+                .catalog
+                .get(
+                    conn,
+                    &workflow.definition,
+                    Some(workflow.definition_version),
+                )
+                .await?;
+            let Some((next, commands)) = machine::apply(&workflow, &def, event, now_ms()) else {
+                // Nothing to store. If an earlier transition's commands are
+                // still waiting (its orchestrator died), this is the moment
+                // to carry them out: it is typically a result read again
+                // after that crash.
+                if !outbox.is_empty() {
+                    self.carry_out(conn, id, version, &outbox).await?;
+                }
+                return Ok(Outcome::Unchanged { workflow, version });
+            };
+            let entry = log_entry(&workflow, event, &commands);
+            if !self
+                .store
+                .save(conn, version, &next, &commands, &entry)
+                .await?
+            {
+                metrics::counter!("orchestrator_transition_conflicts_total").increment(1);
+                continue;
+            }
+            metrics::counter!("orchestrator_transitions_total", "event" => event_kind(event))
+                .increment(1);
+            let version = version + 1;
+            let mut all = outbox;
+            all.extend(commands);
+            self.carry_out(conn, id, version, &all).await?;
+            if next.status.is_terminal() {
+                self.store.deactivate(conn, id).await?;
+                metrics::counter!("orchestrator_workflows_ended_total", "status" => crate::store::status_str(next.status)).increment(1);
+            }
+            return Ok(Outcome::Applied {
+                workflow: next,
+                version,
+            });
+        }
+        Err(Error::Conflict(format!(
+            "workflow {id:?} changed {MAX_CONFLICT_RETRIES} times while applying one event; try again"
+        )))
+    }
+
+    /// Carries out the outbox of workflow `id` if it has one (the sweeper
+    /// calls this for workflows whose orchestrator died mid-way).
+    pub async fn resume<C: ConnectionLike + Send>(&self, conn: &mut C, id: &str) -> Result<bool> {
+        let Some(stored) = self.store.load(conn, id).await? else {
+            return Ok(false);
+        };
+        if stored.outbox.is_empty() {
+            return Ok(false);
+        }
+        self.carry_out(conn, id, stored.version, &stored.outbox)
+            .await?;
+        Ok(true)
+    }
+
+    /// Dispatches, arms and cancels what `commands` say, then clears the
+    /// outbox of version `version`.
+    pub async fn carry_out<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        version: u64,
+        commands: &[Command],
+    ) -> Result<()> {
+        let dispatches = commands.iter().filter_map(|c| match c {
+            Command::Dispatch {
+                stage,
+                task_id,
+                agent,
+                input,
+                timeout,
+                max_attempts,
+                ..
+            } => Some(self.dispatch(id, stage, task_id, agent, input, *timeout, *max_attempts)),
+            _ => None,
+        });
+        futures::future::try_join_all(dispatches).await?;
+        let timers: Vec<(String, Option<Duration>)> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::ArmTimer { task_id, after } => Some((task_id.clone(), Some(*after))),
+                Command::CancelTimer { task_id } => Some((task_id.clone(), None)),
+                Command::Dispatch { .. } => None,
+            })
+            .collect();
+        self.store.timers(conn, &timers).await?;
+        self.store.clear_outbox(conn, id, version).await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &self,
+        workflow: &str,
+        stage: &str,
+        task_id: &str,
+        agent: &str,
+        input: &Value,
+        timeout: Option<Duration>,
+        max_attempts: Option<u32>,
+    ) -> Result<()> {
+        let agent_type = AgentType::new(agent)?;
+        self.watch(agent);
+        self.client
+            .enqueue(
+                &agent_type,
+                input,
+                EnqueueOptions {
+                    task_id: Some(task_id.to_owned()),
+                    idempotency_key: Some(task_id.to_owned()),
+                    idempotency_ttl: Some(DISPATCH_IDEMPOTENCY_TTL),
+                    workflow_id: Some(workflow.to_owned()),
+                    stage: Some(stage.to_owned()),
+                    trace_id: Some(workflow.to_owned()),
+                    timeout,
+                    max_attempts,
+                    ..EnqueueOptions::default()
+                },
+            )
+            .await?;
+        metrics::counter!("orchestrator_dispatches_total").increment(1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn logged_events_leave_outputs_out() {
+        let e = Event::TaskSucceeded {
+            task_id: "w:a:1".into(),
+            output: json!({"big": "x"}),
+        };
+        assert_eq!(
+            logged_event(&e),
+            json!({"type": "task_succeeded", "task_id": "w:a:1"})
+        );
+        assert_eq!(event_kind(&e), "task_succeeded");
+        for e in [
+            Event::Started,
+            Event::Approved { stage: "s".into() },
+            Event::Aborted { reason: "r".into() },
+        ] {
+            assert_eq!(
+                serde_json::to_value(&e).unwrap()["type"],
+                json!(event_kind(&e))
+            );
+        }
+    }
+}

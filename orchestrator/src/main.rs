@@ -1,0 +1,107 @@
+//! `orchestrator`: serve the workflow engine and its HTTP API, or check a
+//! definition file. Logic lives in the library; this maps it to exit codes.
+
+use clap::{Parser, Subcommand};
+use orchestrator::{Definition, ServeConfig, server};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Durable multi-stage workflows over the agents.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator: consume results, drive workflows, serve the API.
+    Serve(Box<ServeConfig>),
+    /// Validate a definition file (YAML or JSON) and print its parallel levels.
+    Check {
+        /// The definition file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Serve(cfg) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("orchestrator: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(serve(*cfg))
+        }
+    }
+}
+
+fn check(file: &PathBuf) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("orchestrator: {}: {e}", file.display());
+            return ExitCode::from(66);
+        }
+    };
+    match Definition::parse(&text).and_then(|d| d.validate().map(|p| (d, p))) {
+        Ok((d, plan)) => {
+            println!(
+                "{}: {} stages in {} levels",
+                d.name,
+                d.stages.len(),
+                plan.levels.len()
+            );
+            for (i, level) in plan.levels.iter().enumerate() {
+                println!("  level {i}: {}", level.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("orchestrator: {}: {e}", file.display());
+            ExitCode::from(65)
+        }
+    }
+}
+
+async fn serve(cfg: ServeConfig) -> ExitCode {
+    agent_sdk::telemetry::init_logging(cfg.log_format);
+    if let Err(e) = cfg.validate() {
+        eprintln!("orchestrator: {e}");
+        return ExitCode::from(64);
+    }
+    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("orchestrator: cannot listen on {}: {e}", cfg.listen);
+            return ExitCode::from(69);
+        }
+    };
+    let stop = match agent_sdk::shutdown::on_signals() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("orchestrator: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::serve(cfg, listener, stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(orchestrator::Error::Config(m)) => {
+            eprintln!("orchestrator: {m}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "orchestrator failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,39 @@
+#!lua
+-- Stores one workflow transition, if the workflow is still at the version it
+-- was read at: its state, its outbox and its event-log entry in one step, so
+-- a crash leaves either all of them or none, and two orchestrators that
+-- applied events to the same version cannot both win.
+--
+-- The outbox holds the commands decided but not yet carried out, as JSON
+-- lines. New commands are appended: commands an earlier transition left
+-- (its orchestrator died before carrying them out) stay until someone
+-- carries them out. Carrying a command out twice is harmless: dispatches are
+-- idempotent by task id, timers are armed with NX.
+--
+-- KEYS[1] workflow hash, KEYS[2] its event-log stream.
+-- ARGV[1] expected version ('0': the workflow must not exist yet),
+-- ARGV[2] state JSON, ARGV[3] status, ARGV[4] definition name,
+-- ARGV[5] now (ms, the orchestrator's clock; for people, not for logic),
+-- ARGV[6] commands to append to the outbox ('' for none),
+-- ARGV[7] event-log cap, ARGV[8] pub/sub channel, ARGV[9] change message,
+-- ARGV[10..] the event-log entry's fields.
+-- Returns 1 when stored, 0 when the version moved on (re-read, re-apply).
+local cur = redis.call('HGET', KEYS[1], 'version') or '0'
+if cur ~= ARGV[1] then return 0 end
+local v = tostring(tonumber(cur) + 1)
+redis.call('HSET', KEYS[1], 'version', v, 'state', ARGV[2], 'status', ARGV[3],
+  'definition', ARGV[4], 'updated_at_ms', ARGV[5])
+if cur == '0' then redis.call('HSET', KEYS[1], 'created_at_ms', ARGV[5]) end
+if ARGV[6] ~= '' then
+  local old = redis.call('HGET', KEYS[1], 'outbox')
+  if old then
+    redis.call('HSET', KEYS[1], 'outbox', old .. '\n' .. ARGV[6])
+  else
+    redis.call('HSET', KEYS[1], 'outbox', ARGV[6], 'outbox_at_ms', ARGV[5])
+  end
+end
+local entry = {}
+for i = 10, #ARGV do entry[#entry + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'version', v, unpack(entry))
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return 1
