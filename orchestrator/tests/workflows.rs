@@ -1,6 +1,8 @@
 //! Workflows end to end: a real Redis, the orchestrator in-process, stage
 //! agents on the SDK.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use agent_sdk::testing::TestRedis;
