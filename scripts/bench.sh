@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the benchmarks — the runtime's (agent-sdk/examples/bench.rs, against a
-# private, throw-away redis-server) and the orchestrator's DAG planning
+# Runs the benchmarks — the runtime's (agent-sdk/examples/bench.rs), the
+# orchestrator's workflows (orchestrator/examples/workflow_bench.rs), both
+# against a private, throw-away redis-server, and the DAG planning
 # (orchestrator/examples/plan_bench.rs) — and prints one JSON object on stdout.
 #
 #   scripts/bench.sh [bench flags...]    e.g. scripts/bench.sh --tasks 50000
@@ -18,7 +19,7 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 ensure_redis
 log "building (release)"
 cargo build --release -p agent-sdk --example bench --bin fault-agent >&2
-cargo build --release -p orchestrator --example plan_bench >&2
+cargo build --release -p orchestrator --example plan_bench --example workflow_bench >&2
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 work_dir="$(mktemp -d -t agentic-bench.XXXXXX)"
@@ -31,6 +32,15 @@ status=0
 runtime=$("$target_dir/release/examples/bench" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
   --worker-bin "$target_dir/release/fault-agent" "$@") || status=$?
 plan=$("$target_dir/release/examples/plan_bench")
+log "workflows: 2000 sdlc-shaped workflows through one orchestrator"
+workflows=$(RUST_LOG=warn "$target_dir/release/examples/workflow_bench" \
+  --redis-url "redis://127.0.0.1:$REDIS_PORT" --namespace wfbench) || status=$?
+results_only=$(RUST_LOG=warn "$target_dir/release/examples/workflow_bench" \
+  --redis-url "redis://127.0.0.1:$REDIS_PORT" --namespace wfbench2 --agents-after-submit) || status=$?
 # One JSON object: the runtime's figures plus the orchestrator's.
-python3 -c 'import json, sys; a = json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a, sort_keys=True))' "$runtime" "$plan"
+python3 -c 'import json, sys
+out = {}
+for a in sys.argv[1:]:
+    out.update(json.loads(a or "{}"))
+print(json.dumps(out, sort_keys=True))' "$runtime" "$plan" "$workflows" "$results_only"
 exit "$status"

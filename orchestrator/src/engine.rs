@@ -17,13 +17,13 @@ use crate::catalog::Catalog;
 use crate::definition::Definition;
 use crate::error::Error;
 use crate::machine::{self, Command, Event, Workflow};
-use crate::store::{NewLogEntry, Stored, WorkflowStore};
+use crate::store::{NewLogEntry, WorkflowStore};
 use agent_sdk::schemas::{AgentType, Keys, names};
 use agent_sdk::{Client, EnqueueOptions};
 use redis::aio::ConnectionLike;
 use serde_json::Value;
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -37,6 +37,9 @@ pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(8 * 24 * 3600
 /// Most attempts at one transition under contention before giving up (the
 /// event stays pending and is tried again later).
 const MAX_CONFLICT_RETRIES: usize = 64;
+
+/// Most workflow states kept in memory (see [`Engine::signal`]).
+const STATE_CACHE_CAP: usize = 100_000;
 
 /// What an event did to a workflow.
 #[derive(Debug, Clone)]
@@ -81,6 +84,8 @@ pub struct Engine {
     client: Client,
     watched: RwLock<HashSet<String>>,
     watch_tx: mpsc::UnboundedSender<AgentType>,
+    /// States this process stored last, with their version (outbox empty).
+    cache: Mutex<HashMap<String, (Workflow, u64)>>,
 }
 
 fn now_ms() -> u64 {
@@ -179,6 +184,7 @@ impl Engine {
                 client,
                 watched: RwLock::default(),
                 watch_tx,
+                cache: Mutex::default(),
             },
             watch_rx,
         )
@@ -275,7 +281,9 @@ impl Engine {
         }
         metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
         metrics::counter!("orchestrator_workflows_created_total").increment(1);
-        self.carry_out(conn, &id, 1, &commands).await?;
+        if self.carry_out(conn, &id, 1, &commands).await? {
+            self.remember(&started, 1);
+        }
         Ok((started, 1))
     }
 
@@ -288,16 +296,22 @@ impl Engine {
         id: &str,
         event: &Event,
     ) -> Result<Outcome> {
+        // First try this process's copy of the state (no read, no parse):
+        // the version check of the store catches a copy another replica made
+        // stale. A copy is only trusted for storing, never to conclude that
+        // an event changes nothing: that is decided on a fresh read.
+        let mut cached = self.cached(id);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(stored) = self.store.load(conn, id).await? else {
-                return Ok(Outcome::NotFound);
+            let from_cache = cached.is_some();
+            let (workflow, version, outbox) = match cached.take() {
+                Some((w, v)) => (w, v, Vec::new()),
+                None => {
+                    let Some(stored) = self.store.load(conn, id).await? else {
+                        return Ok(Outcome::NotFound);
+                    };
+                    (stored.workflow, stored.version, stored.outbox)
+                }
             };
-            let Stored {
-                workflow,
-                version,
-                outbox,
-                ..
-            } = stored;
             let def = self
                 .catalog
                 .get(
@@ -307,11 +321,15 @@ impl Engine {
                 )
                 .await?;
             let Some((next, commands)) = machine::apply(&workflow, &def, event, now_ms()) else {
+                if from_cache {
+                    continue;
+                }
                 // Nothing to store. If an earlier transition's commands are
                 // still waiting (its orchestrator died), this is the moment
                 // to carry them out: it is typically a result read again
                 // after that crash.
                 if !outbox.is_empty() {
+                    self.forget(id);
                     self.carry_out(conn, id, version, &outbox).await?;
                 }
                 return Ok(Outcome::Unchanged { workflow, version });
@@ -322,6 +340,7 @@ impl Engine {
                 .save(conn, version, &next, &commands, &entry)
                 .await?
             {
+                self.forget(id);
                 metrics::counter!("orchestrator_transition_conflicts_total").increment(1);
                 continue;
             }
@@ -330,19 +349,48 @@ impl Engine {
             let version = version + 1;
             let mut all = outbox;
             all.extend(commands);
-            self.carry_out(conn, id, version, &all).await?;
+            let cleared = self.carry_out(conn, id, version, &all).await;
             if next.status.is_terminal() {
+                self.forget(id);
+                cleared?;
                 self.store.deactivate(conn, id).await?;
                 metrics::counter!("orchestrator_workflows_ended_total", "status" => crate::store::status_str(next.status)).increment(1);
+            } else if matches!(cleared, Ok(true)) {
+                self.remember(&next, version);
+            } else {
+                self.forget(id);
+                cleared?;
             }
             return Ok(Outcome::Applied {
                 workflow: next,
                 version,
             });
         }
+        self.forget(id);
         Err(Error::Conflict(format!(
             "workflow {id:?} changed {MAX_CONFLICT_RETRIES} times while applying one event; try again"
         )))
+    }
+
+    fn cached(&self, id: &str) -> Option<(Workflow, u64)> {
+        self.cache.lock().ok()?.get(id).cloned()
+    }
+
+    /// Keeps a copy of a state stored by this process whose outbox is empty.
+    fn remember(&self, wf: &Workflow, version: u64) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= STATE_CACHE_CAP && !c.contains_key(&wf.id) {
+                // Crude but bounded: start over rather than track recency.
+                c.clear();
+            }
+            c.insert(wf.id.clone(), (wf.clone(), version));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(id);
+        }
     }
 
     /// Carries out the outbox of workflow `id` if it has one (the sweeper
@@ -354,20 +402,22 @@ impl Engine {
         if stored.outbox.is_empty() {
             return Ok(false);
         }
+        self.forget(id);
         self.carry_out(conn, id, stored.version, &stored.outbox)
             .await?;
         Ok(true)
     }
 
     /// Dispatches, arms and cancels what `commands` say, then clears the
-    /// outbox of version `version`.
+    /// outbox of version `version`. Returns whether it was cleared (false: a
+    /// later transition came in, and its orchestrator clears it).
     pub async fn carry_out<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         id: &str,
         version: u64,
         commands: &[Command],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let dispatches = commands.iter().filter_map(|c| match c {
             Command::Dispatch {
                 stage,
@@ -380,7 +430,6 @@ impl Engine {
             } => Some(self.dispatch(id, stage, task_id, agent, input, *timeout, *max_attempts)),
             _ => None,
         });
-        futures::future::try_join_all(dispatches).await?;
         let timers: Vec<(String, Option<Duration>)> = commands
             .iter()
             .filter_map(|c| match c {
@@ -389,9 +438,15 @@ impl Engine {
                 Command::Dispatch { .. } => None,
             })
             .collect();
-        self.store.timers(conn, &timers).await?;
-        self.store.clear_outbox(conn, id, version).await?;
-        Ok(())
+        // Timers go on the caller's connection, side by side with the
+        // dispatches on the client's: order between the two does not matter.
+        let (dispatched, armed) = tokio::join!(
+            futures::future::try_join_all(dispatches),
+            self.store.timers(conn, &timers)
+        );
+        dispatched?;
+        armed?;
+        self.store.clear_outbox(conn, id, version).await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -56,13 +56,19 @@ struct StageDetail {
     duration_ms: Option<u64>,
 }
 
-async fn view(state: &AppState, workflow: Workflow, version: u64) -> ApiResult<WorkflowView> {
-    let mut conn = state.conn().await?;
+/// Builds the view on the caller's connection: a handler never holds two
+/// pooled connections at once (that deadlocks a busy pool).
+async fn view(
+    state: &AppState,
+    conn: &mut deadpool_redis::Connection,
+    workflow: Workflow,
+    version: u64,
+) -> ApiResult<WorkflowView> {
     let def = state
         .engine()
         .catalog()
         .get(
-            &mut conn,
+            conn,
             &workflow.definition,
             Some(workflow.definition_version),
         )
@@ -116,15 +122,18 @@ pub async fn create(
         )
         .await?;
     let loc = location(&workflow.id);
-    let body = view(&state, workflow, version).await?;
+    let body = view(&state, &mut conn, workflow, version).await?;
     Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
 }
 
-async fn load(state: &AppState, id: &str) -> ApiResult<(Workflow, u64)> {
+async fn load(
+    state: &AppState,
+    conn: &mut deadpool_redis::Connection,
+    id: &str,
+) -> ApiResult<(Workflow, u64)> {
     agent_sdk::schemas::names::validate_workflow_id(id)
         .map_err(|_| ApiError::not_found("workflow", id))?;
-    let mut conn = state.conn().await?;
-    match state.engine().store().load(&mut conn, id).await? {
+    match state.engine().store().load(conn, id).await? {
         Some(s) => Ok((s.workflow, s.version)),
         None => Err(ApiError::not_found("workflow", id)),
     }
@@ -135,8 +144,9 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkflowView>> {
-    let (wf, v) = load(&state, &id).await?;
-    Ok(Json(view(&state, wf, v).await?))
+    let mut conn = state.conn().await?;
+    let (wf, v) = load(&state, &mut conn, &id).await?;
+    Ok(Json(view(&state, &mut conn, wf, v).await?))
 }
 
 /// Query of `GET /workflows`.
@@ -207,10 +217,12 @@ async fn act(
     event: Event,
     refused: &str,
 ) -> ApiResult<Json<WorkflowView>> {
-    load(state, id).await?;
     let mut conn = state.conn().await?;
+    load(state, &mut conn, id).await?;
     match state.engine().signal(&mut conn, id, &event).await? {
-        Outcome::Applied { workflow, version } => Ok(Json(view(state, workflow, version).await?)),
+        Outcome::Applied { workflow, version } => {
+            Ok(Json(view(state, &mut conn, workflow, version).await?))
+        }
         Outcome::Unchanged { workflow, .. } => Err(ApiError::conflict(format!(
             "{refused} (workflow {id} is {})",
             crate::store::status_str(workflow.status)
@@ -252,7 +264,8 @@ pub async fn abort(
 }
 
 async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Workflow, u64)> {
-    let (wf, v) = load(state, id).await?;
+    let mut conn = state.conn().await?;
+    let (wf, v) = load(state, &mut conn, id).await?;
     if wf.stage(stage).is_none() {
         return Err(ApiError::not_found("stage", stage));
     }
@@ -357,7 +370,7 @@ pub async fn replay(
         .await?
     {
         Outcome::Applied { workflow, version } | Outcome::Unchanged { workflow, version } => {
-            Ok(Json(view(&state, workflow, version).await?))
+            Ok(Json(view(&state, &mut conn, workflow, version).await?))
         }
         Outcome::NotFound => Err(ApiError::not_found("workflow", &id)),
     }
@@ -394,7 +407,8 @@ pub async fn log(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    load(&state, &id).await?;
+    let mut conn = state.conn().await?;
+    load(&state, &mut conn, &id).await?;
     if let Some(a) = &q.after
         && !is_entry_id(a)
     {
@@ -406,7 +420,6 @@ pub async fn log(
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::bad_request("limit must be 1..=10000"));
     }
-    let mut conn = state.conn().await?;
     let items = state
         .engine()
         .store()
