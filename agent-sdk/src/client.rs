@@ -153,6 +153,17 @@ impl Client {
         Ok((task_id, f))
     }
 
+    /// The stream fields of a task entry (`id`, `wf`, `stage`, `body`) and
+    /// its task id, checked against the size limit, for callers that add the
+    /// entry with a script of their own (the orchestrator's dispatch).
+    pub fn task_entry<I: Serialize>(
+        &self,
+        input: &I,
+        opts: &EnqueueOptions,
+    ) -> Result<(String, Vec<(&'static str, Vec<u8>)>)> {
+        self.envelope(input, opts)
+    }
+
     /// Enqueues one task for `agent_type`.
     pub async fn enqueue<I: Serialize>(
         &self,

@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::definition::Definition;
 use crate::error::Error;
 use crate::machine::{self, Command, Event, Workflow};
+use crate::scripts;
 use crate::store::{NewLogEntry, WorkflowStore};
 use agent_sdk::schemas::{AgentType, Keys, names};
 use agent_sdk::{Client, EnqueueOptions};
@@ -281,7 +282,10 @@ impl Engine {
         }
         metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
         metrics::counter!("orchestrator_workflows_created_total").increment(1);
-        if self.carry_out(conn, &id, 1, &commands).await? {
+        if self
+            .carry_out(conn, &def, &id, 1, &commands, None)
+            .await?
+        {
             self.remember(&started, 1);
         }
         Ok((started, 1))
@@ -295,6 +299,33 @@ impl Engine {
         conn: &mut C,
         id: &str,
         event: &Event,
+    ) -> Result<Outcome> {
+        self.apply_event(conn, id, event, None).await
+    }
+
+    /// [`Engine::signal`] for a result read from a results stream, which
+    /// the caller acknowledges afterwards (clearing its task's deadline).
+    pub async fn signal_result<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        event: &Event,
+    ) -> Result<Outcome> {
+        let task = match event {
+            Event::TaskSucceeded { task_id, .. }
+            | Event::TaskFailed { task_id, .. }
+            | Event::TaskDeadLettered { task_id, .. } => Some(task_id.as_str()),
+            _ => None,
+        };
+        self.apply_event(conn, id, event, task).await
+    }
+
+    async fn apply_event<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        event: &Event,
+        settled: Option<&str>,
     ) -> Result<Outcome> {
         // First try this process's copy of the state (no read, no parse):
         // the version check of the store catches a copy another replica made
@@ -330,7 +361,8 @@ impl Engine {
                 // after that crash.
                 if !outbox.is_empty() {
                     self.forget(id);
-                    self.carry_out(conn, id, version, &outbox).await?;
+                    self.carry_out(conn, &def, id, version, &outbox, settled)
+                        .await?;
                 }
                 return Ok(Outcome::Unchanged { workflow, version });
             };
@@ -349,7 +381,9 @@ impl Engine {
             let version = version + 1;
             let mut all = outbox;
             all.extend(commands);
-            let cleared = self.carry_out(conn, id, version, &all).await;
+            let cleared = self
+                .carry_out(conn, &def, id, version, &all, settled)
+                .await;
             if next.status.is_terminal() {
                 self.forget(id);
                 cleared?;
@@ -403,7 +437,15 @@ impl Engine {
             return Ok(false);
         }
         self.forget(id);
-        self.carry_out(conn, id, stored.version, &stored.outbox)
+        let def = self
+            .catalog
+            .get(
+                conn,
+                &stored.workflow.definition,
+                Some(stored.workflow.definition_version),
+            )
+            .await?;
+        self.carry_out(conn, &def, id, stored.version, &stored.outbox, None)
             .await?;
         Ok(true)
     }
@@ -411,13 +453,34 @@ impl Engine {
     /// Dispatches, arms and cancels what `commands` say, then clears the
     /// outbox of version `version`. Returns whether it was cleared (false: a
     /// later transition came in, and its orchestrator clears it).
+    ///
+    /// A dispatch arms its task's deadline in the same script. `settled`
+    /// names a task whose result the caller is about to acknowledge: the
+    /// acknowledgement clears its deadline, so its `CancelTimer` is skipped
+    /// here (if the caller dies first, the result is read again and
+    /// acknowledged then).
     pub async fn carry_out<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        def: &Definition,
         id: &str,
         version: u64,
         commands: &[Command],
+        settled: Option<&str>,
     ) -> Result<bool> {
+        let dispatched: HashSet<&str> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Dispatch { task_id, .. } => Some(task_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let deadline_of = |task: &str| {
+            commands.iter().find_map(|c| match c {
+                Command::ArmTimer { task_id, after } if task_id == task => Some(*after),
+                _ => None,
+            })
+        };
         let dispatches = commands.iter().filter_map(|c| match c {
             Command::Dispatch {
                 stage,
@@ -427,25 +490,51 @@ impl Engine {
                 timeout,
                 max_attempts,
                 ..
-            } => Some(self.dispatch(id, stage, task_id, agent, input, *timeout, *max_attempts)),
+            } => Some(self.dispatch(
+                id,
+                stage,
+                task_id,
+                agent,
+                input,
+                *timeout,
+                *max_attempts,
+                deadline_of(task_id),
+            )),
             _ => None,
         });
-        let timers: Vec<(String, Option<Duration>)> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::ArmTimer { task_id, after } => Some((task_id.clone(), Some(*after))),
-                Command::CancelTimer { task_id } => Some((task_id.clone(), None)),
-                Command::Dispatch { .. } => None,
-            })
-            .collect();
+        // The other timer operations, by the agent type whose slot holds them.
+        let mut by_agent: Vec<(AgentType, Vec<(String, Option<Duration>)>)> = Vec::new();
+        for c in commands {
+            let (task_id, op) = match c {
+                Command::ArmTimer { task_id, after } if !dispatched.contains(task_id.as_str()) => {
+                    (task_id, Some(*after))
+                }
+                Command::CancelTimer { task_id } if settled != Some(task_id.as_str()) => {
+                    (task_id, None)
+                }
+                _ => continue,
+            };
+            let Some(agent) = task_agent(def, task_id).and_then(|a| AgentType::new(a).ok()) else {
+                tracing::warn!(workflow = id, task = %task_id, "no agent type for a deadline; skipped");
+                continue;
+            };
+            match by_agent.iter_mut().find(|(a, _)| *a == agent) {
+                Some((_, ops)) => ops.push((task_id.clone(), op)),
+                None => by_agent.push((agent, vec![(task_id.clone(), op)])),
+            }
+        }
+        let timers = async {
+            for (agent, ops) in &by_agent {
+                self.store.timers(conn, agent, ops).await?;
+            }
+            Ok::<_, Error>(())
+        };
         // Timers go on the caller's connection, side by side with the
         // dispatches on the client's: order between the two does not matter.
-        let (dispatched, armed) = tokio::join!(
-            futures::future::try_join_all(dispatches),
-            self.store.timers(conn, &timers)
-        );
+        let (dispatched, timed) =
+            tokio::join!(futures::future::try_join_all(dispatches), timers);
         dispatched?;
-        armed?;
+        timed?;
         self.store.clear_outbox(conn, id, version).await
     }
 
@@ -459,28 +548,51 @@ impl Engine {
         input: &Value,
         timeout: Option<Duration>,
         max_attempts: Option<u32>,
+        deadline: Option<Duration>,
     ) -> Result<()> {
         let agent_type = AgentType::new(agent)?;
         self.watch(agent);
-        self.client
-            .enqueue(
-                &agent_type,
-                input,
-                EnqueueOptions {
-                    task_id: Some(task_id.to_owned()),
-                    idempotency_key: Some(task_id.to_owned()),
-                    idempotency_ttl: Some(DISPATCH_IDEMPOTENCY_TTL),
-                    workflow_id: Some(workflow.to_owned()),
-                    stage: Some(stage.to_owned()),
-                    trace_id: Some(workflow.to_owned()),
-                    timeout,
-                    max_attempts,
-                    ..EnqueueOptions::default()
-                },
-            )
-            .await?;
-        metrics::counter!("orchestrator_dispatches_total").increment(1);
+        let (task_id, fields) = self.client.task_entry(
+            input,
+            &EnqueueOptions {
+                task_id: Some(task_id.to_owned()),
+                workflow_id: Some(workflow.to_owned()),
+                stage: Some(stage.to_owned()),
+                trace_id: Some(workflow.to_owned()),
+                timeout,
+                max_attempts,
+                ..EnqueueOptions::default()
+            },
+        )?;
+        let keys = self.keys();
+        let mut inv = scripts::DISPATCH.prepare_invoke();
+        inv.key(keys.tasks(&agent_type))
+            .key(keys.idempotency(&agent_type, &task_id)?)
+            .key(keys.deadlines(&agent_type))
+            .arg(&task_id)
+            .arg(DISPATCH_IDEMPOTENCY_TTL.as_millis() as u64)
+            .arg(deadline.map_or(0, |d| d.as_millis() as u64))
+            .arg(&fields);
+        let mut conn = self.client.connection();
+        let added: i64 = inv.invoke_async(&mut conn).await?;
+        if added == 1 {
+            metrics::counter!("orchestrator_dispatches_total").increment(1);
+        }
         Ok(())
+    }
+}
+
+/// The agent type that runs `task_id` (`<workflow>:<stage>:<n>`, or
+/// `<workflow>:<stage>:undo` for a compensation) in `def`.
+pub fn task_agent<'d>(def: &'d Definition, task_id: &str) -> Option<&'d str> {
+    let (_, rest) = task_id.split_once(':')?;
+    let (stage, suffix) = rest.rsplit_once(':')?;
+    let sd = def.stage(stage)?;
+    if suffix == "undo" {
+        let c = sd.compensate.as_ref()?;
+        Some(c.agent.as_deref().unwrap_or(&sd.agent))
+    } else {
+        Some(&sd.agent)
     }
 }
 

@@ -117,24 +117,32 @@ fn parse(stream: &str, e: &StreamId) -> Parsed {
     }
 }
 
-/// Applies a batch of results; returns the entry ids that may be acknowledged.
+/// The plain `task_id` field of a results entry ('' when it has none).
+fn task_of(e: &StreamId) -> String {
+    field(e, fields::TASK_ID)
+        .and_then(|t| String::from_utf8(t).ok())
+        .unwrap_or_default()
+}
+
+/// Applies a batch of results; returns the (entry id, task id) pairs that
+/// may be acknowledged.
 async fn apply_batch(
     engine: &Engine,
     conn: &ConnectionManager,
     stream: &str,
     entries: &[StreamId],
     parallelism: usize,
-) -> Vec<String> {
+) -> Vec<(String, String)> {
     let mut done = Vec::with_capacity(entries.len());
     let mut work = Vec::new();
     for e in entries {
         match parse(stream, e) {
-            Parsed::Skip => done.push(e.id.clone()),
+            Parsed::Skip => done.push((e.id.clone(), task_of(e))),
             Parsed::Apply {
                 workflow,
                 event,
                 finished_at_ms,
-            } => work.push((workflow, (e.id.clone(), event, finished_at_ms))),
+            } => work.push((workflow, ((e.id.clone(), task_of(e)), event, finished_at_ms))),
         }
     }
     // One workflow's results in order; different workflows side by side.
@@ -145,7 +153,7 @@ async fn apply_batch(
             async move {
                 let mut ok = Vec::new();
                 for (entry, event, finished_at_ms) in items {
-                    match engine.signal(&mut conn, &wf, &event).await {
+                    match engine.signal_result(&mut conn, &wf, &event).await {
                         Ok(outcome) => {
                             let what = match outcome {
                                 Outcome::Applied { .. } => {
@@ -160,11 +168,11 @@ async fn apply_batch(
                                     "applied"
                                 }
                                 Outcome::Unchanged { .. } => {
-                                    tracing::debug!(workflow = %wf, entry = %entry, "duplicate or stale result: nothing changes");
+                                    tracing::debug!(workflow = %wf, entry = %entry.0, "duplicate or stale result: nothing changes");
                                     "unchanged"
                                 }
                                 Outcome::NotFound => {
-                                    tracing::warn!(workflow = %wf, entry = %entry, "result for an unknown workflow; dropped");
+                                    tracing::warn!(workflow = %wf, entry = %entry.0, "result for an unknown workflow; dropped");
                                     "unknown_workflow"
                                 }
                             };
@@ -174,13 +182,13 @@ async fn apply_batch(
                         }
                         Err(err) if is_transient(&err) => {
                             // Left pending: read again after a pause.
-                            tracing::warn!(workflow = %wf, entry = %entry, error = %err, "cannot apply result yet; will retry");
+                            tracing::warn!(workflow = %wf, entry = %entry.0, error = %err, "cannot apply result yet; will retry");
                             break;
                         }
                         Err(err) => {
                             // Retrying cannot help (unreadable state, unknown
                             // definition): keep the result in the log, move on.
-                            tracing::error!(workflow = %wf, entry = %entry, error = %err, "result cannot be applied; acknowledged without a transition");
+                            tracing::error!(workflow = %wf, entry = %entry.0, error = %err, "result cannot be applied; acknowledged without a transition");
                             metrics::counter!("orchestrator_results_total", "outcome" => "unapplicable").increment(1);
                             ok.push(entry);
                         }
@@ -205,24 +213,24 @@ fn is_transient(e: &crate::error::Error) -> bool {
     )
 }
 
-async fn ack(conn: &ConnectionManager, stream: &str, ids: &[String]) -> redis::RedisResult<()> {
-    if ids.is_empty() {
+/// Acknowledges and deletes applied results and clears their tasks' deadlines.
+async fn ack(
+    conn: &ConnectionManager,
+    stream: &str,
+    deadlines: &str,
+    done: &[(String, String)],
+) -> redis::RedisResult<()> {
+    if done.is_empty() {
         return Ok(());
     }
     let mut c = conn.clone();
-    redis::pipe()
-        .atomic()
-        .cmd("XACK")
-        .arg(stream)
-        .arg(ORCHESTRATOR_GROUP)
-        .arg(ids)
-        .ignore()
-        .cmd("XDEL")
-        .arg(stream)
-        .arg(ids)
-        .ignore()
-        .query_async(&mut c)
-        .await
+    let mut inv = crate::scripts::ACK_RESULTS.prepare_invoke();
+    inv.key(stream).key(deadlines).arg(ORCHESTRATOR_GROUP);
+    for (id, task) in done {
+        inv.arg(id).arg(task);
+    }
+    let _: i64 = inv.invoke_async(&mut c).await?;
+    Ok(())
 }
 
 /// Creates the `orchestrator` group on `stream` (from the start, so results
@@ -253,6 +261,7 @@ pub async fn consume(
     stop: CancellationToken,
 ) {
     let stream = engine.keys().results(&agent_type);
+    let deadlines = engine.keys().deadlines(&agent_type);
     let mut group_ready = false;
     // Our own pending entries first: a restart under the same consumer
     // name finds what it read and had not acknowledged.
@@ -355,7 +364,7 @@ pub async fn consume(
                 return;
             }
         }
-        if let Err(e) = ack(&conn, &stream, &done).await {
+        if let Err(e) = ack(&conn, &stream, &deadlines, &done).await {
             tracing::warn!(stream = %stream, error = %e, "cannot acknowledge results; they will be applied again (no effect)");
             own_pending = true;
         }

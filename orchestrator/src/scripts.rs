@@ -1,6 +1,6 @@
 //! The Lua scripts of the durable shell. Each file under `scripts/` documents
-//! its keys, arguments and reply. A script touches one workflow's keys (one
-//! hash tag) or one global key, never keys of two slots, so they run
+//! its keys, arguments and reply. A script touches one workflow's keys or one
+//! agent type's keys (one hash tag each), never keys of two slots, so they run
 //! unchanged on Redis Cluster. Each starts with `#!lua`: under `maxmemory`
 //! Redis refuses it whole instead of stopping it half done.
 
@@ -14,6 +14,14 @@ pub(crate) static TRANSITION: LazyLock<Script> =
 /// Empty an outbox that has been carried out.
 pub(crate) static CLEAR_OUTBOX: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/clear_outbox.lua")));
+
+/// Dispatch a task at most once and arm its deadline.
+pub(crate) static DISPATCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/dispatch.lua")));
+
+/// Acknowledge applied results and clear their tasks' deadlines.
+pub(crate) static ACK_RESULTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/ack_results.lua")));
 
 /// Arm and cancel durable timers by the server's clock.
 pub(crate) static TIMERS: LazyLock<Script> =

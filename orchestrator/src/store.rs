@@ -9,7 +9,8 @@
 //! - `N:wfs:all` / `N:wfs:active` (sorted sets): every workflow / those not
 //!   ended, by creation time. Written outside the transition (another slot);
 //!   an id whose hash is missing is skipped and pruned.
-//! - `N:wfs:timers` (sorted set): durable timers by the server's clock.
+//! - `N:agent:{T}:deadlines` (sorted set): stage deadlines of type `T`'s
+//!   tasks, by the server's clock, in `T`'s slot (armed by the dispatch).
 //!
 //! Every function takes the connection to use, so HTTP handlers pass a pooled
 //! one and the loops their own long-lived ones.
@@ -17,7 +18,7 @@
 use crate::error::Error;
 use crate::machine::{Command, Workflow, WorkflowStatus};
 use crate::scripts;
-use agent_sdk::schemas::Keys;
+use agent_sdk::schemas::{AgentType, Keys};
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -508,17 +509,19 @@ impl WorkflowStore {
             .collect()
     }
 
-    /// Arms and cancels timers (`(member, Some(delay))` arms, `None` cancels).
+    /// Arms and cancels deadlines of `agent`'s tasks (`(task id,
+    /// Some(delay))` arms, `None` cancels).
     pub async fn timers<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        agent: &AgentType,
         ops: &[(String, Option<std::time::Duration>)],
     ) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
         let mut inv = scripts::TIMERS.prepare_invoke();
-        inv.key(self.keys.workflow_timers());
+        inv.key(self.keys.deadlines(agent));
         for (member, delay) in ops {
             match delay {
                 Some(d) => inv.arg("A").arg(member).arg(d.as_millis() as u64),
@@ -529,29 +532,31 @@ impl WorkflowStore {
         Ok(())
     }
 
-    /// Takes up to `max` due timers for `lease`.
+    /// Takes up to `max` due deadlines of `agent`'s tasks for `lease`.
     pub async fn claim_due_timers<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        agent: &AgentType,
         max: usize,
         lease: std::time::Duration,
     ) -> Result<Vec<String>> {
         Ok(scripts::CLAIM_TIMERS
-            .key(self.keys.workflow_timers())
+            .key(self.keys.deadlines(agent))
             .arg(max)
             .arg(lease.as_millis() as u64)
             .invoke_async(conn)
             .await?)
     }
 
-    /// Removes a fired timer.
+    /// Removes a fired deadline.
     pub async fn remove_timer<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        agent: &AgentType,
         member: &str,
     ) -> Result<()> {
         let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.workflow_timers())
+            .arg(self.keys.deadlines(agent))
             .arg(member)
             .query_async(conn)
             .await?;

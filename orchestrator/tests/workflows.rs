@@ -511,13 +511,7 @@ async fn stage_timeout_fires_across_an_orchestrator_restart() {
     let id = create(&http, &o.url, "slow", json!({})).await;
     // Down before the deadline: no process holds the timer in memory.
     o.shutdown().await;
-    let mut c = conn(&redis).await;
-    let timers: u64 = redis::cmd("ZCARD")
-        .arg(keys().workflow_timers())
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(timers, 1);
+    assert_eq!(deadlines(&redis, &["nobody"]).await, 1);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         summaries(&redis, std::slice::from_ref(&id)).await[0]
@@ -534,11 +528,6 @@ async fn stage_timeout_fires_across_an_orchestrator_restart() {
     assert_eq!(wf["stages"][0]["error"], "timed out");
     let log = log(&redis, &id).await;
     assert_eq!(log.last().unwrap().kind, "task_timed_out");
-    let timers: u64 = redis::cmd("ZCARD")
-        .arg(keys().workflow_timers())
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(timers, 0);
+    assert_eq!(deadlines(&redis, &["nobody"]).await, 0);
     o.shutdown().await;
 }

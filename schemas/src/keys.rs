@@ -50,6 +50,14 @@ impl Keys {
         self.agent(t, "delayed")
     }
 
+    /// `N:agent:{T}:deadlines` — sorted set of workflow stage deadlines of
+    /// tasks of type `T`: member = task id, score = due time in ms by the
+    /// Redis server's clock. In `T`'s slot, so a dispatch arms its deadline
+    /// and a result's acknowledgement clears it in the same script.
+    pub fn deadlines(&self, t: &AgentType) -> String {
+        self.agent(t, "deadlines")
+    }
+
     /// `N:agent:{T}:idem:<key>` — string with TTL: idempotency key → task id.
     pub fn idempotency(&self, t: &AgentType, key: &str) -> Result<String> {
         names::validate_idempotency_key(key)?;
@@ -110,12 +118,6 @@ impl Keys {
         format!("{}:wfs:active", self.ns)
     }
 
-    /// `N:wfs:timers` — sorted set of durable timers, member = the task id (or
-    /// approval id) it guards, score = due time in ms by the Redis server's clock.
-    pub fn workflow_timers(&self) -> String {
-        format!("{}:wfs:timers", self.ns)
-    }
-
     /// `N:wfs:changes` — pub/sub channel: one message per stored transition,
     /// for live views (SSE). Losing one costs a view a refresh, never state.
     pub fn workflow_changes(&self) -> String {
@@ -158,6 +160,7 @@ mod tests {
         assert_eq!(k.results(&t), "prod:agent:{scaffold}:results");
         assert_eq!(k.dlq(&t), "prod:agent:{scaffold}:dlq");
         assert_eq!(k.delayed(&t), "prod:agent:{scaffold}:delayed");
+        assert_eq!(k.deadlines(&t), "prod:agent:{scaffold}:deadlines");
         assert_eq!(
             k.idempotency(&t, "k1").unwrap(),
             "prod:agent:{scaffold}:idem:k1"

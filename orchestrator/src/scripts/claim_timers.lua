@@ -1,9 +1,9 @@
 #!lua
--- Takes due timers for one orchestrator: returns them and pushes each one's
+-- Takes due deadlines of one agent type for one orchestrator: returns them and pushes each one's
 -- due time `lease` ms ahead, so another replica does not fire it at the same
 -- time, and it fires again if this one dies before removing it.
 --
--- KEYS[1] timers sorted set; ARGV[1] most to take, ARGV[2] lease ms.
+-- KEYS[1] deadlines sorted set; ARGV[1] most to take, ARGV[2] lease ms.
 -- Returns the members taken.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -441,6 +441,21 @@ pub async fn create(http: &reqwest::Client, base: &str, definition: &str, input:
     v["id"].as_str().unwrap().to_owned()
 }
 
+/// Stage deadlines armed for tasks of `agents`.
+pub async fn deadlines(redis: &TestRedis, agents: &[&str]) -> u64 {
+    let mut c = conn(redis).await;
+    let mut n = 0;
+    for a in agents {
+        let k: u64 = redis::cmd("ZCARD")
+            .arg(keys().deadlines(&agent_type(a)))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        n += k;
+    }
+    n
+}
+
 pub fn agent_type(s: &str) -> AgentType {
     AgentType::new(s).unwrap()
 }
