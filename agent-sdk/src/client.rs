@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Stream fields with protocol-defined names.
-type PlainFields = Vec<(&'static str, Vec<u8>)>;
+pub type PlainFields = Vec<(&'static str, Vec<u8>)>;
 
 /// How long an idempotency key remembers its task by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -160,7 +160,7 @@ impl Client {
         &self,
         input: &I,
         opts: &EnqueueOptions,
-    ) -> Result<(String, Vec<(&'static str, Vec<u8>)>)> {
+    ) -> Result<(String, PlainFields)> {
         self.envelope(input, opts)
     }
 

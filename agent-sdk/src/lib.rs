@@ -47,7 +47,7 @@ pub mod testing;
 mod worker;
 
 pub use agent::{Agent, AgentError, AgentErrorKind, TaskContext};
-pub use client::{Client, DEFAULT_IDEMPOTENCY_TTL, EnqueueOptions, Enqueued};
+pub use client::{Client, DEFAULT_IDEMPOTENCY_TTL, EnqueueOptions, Enqueued, PlainFields};
 pub use config::{LogFormat, RuntimeConfig};
 pub use connection::redact_url;
 pub use dlq::{DeadLetterFilter, DeadLetterPage, DeadLetters};

@@ -89,7 +89,7 @@ pub struct Engine {
     cache: Mutex<HashMap<String, (Workflow, u64)>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -97,7 +97,7 @@ fn now_ms() -> u64 {
 }
 
 /// The event's `type` tag.
-fn event_kind(e: &Event) -> &'static str {
+pub(crate) fn event_kind(e: &Event) -> &'static str {
     match e {
         Event::Started => "started",
         Event::TaskSucceeded { .. } => "task_succeeded",
@@ -148,7 +148,7 @@ fn logged_event(e: &Event) -> Value {
     v
 }
 
-fn log_entry(before: &Workflow, event: &Event, commands: &[Command]) -> NewLogEntry {
+pub(crate) fn log_entry(before: &Workflow, event: &Event, commands: &[Command]) -> NewLogEntry {
     NewLogEntry {
         kind: event_kind(event).to_owned(),
         stage: event_stage(before, event),
@@ -271,21 +271,22 @@ impl Engine {
             )));
         };
         self.watch_definition(&def);
-        self.store.index(conn, &id, now).await?;
         let entry = log_entry(&fresh, &Event::Started, &commands);
-        if !self
-            .store
-            .save(conn, 0, &started, &commands, &entry)
-            .await?
-        {
+        // One round trip: indexed first (a crash in between leaves an index
+        // entry without a workflow, which is skipped and pruned, never a
+        // workflow nobody can find), then stored if the id is free.
+        let save = self.store.save_invocation(0, &started, &commands, &entry)?;
+        let mut pipe = redis::pipe();
+        pipe.load_script(&scripts::TRANSITION).ignore();
+        self.store.add_index_commands(&mut pipe, &id, now);
+        pipe.invoke_script(&save);
+        let (stored,): (i64,) = pipe.query_async(conn).await?;
+        if stored != 1 {
             return Err(Error::Conflict(format!("workflow {id:?} exists already")));
         }
         metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
         metrics::counter!("orchestrator_workflows_created_total").increment(1);
-        if self
-            .carry_out(conn, &def, &id, 1, &commands, None)
-            .await?
-        {
+        if self.carry_out(conn, &def, &id, 1, &commands, None).await? {
             self.remember(&started, 1);
         }
         Ok((started, 1))
@@ -311,13 +312,7 @@ impl Engine {
         id: &str,
         event: &Event,
     ) -> Result<Outcome> {
-        let task = match event {
-            Event::TaskSucceeded { task_id, .. }
-            | Event::TaskFailed { task_id, .. }
-            | Event::TaskDeadLettered { task_id, .. } => Some(task_id.as_str()),
-            _ => None,
-        };
-        self.apply_event(conn, id, event, task).await
+        self.apply_event(conn, id, event, settled_task(event)).await
     }
 
     async fn apply_event<C: ConnectionLike + Send>(
@@ -381,9 +376,7 @@ impl Engine {
             let version = version + 1;
             let mut all = outbox;
             all.extend(commands);
-            let cleared = self
-                .carry_out(conn, &def, id, version, &all, settled)
-                .await;
+            let cleared = self.carry_out(conn, &def, id, version, &all, settled).await;
             if next.status.is_terminal() {
                 self.forget(id);
                 cleared?;
@@ -406,12 +399,12 @@ impl Engine {
         )))
     }
 
-    fn cached(&self, id: &str) -> Option<(Workflow, u64)> {
+    pub(crate) fn cached(&self, id: &str) -> Option<(Workflow, u64)> {
         self.cache.lock().ok()?.get(id).cloned()
     }
 
     /// Keeps a copy of a state stored by this process whose outbox is empty.
-    fn remember(&self, wf: &Workflow, version: u64) {
+    pub(crate) fn remember(&self, wf: &Workflow, version: u64) {
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= STATE_CACHE_CAP && !c.contains_key(&wf.id) {
                 // Crude but bounded: start over rather than track recency.
@@ -421,7 +414,7 @@ impl Engine {
         }
     }
 
-    fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         if let Ok(mut c) = self.cache.lock() {
             c.remove(id);
         }
@@ -468,6 +461,37 @@ impl Engine {
         commands: &[Command],
         settled: Option<&str>,
     ) -> Result<bool> {
+        let plan = self.plan(def, id, commands, settled)?;
+        let dispatches = plan.dispatches.iter().map(|inv| async move {
+            let mut c = self.client.connection();
+            let added: i64 = inv.invoke_async(&mut c).await?;
+            if added == 1 {
+                metrics::counter!("orchestrator_dispatches_total").increment(1);
+            }
+            Ok::<_, Error>(())
+        });
+        let timers = async {
+            for inv in &plan.timers {
+                let _: i64 = inv.invoke_async(conn).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        // Timers go on the caller's connection, side by side with the
+        // dispatches on the client's: order between the two does not matter.
+        let (dispatched, timed) = tokio::join!(futures::future::try_join_all(dispatches), timers);
+        dispatched?;
+        timed?;
+        self.store.clear_outbox(conn, id, version).await
+    }
+
+    /// The script calls that carry `commands` out (see [`Engine::carry_out`]).
+    pub(crate) fn plan(
+        &self,
+        def: &Definition,
+        id: &str,
+        commands: &[Command],
+        settled: Option<&str>,
+    ) -> Result<CarryOut> {
         let dispatched: HashSet<&str> = commands
             .iter()
             .filter_map(|c| match c {
@@ -481,8 +505,9 @@ impl Engine {
                 _ => None,
             })
         };
-        let dispatches = commands.iter().filter_map(|c| match c {
-            Command::Dispatch {
+        let mut plan = CarryOut::default();
+        for c in commands {
+            if let Command::Dispatch {
                 stage,
                 task_id,
                 agent,
@@ -490,20 +515,22 @@ impl Engine {
                 timeout,
                 max_attempts,
                 ..
-            } => Some(self.dispatch(
-                id,
-                stage,
-                task_id,
-                agent,
-                input,
-                *timeout,
-                *max_attempts,
-                deadline_of(task_id),
-            )),
-            _ => None,
-        });
+            } = c
+            {
+                plan.dispatches.push(self.dispatch_invocation(
+                    id,
+                    stage,
+                    task_id,
+                    agent,
+                    input,
+                    *timeout,
+                    *max_attempts,
+                    deadline_of(task_id),
+                )?);
+            }
+        }
         // The other timer operations, by the agent type whose slot holds them.
-        let mut by_agent: Vec<(AgentType, Vec<(String, Option<Duration>)>)> = Vec::new();
+        let mut by_agent: Vec<(AgentType, TimerOps)> = Vec::new();
         for c in commands {
             let (task_id, op) = match c {
                 Command::ArmTimer { task_id, after } if !dispatched.contains(task_id.as_str()) => {
@@ -523,23 +550,15 @@ impl Engine {
                 None => by_agent.push((agent, vec![(task_id.clone(), op)])),
             }
         }
-        let timers = async {
-            for (agent, ops) in &by_agent {
-                self.store.timers(conn, agent, ops).await?;
-            }
-            Ok::<_, Error>(())
-        };
-        // Timers go on the caller's connection, side by side with the
-        // dispatches on the client's: order between the two does not matter.
-        let (dispatched, timed) =
-            tokio::join!(futures::future::try_join_all(dispatches), timers);
-        dispatched?;
-        timed?;
-        self.store.clear_outbox(conn, id, version).await
+        plan.timers = by_agent
+            .iter()
+            .map(|(agent, ops)| self.store.timers_invocation(agent, ops))
+            .collect();
+        Ok(plan)
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
+    fn dispatch_invocation(
         &self,
         workflow: &str,
         stage: &str,
@@ -549,7 +568,7 @@ impl Engine {
         timeout: Option<Duration>,
         max_attempts: Option<u32>,
         deadline: Option<Duration>,
-    ) -> Result<()> {
+    ) -> Result<redis::ScriptInvocation<'static>> {
         let agent_type = AgentType::new(agent)?;
         self.watch(agent);
         let (task_id, fields) = self.client.task_entry(
@@ -573,12 +592,30 @@ impl Engine {
             .arg(DISPATCH_IDEMPOTENCY_TTL.as_millis() as u64)
             .arg(deadline.map_or(0, |d| d.as_millis() as u64))
             .arg(&fields);
-        let mut conn = self.client.connection();
-        let added: i64 = inv.invoke_async(&mut conn).await?;
-        if added == 1 {
-            metrics::counter!("orchestrator_dispatches_total").increment(1);
-        }
-        Ok(())
+        Ok(inv)
+    }
+}
+
+/// Deadline operations: task id, and the delay to arm it with (`None`: cancel).
+type TimerOps = Vec<(String, Option<Duration>)>;
+
+/// The script calls that carry out a transition's commands: dispatches (on
+/// the dispatch connection, each arming its deadline) and the remaining
+/// deadline operations, one call per agent type.
+#[derive(Default)]
+pub(crate) struct CarryOut {
+    pub(crate) dispatches: Vec<redis::ScriptInvocation<'static>>,
+    pub(crate) timers: Vec<redis::ScriptInvocation<'static>>,
+}
+
+/// The task a result event settles (its deadline goes with the result's
+/// acknowledgement).
+pub(crate) fn settled_task(event: &Event) -> Option<&str> {
+    match event {
+        Event::TaskSucceeded { task_id, .. }
+        | Event::TaskFailed { task_id, .. }
+        | Event::TaskDeadLettered { task_id, .. } => Some(task_id.as_str()),
+        _ => None,
     }
 }
 

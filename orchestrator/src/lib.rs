@@ -10,6 +10,7 @@
 //! - [`api`], [`server`], [`config`]: the HTTP API and `orchestrator serve`.
 
 pub mod api;
+mod batch;
 pub mod catalog;
 pub mod changes;
 pub mod config;

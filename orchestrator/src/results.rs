@@ -19,7 +19,6 @@ use agent_sdk::schemas::codec::{DecodeLimits, decode_any};
 use agent_sdk::schemas::{
     AgentType, ErrorKind, ORCHESTRATOR_GROUP, ResultEnvelope, TaskStatus, fields,
 };
-use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use std::sync::Arc;
@@ -142,67 +141,96 @@ async fn apply_batch(
                 workflow,
                 event,
                 finished_at_ms,
-            } => work.push((workflow, ((e.id.clone(), task_of(e)), event, finished_at_ms))),
+            } => work.push((
+                workflow,
+                ((e.id.clone(), task_of(e)), event, finished_at_ms),
+            )),
         }
     }
-    // One workflow's results in order; different workflows side by side.
-    let groups = group_by_workflow(work);
-    let mut applied = futures::stream::iter(groups)
-        .map(|(wf, items)| {
+    // One workflow's results in order, different workflows side by side:
+    // round k applies the k-th result of every workflow in the batch, in
+    // pipelined chunks of `parallelism` workflows (see `batch.rs`).
+    let mut groups: Vec<(String, std::collections::VecDeque<_>)> = group_by_workflow(work)
+        .into_iter()
+        .map(|(wf, items)| (wf, items.into_iter().collect()))
+        .collect();
+    while !groups.is_empty() {
+        let round: Vec<(String, (Entry, Event, u64))> = groups
+            .iter_mut()
+            .filter_map(|(wf, q)| q.pop_front().map(|item| (wf.clone(), item)))
+            .collect();
+        let chunks = round.chunks(parallelism.max(1)).map(|chunk| {
             let mut conn = conn.clone();
             async move {
-                let mut ok = Vec::new();
-                for (entry, event, finished_at_ms) in items {
-                    match engine.signal_result(&mut conn, &wf, &event).await {
-                        Ok(outcome) => {
-                            let what = match outcome {
-                                Outcome::Applied { .. } => {
-                                    let now = std::time::SystemTime::now()
-                                        .duration_since(std::time::UNIX_EPOCH)
-                                        .map(|d| d.as_millis() as u64)
-                                        .unwrap_or(0);
-                                    // Worker and orchestrator clocks: a
-                                    // figure for people, never for logic.
-                                    metrics::histogram!("orchestrator_result_to_transition_seconds")
-                                        .record(now.saturating_sub(finished_at_ms) as f64 / 1000.0);
-                                    "applied"
-                                }
-                                Outcome::Unchanged { .. } => {
-                                    tracing::debug!(workflow = %wf, entry = %entry.0, "duplicate or stale result: nothing changes");
-                                    "unchanged"
-                                }
-                                Outcome::NotFound => {
-                                    tracing::warn!(workflow = %wf, entry = %entry.0, "result for an unknown workflow; dropped");
-                                    "unknown_workflow"
-                                }
-                            };
-                            metrics::counter!("orchestrator_results_total", "outcome" => what)
-                                .increment(1);
-                            ok.push(entry);
-                        }
-                        Err(err) if is_transient(&err) => {
-                            // Left pending: read again after a pause.
-                            tracing::warn!(workflow = %wf, entry = %entry.0, error = %err, "cannot apply result yet; will retry");
-                            break;
-                        }
-                        Err(err) => {
-                            // Retrying cannot help (unreadable state, unknown
-                            // definition): keep the result in the log, move on.
-                            tracing::error!(workflow = %wf, entry = %entry.0, error = %err, "result cannot be applied; acknowledged without a transition");
-                            metrics::counter!("orchestrator_results_total", "outcome" => "unapplicable").increment(1);
-                            ok.push(entry);
-                        }
-                    }
-                }
-                ok
+                let items: Vec<(String, Event)> = chunk
+                    .iter()
+                    .map(|(wf, (_, event, _))| (wf.clone(), event.clone()))
+                    .collect();
+                let outcomes = engine.signal_results(&mut conn, &items).await;
+                chunk
+                    .iter()
+                    .zip(outcomes)
+                    .map(|((wf, (entry, _, finished)), o)| {
+                        (wf.clone(), entry.clone(), *finished, o)
+                    })
+                    .collect::<Vec<_>>()
             }
-        })
-        .buffer_unordered(parallelism.max(1));
-    while let Some(ok) = applied.next().await {
-        done.extend(ok);
+        });
+        let mut failed: Vec<String> = Vec::new();
+        for (wf, entry, finished_at_ms, outcome) in futures::future::join_all(chunks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            match outcome {
+                Ok(outcome) => {
+                    let what = match outcome {
+                        Outcome::Applied { .. } => {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as u64)
+                                .unwrap_or(0);
+                            // Worker and orchestrator clocks: a figure for
+                            // people, never for logic.
+                            metrics::histogram!("orchestrator_result_to_transition_seconds")
+                                .record(now.saturating_sub(finished_at_ms) as f64 / 1000.0);
+                            "applied"
+                        }
+                        Outcome::Unchanged { .. } => {
+                            tracing::debug!(workflow = %wf, entry = %entry.0, "duplicate or stale result: nothing changes");
+                            "unchanged"
+                        }
+                        Outcome::NotFound => {
+                            tracing::warn!(workflow = %wf, entry = %entry.0, "result for an unknown workflow; dropped");
+                            "unknown_workflow"
+                        }
+                    };
+                    metrics::counter!("orchestrator_results_total", "outcome" => what).increment(1);
+                    done.push(entry);
+                }
+                Err(err) if is_transient(&err) => {
+                    // Left pending with the rest of its workflow's results:
+                    // read again after a pause.
+                    tracing::warn!(workflow = %wf, entry = %entry.0, error = %err, "cannot apply result yet; will retry");
+                    failed.push(wf);
+                }
+                Err(err) => {
+                    // Retrying cannot help (unreadable state, unknown
+                    // definition): keep the result in the log, move on.
+                    tracing::error!(workflow = %wf, entry = %entry.0, error = %err, "result cannot be applied; acknowledged without a transition");
+                    metrics::counter!("orchestrator_results_total", "outcome" => "unapplicable")
+                        .increment(1);
+                    done.push(entry);
+                }
+            }
+        }
+        groups.retain(|(wf, q)| !q.is_empty() && !failed.contains(wf));
     }
     done
 }
+
+/// A results entry: its id and its task id.
+type Entry = (String, String);
 
 /// Errors that may pass: Redis, the pool, the SDK client's Redis calls.
 fn is_transient(e: &crate::error::Error) -> bool {

@@ -182,35 +182,12 @@ impl WorkflowStore {
         id: &str,
     ) -> Result<Option<Stored>> {
         let key = self.keys.workflow(id)?;
-        let (state, version, outbox, outbox_at): (
-            Option<String>,
-            Option<u64>,
-            Option<String>,
-            Option<u64>,
-        ) = redis::cmd("HMGET")
+        let row: (Option<String>, Option<u64>, Option<String>, Option<u64>) = redis::cmd("HMGET")
             .arg(&key)
             .arg(&["state", "version", "outbox", "outbox_at_ms"])
             .query_async(conn)
             .await?;
-        let (Some(state), Some(version)) = (state, version) else {
-            return Ok(None);
-        };
-        let workflow: Workflow = serde_json::from_str(&state).map_err(|e| corrupt(id, e))?;
-        let outbox = match outbox {
-            Some(text) => text
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(serde_json::from_str)
-                .collect::<std::result::Result<Vec<Command>, _>>()
-                .map_err(|e| corrupt(id, format!("outbox: {e}")))?,
-            None => Vec::new(),
-        };
-        Ok(Some(Stored {
-            workflow,
-            version,
-            outbox,
-            outbox_at_ms: outbox_at,
-        }))
+        parse_stored(id, row)
     }
 
     /// Stores `next` as the version after `expected`, appending `commands`
@@ -224,6 +201,20 @@ impl WorkflowStore {
         commands: &[Command],
         entry: &NewLogEntry,
     ) -> Result<bool> {
+        let inv = self.save_invocation(expected, next, commands, entry)?;
+        let stored: i64 = inv.invoke_async(conn).await?;
+        Ok(stored == 1)
+    }
+
+    /// The script call of [`WorkflowStore::save`], for pipelining many
+    /// (its reply is 1 when stored, 0 when the version moved on).
+    pub fn save_invocation(
+        &self,
+        expected: u64,
+        next: &Workflow,
+        commands: &[Command],
+        entry: &NewLogEntry,
+    ) -> Result<redis::ScriptInvocation<'static>> {
         let id = &next.id;
         let state = serde_json::to_string(next).map_err(|e| corrupt(id, e))?;
         let mut outbox = String::new();
@@ -274,8 +265,34 @@ impl WorkflowStore {
         if !entry.dispatched.is_empty() {
             inv.arg("dispatched").arg(dispatched);
         }
-        let stored: i64 = inv.invoke_async(conn).await?;
-        Ok(stored == 1)
+        Ok(inv)
+    }
+
+    /// [`WorkflowStore::load`] of many workflows in one round trip.
+    pub async fn load_many<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        ids: &[&str],
+    ) -> Result<Vec<Result<Option<Stored>>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(self.keys.workflow(id)?).arg(&[
+                "state",
+                "version",
+                "outbox",
+                "outbox_at_ms",
+            ]);
+        }
+        type Row = (Option<String>, Option<u64>, Option<String>, Option<u64>);
+        let rows: Vec<Row> = pipe.query_async(conn).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .map(|(id, row)| parse_stored(id, row))
+            .collect())
     }
 
     /// Empties the outbox of `id` if it is still at `version`.
@@ -285,12 +302,22 @@ impl WorkflowStore {
         id: &str,
         version: u64,
     ) -> Result<bool> {
-        let cleared: i64 = scripts::CLEAR_OUTBOX
-            .key(self.keys.workflow(id)?)
-            .arg(version)
+        let cleared: i64 = self
+            .clear_outbox_invocation(id, version)?
             .invoke_async(conn)
             .await?;
         Ok(cleared == 1)
+    }
+
+    /// The script call of [`WorkflowStore::clear_outbox`] (reply 1 / 0).
+    pub fn clear_outbox_invocation(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<redis::ScriptInvocation<'static>> {
+        let mut inv = scripts::CLEAR_OUTBOX.prepare_invoke();
+        inv.key(self.keys.workflow(id)?).arg(version);
+        Ok(inv)
     }
 
     /// Adds `id` to the listing and the active index. Runs before the
@@ -303,14 +330,23 @@ impl WorkflowStore {
         id: &str,
         created_ms: u64,
     ) -> Result<()> {
-        redis::pipe()
-            .zadd(self.keys.workflows_all(), id, created_ms)
-            .ignore()
-            .zadd(self.keys.workflows_active(), id, created_ms)
-            .ignore()
-            .query_async::<()>(conn)
-            .await?;
+        let mut pipe = redis::pipe();
+        self.add_index_commands(&mut pipe, id, created_ms);
+        pipe.query_async::<()>(conn).await?;
         Ok(())
+    }
+
+    /// The commands of [`WorkflowStore::index`], added to `pipe` (replies
+    /// ignored). `NX`: an id that exists keeps its place.
+    pub fn add_index_commands(&self, pipe: &mut redis::Pipeline, id: &str, created_ms: u64) {
+        for key in [self.keys.workflows_all(), self.keys.workflows_active()] {
+            pipe.cmd("ZADD")
+                .arg(key)
+                .arg("NX")
+                .arg(created_ms)
+                .arg(id)
+                .ignore();
+        }
     }
 
     /// Drops `id` from the active index (it ended).
@@ -520,6 +556,19 @@ impl WorkflowStore {
         if ops.is_empty() {
             return Ok(());
         }
+        let _: i64 = self
+            .timers_invocation(agent, ops)
+            .invoke_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The script call of [`WorkflowStore::timers`].
+    pub fn timers_invocation(
+        &self,
+        agent: &AgentType,
+        ops: &[(String, Option<std::time::Duration>)],
+    ) -> redis::ScriptInvocation<'static> {
         let mut inv = scripts::TIMERS.prepare_invoke();
         inv.key(self.keys.deadlines(agent));
         for (member, delay) in ops {
@@ -528,8 +577,7 @@ impl WorkflowStore {
                 None => inv.arg("C").arg(member).arg(0),
             };
         }
-        let _: i64 = inv.invoke_async(conn).await?;
-        Ok(())
+        inv
     }
 
     /// Takes up to `max` due deadlines of `agent`'s tasks for `lease`.
@@ -562,6 +610,31 @@ impl WorkflowStore {
             .await?;
         Ok(())
     }
+}
+
+fn parse_stored(
+    id: &str,
+    (state, version, outbox, outbox_at): (Option<String>, Option<u64>, Option<String>, Option<u64>),
+) -> Result<Option<Stored>> {
+    let (Some(state), Some(version)) = (state, version) else {
+        return Ok(None);
+    };
+    let workflow: Workflow = serde_json::from_str(&state).map_err(|e| corrupt(id, e))?;
+    let outbox = match outbox {
+        Some(text) => text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<Vec<Command>, _>>()
+            .map_err(|e| corrupt(id, format!("outbox: {e}")))?,
+        None => Vec::new(),
+    };
+    Ok(Some(Stored {
+        workflow,
+        version,
+        outbox,
+        outbox_at_ms: outbox_at,
+    }))
 }
 
 fn parse_log_entry(wf: &str, e: redis::streams::StreamId) -> Result<LogEntry> {

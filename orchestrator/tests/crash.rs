@@ -39,27 +39,33 @@ async fn account(redis: &TestRedis, agents: &Agents, ids: &[String]) {
     // Nothing left behind: no pending results, deadlines or active
     // entries. Each goes right after the transition that ended its
     // workflow, so they get a moment to settle.
-    wait_until("results acknowledged, deadlines cleared, index emptied", Duration::from_secs(30), || async {
-        let mut c = conn(redis).await;
-        let mut left = 0u64;
-        for t in SDLC {
-            let v: redis::Value = redis::cmd("XPENDING")
-                .arg(keys().results(&agent_type(t)))
-                .arg("orchestrator")
+    wait_until(
+        "results acknowledged, deadlines cleared, index emptied",
+        Duration::from_secs(30),
+        || async {
+            let mut c = conn(redis).await;
+            let mut left = 0u64;
+            for t in SDLC {
+                let v: redis::Value = redis::cmd("XPENDING")
+                    .arg(keys().results(&agent_type(t)))
+                    .arg("orchestrator")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                let redis::Value::Array(a) = v else {
+                    panic!("XPENDING reply {v:?}")
+                };
+                left += redis::from_redis_value_ref::<u64>(&a[0]).unwrap();
+            }
+            left += deadlines(redis, &SDLC).await;
+            let active: u64 = redis::cmd("ZCARD")
+                .arg(keys().workflows_active())
                 .query_async(&mut c)
                 .await
                 .unwrap();
-            let redis::Value::Array(a) = v else { panic!("XPENDING reply {v:?}") };
-            left += redis::from_redis_value_ref::<u64>(&a[0]).unwrap();
-        }
-        left += deadlines(redis, &SDLC).await;
-        let active: u64 = redis::cmd("ZCARD")
-            .arg(keys().workflows_active())
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        left + active == 0
-    })
+            left + active == 0
+        },
+    )
     .await;
 }
 
@@ -373,5 +379,55 @@ async fn commands_decided_before_a_crash_are_carried_out_on_start() {
         .unwrap();
     assert_eq!(outbox, None);
     o.shutdown().await;
+    agents.shutdown().await;
+}
+
+const FAN: &str = r#"
+name: fan
+stages:
+  - { name: a, agent: alpha }
+  - { name: b, agent: beta, depends_on: [a] }
+  - { name: c, agent: gamma, depends_on: [a] }
+  - { name: d, agent: beta, depends_on: [a] }
+  - { name: e, agent: gamma, depends_on: [a] }
+  - { name: f, agent: alpha, depends_on: [b, c, d, e] }
+"#;
+
+/// Parallel stages finish at nearly the same time, and two replicas share
+/// their results: transitions of one workflow race, and the version check
+/// must make every one of them count exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_results_of_parallel_stages_all_count_once() {
+    let redis = TestRedis::start();
+    let a = InProcess::start(&redis, &["--consumer", "orch-a"]).await;
+    let b = InProcess::start(&redis, &["--consumer", "orch-b"]).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(a.api("/definitions"))
+        .header("content-type", "application/yaml")
+        .body(FAN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let base = if i % 2 == 0 { &a.url } else { &b.url };
+        ids.push(create(&http, base, "fan", json!({ "n": i })).await);
+    }
+    // All queued first, so each fan-out's results arrive together.
+    let agents = Agents::start(&redis, &["alpha", "beta", "gamma"]);
+    let ended = wait_ended(&redis, &ids, PATIENCE).await;
+    assert!(ended.iter().all(|s| s.status == WorkflowStatus::Completed));
+    for id in &ids {
+        let log = log(&redis, id).await;
+        assert_log_completed_once(id, &log, &["a", "b", "c", "d", "e", "f"]);
+        // started + six completions, nothing else.
+        assert_eq!(log.len(), 7, "{id}: {log:#?}");
+    }
+    assert!(agents.lab.ok_counts().values().all(|n| *n == 1));
+    assert_eq!(agents.lab.ok_counts().len(), 60 * 6);
+    a.shutdown().await;
+    b.shutdown().await;
     agents.shutdown().await;
 }
