@@ -81,6 +81,14 @@ pub struct StageDef {
     /// A person must approve before the stage starts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approval: bool,
+    /// How long an approval may be awaited (`24h`); past it the stage is
+    /// rejected and the workflow fails (compensated). Waits forever when absent.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub approval_timeout: Option<Duration>,
 }
 
 /// How to undo a stage.
@@ -168,6 +176,7 @@ impl Definition {
                     input: serde_json::json!({ "action": "rollback" }),
                 }),
                 approval: false,
+                approval_timeout: None,
             })
             .collect();
         Self {
@@ -348,6 +357,19 @@ impl StageDef {
                 humantime::format_duration(MAX_TIMEOUT)
             ));
         }
+        if let Some(t) = self.approval_timeout {
+            if !self.approval {
+                return invalid("approval_timeout needs approval: true".into());
+            }
+            if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t) {
+                return invalid(format!(
+                    "approval_timeout {} is out of range {}..={}",
+                    humantime::format_duration(t),
+                    humantime::format_duration(MIN_TIMEOUT),
+                    humantime::format_duration(MAX_TIMEOUT)
+                ));
+            }
+        }
         if let Some(c) = &self.compensate {
             if let Some(agent) = &c.agent
                 && let Err(e) = AgentType::new(agent.as_str())
@@ -453,6 +475,7 @@ mod tests {
             max_attempts: None,
             compensate: None,
             approval: false,
+            approval_timeout: None,
         }
     }
 
@@ -566,6 +589,30 @@ stages:
      "compensate": {"agent": "rollback", "input": {"action": "rollback", "keep": 2}}}
   ]
 }"#;
+
+    #[test]
+    fn approval_timeouts_need_an_approval_and_a_sane_length() {
+        let yaml = |extra: &str| format!("name: d\nstages:\n  - name: a\n    agent: x\n{extra}");
+        let ok = Definition::from_yaml(&yaml("    approval: true\n    approval_timeout: 24h\n"))
+            .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.stages[0].approval_timeout,
+            Some(Duration::from_secs(24 * 3600))
+        );
+        let m = invalid(
+            Definition::from_yaml(&yaml("    approval_timeout: 1h\n"))
+                .unwrap()
+                .validate(),
+        );
+        assert!(m.contains("\"a\"") && m.contains("approval: true"), "{m}");
+        let m = invalid(
+            Definition::from_yaml(&yaml("    approval: true\n    approval_timeout: 10ms\n"))
+                .unwrap()
+                .validate(),
+        );
+        assert!(m.contains("approval_timeout"), "{m}");
+    }
 
     #[test]
     fn yaml_and_json_parse_equal() {

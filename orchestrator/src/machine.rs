@@ -461,6 +461,26 @@ fn step(
                 None => false,
             }
         }
+        Event::TaskTimedOut { task_id }
+            if wf.stages.iter().any(|st| {
+                st.status == StageStatus::AwaitingApproval
+                    && approval_timer_id(&wf.id, &st.name) == *task_id
+            }) =>
+        {
+            let Some(s) = wf
+                .stages
+                .iter_mut()
+                .find(|st| approval_timer_id(&wf.id, &st.name) == *task_id)
+            else {
+                return false;
+            };
+            s.status = StageStatus::Failed;
+            s.error = Some("approval timed out".into());
+            s.finished_at_ms = Some(now_ms);
+            let reason = format!("stage {} was not approved in time", s.name);
+            end(wf, Ending::Failed { reason });
+            true
+        }
         Event::TaskTimedOut { task_id } => match find_task(wf, task_id) {
             // A dead-lettered stage has no deadline: it waits for a person.
             Some((i, false)) if wf.stages[i].status == StageStatus::Running => {
@@ -484,6 +504,7 @@ fn step(
             Some(i)
                 if wf.stages[i].status == StageStatus::AwaitingApproval && wf.ending.is_none() =>
             {
+                cancel_approval_timer(wf, def, i, cmds);
                 dispatch(wf, def, i, now_ms, cmds);
                 true
             }
@@ -491,6 +512,7 @@ fn step(
         },
         Event::Rejected { stage, reason } => match stage_index(wf, stage) {
             Some(i) if wf.stages[i].status == StageStatus::AwaitingApproval => {
+                cancel_approval_timer(wf, def, i, cmds);
                 let s = &mut wf.stages[i];
                 s.status = StageStatus::Failed;
                 s.error = Some(format!("approval rejected: {reason}"));
@@ -535,6 +557,20 @@ fn step(
             end(wf, ending);
             true
         }
+    }
+}
+
+/// The durable timer of a stage's approval wait (`<workflow>:<stage>:approval`):
+/// a [`Event::TaskTimedOut`] with this id means the wait ran out.
+pub fn approval_timer_id(workflow: &str, stage: &str) -> String {
+    format!("{workflow}:{stage}:approval")
+}
+
+fn cancel_approval_timer(wf: &Workflow, def: &Definition, i: usize, cmds: &mut Vec<Command>) {
+    if def.stages[i].approval_timeout.is_some() {
+        cmds.push(Command::CancelTimer {
+            task_id: approval_timer_id(&wf.id, &wf.stages[i].name),
+        });
     }
 }
 
@@ -600,6 +636,12 @@ fn advance(wf: &mut Workflow, def: &Definition, now_ms: u64, cmds: &mut Vec<Comm
             }
             if def.stages[i].approval {
                 wf.stages[i].status = StageStatus::AwaitingApproval;
+                if let Some(after) = def.stages[i].approval_timeout {
+                    cmds.push(Command::ArmTimer {
+                        task_id: approval_timer_id(&wf.id, &wf.stages[i].name),
+                        after,
+                    });
+                }
             } else {
                 dispatch(wf, def, i, now_ms, cmds);
             }
@@ -607,7 +649,11 @@ fn advance(wf: &mut Workflow, def: &Definition, now_ms: u64, cmds: &mut Vec<Comm
         return;
     }
     // Ending: nothing new starts.
-    for s in &mut wf.stages {
+    for i in 0..wf.stages.len() {
+        if wf.stages[i].status == StageStatus::AwaitingApproval {
+            cancel_approval_timer(wf, def, i, cmds);
+        }
+        let s = &mut wf.stages[i];
         if matches!(
             s.status,
             StageStatus::Pending | StageStatus::AwaitingApproval
@@ -729,6 +775,7 @@ mod tests {
                         input: json!({"action": "rollback"}),
                     }),
                     approval: *approval,
+                    approval_timeout: None,
                 })
                 .collect(),
         }
@@ -753,6 +800,7 @@ mod tests {
                     input: json!({"action": "rollback"}),
                 }),
                 approval: false,
+                approval_timeout: None,
             });
         }
         d
@@ -1115,6 +1163,90 @@ mod tests {
     }
 
     #[test]
+    fn approval_waits_are_durable_timers() {
+        let mut d = def(&[
+            ("build", &[], false, true),
+            ("ship", &["build"], true, false),
+        ]);
+        d.stages[1].approval_timeout = Some(Duration::from_secs(60));
+        let timer = approval_timer_id("wf-1", "ship");
+        let arms = |cmds: &[Command]| {
+            cmds.iter()
+                .any(|c| matches!(c, Command::ArmTimer { task_id, after } if *task_id == timer && after.as_secs() == 60))
+        };
+        let cancels = |cmds: &[Command]| {
+            cmds.iter()
+                .any(|c| matches!(c, Command::CancelTimer { task_id } if *task_id == timer))
+        };
+        let wf = Workflow::new("wf-1", &d, json!({}), 0);
+        let (wf, _) = apply(&wf, &d, &Event::Started, 1).unwrap();
+        let build = wf.stage("build").unwrap().task_id.clone().unwrap();
+        let ok = Event::TaskSucceeded {
+            task_id: build,
+            output: json!(1),
+        };
+        let (waiting, cmds) = apply(&wf, &d, &ok, 2).unwrap();
+        assert_eq!(waiting.status, WorkflowStatus::AwaitingApproval);
+        assert!(arms(&cmds), "{cmds:?}");
+
+        // Approved in time: the timer goes, the stage runs; a late firing changes nothing.
+        let (approved, cmds) = apply(
+            &waiting,
+            &d,
+            &Event::Approved {
+                stage: "ship".into(),
+            },
+            3,
+        )
+        .unwrap();
+        assert!(cancels(&cmds), "{cmds:?}");
+        assert_eq!(approved.stage("ship").unwrap().status, StageStatus::Running);
+        assert!(
+            apply(
+                &approved,
+                &d,
+                &Event::TaskTimedOut {
+                    task_id: timer.clone()
+                },
+                4
+            )
+            .is_none()
+        );
+
+        // Not approved in time: the stage fails and the workflow with it.
+        let (late, _) = apply(
+            &waiting,
+            &d,
+            &Event::TaskTimedOut {
+                task_id: timer.clone(),
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(late.stage("ship").unwrap().status, StageStatus::Failed);
+        assert_eq!(
+            late.stage("ship").unwrap().error.as_deref(),
+            Some("approval timed out")
+        );
+        assert!(matches!(
+            late.status,
+            WorkflowStatus::Compensating | WorkflowStatus::Failed
+        ));
+
+        // Cancelled while waiting: the timer goes too.
+        let (_, cmds) = apply(
+            &waiting,
+            &d,
+            &Event::Cancelled {
+                reason: "no".into(),
+            },
+            6,
+        )
+        .unwrap();
+        assert!(cancels(&cmds), "{cmds:?}");
+    }
+
+    #[test]
     fn cancel_waits_for_running_stages_then_compensates() {
         let mut r = Run::new(chain(3, &[0, 1]));
         r.apply(Event::Started);
@@ -1228,6 +1360,7 @@ mod tests {
                             input: Value::Null,
                         }),
                         approval: flags[i].0 && i % 2 == 1,
+                        approval_timeout: None,
                     });
                 }
                 d

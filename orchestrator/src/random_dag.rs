@@ -43,6 +43,7 @@ pub fn random_dag(n: usize, seed: u64) -> Definition {
                 max_attempts: None,
                 compensate: None,
                 approval: false,
+                approval_timeout: None,
             }
         })
         .collect();

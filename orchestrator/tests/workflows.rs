@@ -433,6 +433,18 @@ stages:
     approval: true
 "#;
 
+const HURRIED: &str = r#"
+name: hurried
+stages:
+  - name: build
+    agent: alpha
+  - name: ship
+    agent: alpha
+    depends_on: [build]
+    approval: true
+    approval_timeout: 1s
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_stages_wait_for_a_person() {
     let redis = TestRedis::start();
@@ -440,8 +452,10 @@ async fn approval_stages_wait_for_a_person() {
     let o = InProcess::start(&redis, &[]).await;
     let http = reqwest::Client::new();
     register(&http, &o, GATED).await;
+    register(&http, &o, HURRIED).await;
     let approved = create(&http, &o.url, "gated", json!({})).await;
     let rejected = create(&http, &o.url, "gated", json!({})).await;
+    let forgotten = create(&http, &o.url, "hurried", json!({})).await;
     for id in [&approved, &rejected] {
         wait_until("awaiting approval", PATIENCE, || {
             let (redis, id) = (&redis, id.clone());
@@ -480,9 +494,19 @@ async fn approval_stages_wait_for_a_person() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let ended = wait_ended(&redis, &[approved.clone(), rejected.clone()], PATIENCE).await;
+    let ended = wait_ended(
+        &redis,
+        &[approved.clone(), rejected.clone(), forgotten.clone()],
+        PATIENCE,
+    )
+    .await;
     assert_eq!(ended[0].status, WorkflowStatus::Completed);
     assert_eq!(ended[1].status, WorkflowStatus::Failed);
+    // Nobody approved in time: the durable approval timer failed it.
+    assert_eq!(ended[2].status, WorkflowStatus::Failed);
+    let wf = get(&http, &o, &forgotten).await;
+    assert_eq!(wf["stages"][1]["error"], "approval timed out");
+    assert_eq!(deadlines(&redis, &["alpha"]).await, 0);
     let wf = get(&http, &o, &rejected).await;
     assert!(
         wf["stages"][1]["error"]
