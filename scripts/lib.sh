@@ -50,3 +50,12 @@ stop_private_redis() {
     wait "$REDIS_PID" 2>/dev/null || true
   fi
 }
+
+# Installs curl from Debian's packages when missing.
+ensure_curl() {
+  if ! command -v curl >/dev/null 2>&1; then
+    echo "installing curl (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq curl >/dev/null
+  fi
+}

@@ -17,7 +17,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== doc tests"
-# First, so that the last lines printed are the suite's summary.
+# First, so that a failure of the suite is among the last lines printed.
 cargo test --workspace --doc --locked
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -25,3 +25,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --all-targets --locked --no-fail-fast
 fi
+echo "== workflow demo (the README's orchestrator walk-through)"
+bash scripts/workflow-demo.sh >/dev/null
+bash scripts/workflow-demo.sh --fail >/dev/null
+echo "workflow demo: ok"

@@ -13,6 +13,15 @@
 //! - `echo`: returned as is.
 //! - `sent_at_us`: microseconds since the Unix epoch at enqueue; the output's
 //!   `latency_us` is the time from then to the handler's start (benchmarks).
+//!
+//! A workflow stage's task (the orchestrator's input
+//! `{"workflow_id", "stage", "input", "deps"}`) takes its behaviour from the
+//! workflow input's `faults.<stage>`, and succeeds when there is none, so
+//! `fault-agent --agent-type <stage>` stands in for any agent of a pipeline:
+//!
+//! ```json
+//! {"faults": {"e2e": {"fail": "permanent"}, "validation": {"sleep_ms": 500}}}
+//! ```
 
 pub use crate::clock::now_us;
 use crate::{Agent, AgentError, TaskContext};
@@ -56,6 +65,93 @@ pub struct FaultInput {
     pub sent_at_us: Option<u64>,
 }
 
+/// What a fault-test task asks for: a [`FaultInput`] directly, or a
+/// workflow stage whose workflow input says (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultTask {
+    /// The behaviour.
+    pub fault: FaultInput,
+    /// The workflow stage, for a stage's task.
+    pub stage: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for FaultTask {
+    // By hand, field by field: the benchmark's worker decodes one of these
+    // per task, and going through a `serde_json::Value` cost it a third more
+    // CPU per task.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FaultTaskVisitor)
+    }
+}
+
+struct FaultTaskVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FaultTaskVisitor {
+    type Value = FaultTask;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fault-agent input or a workflow stage's task")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FaultTask, A::Error> {
+        use serde::de::Error;
+        let mut fault = FaultInput::default();
+        let (mut workflow, mut stage, mut input) =
+            (false, None::<String>, None::<serde_json::Value>);
+        let mut unknown = None::<String>;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "sleep_ms" => fault.sleep_ms = map.next_value()?,
+                "fail" => fault.fail = map.next_value()?,
+                "fail_attempts" => fault.fail_attempts = map.next_value()?,
+                "panic" => fault.panic = map.next_value()?,
+                "exit" => fault.exit = map.next_value()?,
+                "echo" => fault.echo = map.next_value()?,
+                "sent_at_us" => fault.sent_at_us = map.next_value()?,
+                "workflow_id" => {
+                    workflow = true;
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                "stage" => stage = map.next_value()?,
+                "input" => input = map.next_value()?,
+                other => {
+                    unknown.get_or_insert_with(|| other.to_owned());
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if workflow && let Some(stage) = stage {
+            // A workflow stage: its behaviour is the workflow input's
+            // `faults.<stage>`; success when there is none.
+            let spec = input
+                .as_ref()
+                .and_then(|i| i.get("faults"))
+                .and_then(|f| f.get(&stage))
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
+            let fault = serde_json::from_value(spec)
+                .map_err(|e| A::Error::custom(format!("faults.{stage}: {e}")))?;
+            return Ok(FaultTask {
+                fault,
+                stage: Some(stage),
+            });
+        }
+        let stray = [
+            (workflow, "workflow_id"),
+            (stage.is_some(), "stage"),
+            (input.is_some(), "input"),
+        ]
+        .into_iter()
+        .find_map(|(present, name)| present.then(|| name.to_owned()));
+        if let Some(field) = unknown.or(stray) {
+            return Err(A::Error::custom(format!(
+                "unknown field `{field}` of a fault-agent input"
+            )));
+        }
+        Ok(FaultTask { fault, stage: None })
+    }
+}
+
 /// Output of [`FaultAgent`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultOutput {
@@ -67,6 +163,9 @@ pub struct FaultOutput {
     pub worker: String,
     /// Enqueue-to-start latency, when `sent_at_us` was given.
     pub latency_us: Option<u64>,
+    /// The workflow stage, for a stage's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// See the module docs.
@@ -74,14 +173,14 @@ pub struct FaultOutput {
 pub struct FaultAgent;
 
 impl Agent for FaultAgent {
-    type Input = FaultInput;
+    type Input = FaultTask;
     type Output = FaultOutput;
 
-    async fn handle(
-        &self,
-        ctx: &TaskContext,
-        input: FaultInput,
-    ) -> Result<FaultOutput, AgentError> {
+    async fn handle(&self, ctx: &TaskContext, task: FaultTask) -> Result<FaultOutput, AgentError> {
+        let FaultTask {
+            fault: input,
+            stage,
+        } = task;
         let latency_us = input.sent_at_us.map(|t| now_us().saturating_sub(t));
         if input.exit {
             tracing::warn!(
@@ -113,6 +212,57 @@ impl Agent for FaultAgent {
             attempt: ctx.attempt(),
             worker: ctx.worker().to_owned(),
             latency_us,
+            stage,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn task(v: serde_json::Value) -> Result<FaultTask, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn reads_direct_inputs_and_workflow_stages() {
+        let t = task(json!({ "fail": "permanent" })).unwrap();
+        assert_eq!(t.fault.fail, Some(FailMode::Permanent));
+        assert_eq!(t.stage, None);
+
+        let stage = |name: &str| {
+            json!({
+                "workflow_id": "w1",
+                "stage": name,
+                "input": { "faults": { "e2e": { "fail": "permanent", "sleep_ms": 5 } } },
+                "deps": {}
+            })
+        };
+        let t = task(stage("e2e")).unwrap();
+        assert_eq!(t.fault.fail, Some(FailMode::Permanent));
+        assert_eq!(t.fault.sleep_ms, 5);
+        assert_eq!(t.stage.as_deref(), Some("e2e"));
+        // A stage the workflow input says nothing about succeeds.
+        let t = task(stage("scaffold")).unwrap();
+        assert_eq!(t.fault, FaultInput::default());
+
+        let e = task(json!({ "colour": "red" })).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = task(json!({ "stage": "a" })).unwrap_err().to_string();
+        assert!(e.contains("`stage`"), "{e}");
+        assert!(task(json!("just a string")).is_err());
+        // MessagePack, as the runtime sends it.
+        let bytes = rmp_serde::to_vec_named(&FaultInput {
+            sleep_ms: 3,
+            ..FaultInput::default()
+        })
+        .unwrap();
+        let t: FaultTask = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(t.fault.sleep_ms, 3);
+        let bad = json!({ "workflow_id": "w", "stage": "a", "input": { "faults": { "a": { "oops": 1 } } } });
+        let e = task(bad).unwrap_err().to_string();
+        assert!(e.contains("faults.a") && e.contains("oops"), "{e}");
     }
 }
