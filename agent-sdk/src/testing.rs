@@ -167,3 +167,21 @@ impl Drop for TestRedis {
         self.kill();
     }
 }
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after
+/// `timeout`. Every wait of a test has a timeout: a hang is a failure that
+/// says what it waited for.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -54,7 +54,8 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_RESULT_BATCH", default_value_t = 256)]
     pub result_batch: usize,
 
-    /// Workflows transitioned at once per agent type.
+    /// Workflows whose results are applied in one pipelined round (see
+    /// `batch.rs`).
     #[arg(long, env = "AGENTIC_PARALLELISM", default_value_t = 64)]
     pub parallelism: usize,
 

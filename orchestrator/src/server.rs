@@ -113,8 +113,15 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     let (engine, mut watch_rx) = Engine::new(client);
     let engine = Arc::new(engine);
 
-    // Built-in and configured definitions (registering an unchanged one is a no-op).
-    let mut defs = vec![Definition::sdlc()];
+    // The built-in `sdlc` only when none is registered (an operator's own
+    // `sdlc` is not overwritten at every restart); configured definitions
+    // always (registering an unchanged one is a no-op).
+    let mut defs = Vec::new();
+    match engine.catalog().get(&mut conn, "sdlc", None).await {
+        Err(Error::NotFound { .. }) => defs.push(Definition::sdlc()),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     if let Some(dir) = &cfg.definitions {
         defs.extend(read_definitions(dir)?);
     }

@@ -729,3 +729,31 @@ async fn server_sent_events_deliver_transitions_in_order() {
     o.shutdown().await;
     agents.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_an_operators_own_sdlc() {
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = reqwest::Client::new();
+    let (_, v) = body(http.get(o.api("/definitions/sdlc")).send().await.unwrap()).await;
+    assert_eq!(v["version"], 1);
+    let mine = json!({ "name": "sdlc", "stages": [{ "name": "only", "agent": "alpha" }] });
+    let (s, v) = body(
+        http.post(o.api("/definitions"))
+            .json(&mine)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s.as_u16(), v["version"].as_u64()), (201, Some(2)));
+    o.shutdown().await;
+    let o = InProcess::start(&redis, &[]).await;
+    let (_, v) = body(http.get(o.api("/definitions/sdlc")).send().await.unwrap()).await;
+    assert_eq!(
+        v["version"], 2,
+        "the restart re-registered the built-in sdlc"
+    );
+    assert_eq!(v["stages"][0]["name"], "only");
+    o.shutdown().await;
+}

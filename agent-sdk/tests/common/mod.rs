@@ -136,21 +136,7 @@ pub async fn enqueue_n(client: &Client, n: usize, input: &FaultInput) -> Vec<Str
     ids
 }
 
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use agent_sdk::testing::wait_until;
 
 /// Waits until `n` tasks of the fault agent type are settled, then a little
 /// longer so that anything that would wrongly follow (a second result) shows

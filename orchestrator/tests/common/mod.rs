@@ -344,20 +344,13 @@ impl Agents {
     }
 }
 
-/// Polls `check` every 50 ms until it holds; panics after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+/// [`agent_sdk::testing::wait_until`], what first.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent_sdk::testing::wait_until(timeout, what, check).await
 }
 
 pub async fn conn(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
