@@ -431,3 +431,34 @@ async fn racing_results_of_parallel_stages_all_count_once() {
     b.shutdown().await;
     agents.shutdown().await;
 }
+
+/// SIGTERM: the HTTP server drains, the loops stop, exit 0; the workflow in
+/// flight is finished by the next orchestrator, its stages each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_loses_nothing() {
+    let redis = TestRedis::start();
+    let agents = Agents::start(&redis, &SDLC);
+    let mut first = Proc::spawn(&redis, "orch-a", &[]).await;
+    let http = reqwest::Client::new();
+    let ids = vec![
+        create(
+            &http,
+            &first.url,
+            "sdlc",
+            json!({ "sleep_ms": { "validation": 1500 } }),
+        )
+        .await,
+    ];
+    wait_until("validation running", PATIENCE, || {
+        let (redis, id) = (&redis, ids[0].clone());
+        async move { log(redis, &id).await.len() == 2 }
+    })
+    .await;
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let text = first.log_text();
+    assert!(text.contains("HTTP server stopped"), "{text}");
+    let _second = Proc::spawn(&redis, "orch-a", &[]).await;
+    account(&redis, &agents, &ids).await;
+    agents.shutdown().await;
+}
