@@ -4,8 +4,9 @@
 //! event, store the new state with its event-log entry and the new commands
 //! appended to the outbox, in one script that checks the version (a
 //! concurrent transition makes it retry from a fresh read). Then carry out
-//! the outbox — dispatch tasks with the task id as idempotency key, arm and
-//! cancel timers — and clear it if no transition came in meanwhile.
+//! the outbox — dispatch tasks with the task id as idempotency key, each
+//! arming its stage deadline, and cancel deadlines — and clear it if no
+//! transition came in meanwhile.
 //!
 //! A crash anywhere leaves a consistent state: before the store, nothing
 //! happened (the result is still pending and is read again); after it, the
@@ -30,10 +31,12 @@ use tokio::sync::mpsc;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How long a dispatched task's idempotency key is kept: an outbox carried
-/// out again within this time never enqueues its tasks twice. Longer than
-/// the longest stage timeout.
-pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
+/// How long a dispatched task's idempotency key is kept. An outbox is
+/// normally cleared milliseconds after its dispatches, and one left by a
+/// crash is carried out again within a sweep interval by any live replica,
+/// so this only has to outlast every orchestrator being down at once. Each
+/// key costs Redis about 100 bytes for this long, one per dispatch.
+pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Most attempts at one transition under contention before giving up (the
 /// event stays pending and is tried again later).

@@ -545,25 +545,8 @@ impl WorkflowStore {
             .collect()
     }
 
-    /// Arms and cancels deadlines of `agent`'s tasks (`(task id,
-    /// Some(delay))` arms, `None` cancels).
-    pub async fn timers<C: ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        agent: &AgentType,
-        ops: &[(String, Option<std::time::Duration>)],
-    ) -> Result<()> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let _: i64 = self
-            .timers_invocation(agent, ops)
-            .invoke_async(conn)
-            .await?;
-        Ok(())
-    }
-
-    /// The script call of [`WorkflowStore::timers`].
+    /// The script call that arms and cancels deadlines of `agent`'s tasks
+    /// (`(task id, Some(delay))` arms, `None` cancels).
     pub fn timers_invocation(
         &self,
         agent: &AgentType,
