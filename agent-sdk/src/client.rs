@@ -108,6 +108,11 @@ impl Client {
         self.conn.clone()
     }
 
+    /// The artifact store (directory trees passed between agents).
+    pub fn artifacts(&self) -> crate::Artifacts {
+        crate::Artifacts::new(self.conn.clone(), self.keys.clone())
+    }
+
     /// The dead-letter operations.
     pub fn dead_letters(&self) -> DeadLetters {
         DeadLetters::new(self.conn.clone(), self.keys.clone())

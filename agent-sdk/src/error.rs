@@ -16,6 +16,9 @@ pub enum Error {
     /// A Redis reply had an unexpected shape.
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    /// An artifact was refused: too large, unsafe to unpack, corrupt.
+    #[error("artifact: {0}")]
+    Artifact(String),
     /// An I/O error outside Redis (metrics listener, …).
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -31,6 +31,7 @@
 //! ```
 
 mod agent;
+pub mod artifacts;
 mod client;
 mod clock;
 mod config;
@@ -47,6 +48,7 @@ pub mod testing;
 mod worker;
 
 pub use agent::{Agent, AgentError, AgentErrorKind, TaskContext};
+pub use artifacts::{ArtifactLimits, ArtifactRef, Artifacts};
 pub use client::{Client, DEFAULT_IDEMPOTENCY_TTL, EnqueueOptions, Enqueued, PlainFields};
 pub use config::{LogFormat, RuntimeConfig};
 pub use connection::redact_url;

@@ -78,6 +78,13 @@ impl Keys {
         self.agent(t, "result:")
     }
 
+    /// `N:artifact:<sha256>` — string with TTL: a compressed directory tree,
+    /// content-addressed by the SHA-256 of its bytes (64 lowercase hex).
+    pub fn artifact(&self, sha256: &str) -> Result<String> {
+        names::validate_sha256(sha256)?;
+        Ok(format!("{}:artifact:{sha256}", self.ns))
+    }
+
     /// `N:registry:agents` — sorted set of live instance ids, score = last seen (ms).
     pub fn registry_agents(&self) -> String {
         format!("{}:registry:agents", self.ns)

@@ -176,6 +176,24 @@ pub fn validate_consumer(value: &str) -> Result<()> {
     )
 }
 
+/// Checks a SHA-256 digest as written in artifact references: 64 of `0-9 a-f`.
+pub fn validate_sha256(value: &str) -> Result<()> {
+    if value.len() != 64 {
+        return Err(Error::InvalidName {
+            what: "sha-256 digest",
+            value: value.chars().take(80).collect(),
+            why: "must be 64 hex digits",
+        });
+    }
+    check(
+        "sha-256 digest",
+        value,
+        64,
+        |b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        "may hold only 0-9 and a-f",
+    )
+}
+
 /// Checks a workflow definition name: 1–64 of `a-z 0-9 - _` (the same rule
 /// as agent types).
 pub fn validate_definition_name(value: &str) -> Result<()> {
