@@ -1,0 +1,539 @@
+//! `validation-agent`: unpacks a project artifact into a private temporary
+//! directory and checks it — a manifest for its language that parses, the
+//! files that language needs, name rules, file sizes, a secret scan, and the
+//! language's own syntax check when its toolchain is installed.
+//!
+//! Input: `{"artifact": "<sha256>"}`, or, as a workflow stage, the output of
+//! the stage it depends on (`deps.<stage>.artifact.sha256`). Output: the
+//! findings (file, line, severity, rule, message). Any error-level finding
+//! fails the task permanently, carrying the findings in its details.
+
+use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+/// Largest file accepted in a project.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// How long one syntax check may run.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// For information (a check that could not run).
+    Info,
+    /// Worth fixing; does not fail the stage.
+    Warning,
+    /// Fails the stage.
+    Error,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// File, relative to the project root (empty for the project as a whole).
+    pub file: String,
+    /// Line, 1-based, when it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// How bad.
+    pub severity: Severity,
+    /// Stable rule name (`secret`, `manifest`, `syntax`, …).
+    pub rule: String,
+    /// For people.
+    pub message: String,
+}
+
+fn finding(
+    file: &str,
+    line: Option<usize>,
+    severity: Severity,
+    rule: &str,
+    message: impl Into<String>,
+) -> Finding {
+    Finding {
+        file: file.to_owned(),
+        line,
+        severity,
+        rule: rule.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The project's language, from its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    /// `Cargo.toml`.
+    Rust,
+    /// `pyproject.toml`.
+    Python,
+    /// `package.json`.
+    Node,
+}
+
+/// What the agent returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The artifact checked.
+    pub artifact: String,
+    /// Its language, when a manifest said.
+    pub language: Option<Language>,
+    /// Files looked at.
+    pub files: usize,
+    /// Everything found, errors first.
+    pub findings: Vec<Finding>,
+}
+
+/// Secret patterns: (rule detail, pattern). Kept strict to avoid noise.
+static SECRETS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
+    [
+        ("private key", r"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----"),
+        ("AWS access key id", r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+        (
+            "AWS secret access key",
+            r#"(?i)aws_secret_access_key\s*[=:]\s*["']?[A-Za-z0-9/+=]{40}"#,
+        ),
+        ("GitHub token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
+        ("Slack token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),
+        ("Google API key", r"\bAIza[0-9A-Za-z_-]{35}\b"),
+    ]
+    .into_iter()
+    .filter_map(|(name, re)| Regex::new(re).ok().map(|r| (name, r)))
+    .collect()
+});
+
+static NAME: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$").ok());
+
+/// The artifact digest in a task's input (directly, or from the stage it depends on).
+pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
+    if let Some(a) = input.get("artifact").and_then(Value::as_str) {
+        return Ok(a.to_owned());
+    }
+    if let Some(deps) = input.get("deps").and_then(Value::as_object) {
+        for out in deps.values() {
+            if let Some(a) = out.pointer("/artifact/sha256").and_then(Value::as_str) {
+                return Ok(a.to_owned());
+            }
+        }
+    }
+    Err(AgentError::invalid_input(
+        "no artifact: give {\"artifact\": \"<sha256>\"} or depend on a stage that outputs one",
+    ))
+}
+
+fn files_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs a checker with a scrubbed environment and a timeout; `None` when the
+/// program is not installed.
+fn run_check(dir: &Path, program: &str, args: &[&str]) -> Option<std::io::Result<(bool, String)>> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir).env_clear();
+    for k in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", dir.join(".validation-target"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let deadline = Instant::now() + CHECK_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Some(Ok((false, format!("{program} ran over {CHECK_TIMEOUT:?}"))));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(child.wait_with_output().map(|o| {
+        let mut text = String::from_utf8_lossy(&o.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&o.stdout));
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        (o.status.success(), tail)
+    }))
+}
+
+fn syntax(dir: &Path, file: &str, program: &str, args: &[&str], out: &mut Vec<Finding>) {
+    match run_check(dir, program, args) {
+        None => out.push(finding(
+            file,
+            None,
+            Severity::Info,
+            "syntax",
+            format!("{program} is not installed: syntax not checked"),
+        )),
+        Some(Err(e)) => out.push(finding(
+            file,
+            None,
+            Severity::Warning,
+            "syntax",
+            format!("{program} could not run: {e}"),
+        )),
+        Some(Ok((true, _))) => {}
+        Some(Ok((false, tail))) => out.push(finding(file, None, Severity::Error, "syntax", tail)),
+    }
+}
+
+/// Checks the project unpacked at `root`.
+pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<Finding>)> {
+    let mut out = Vec::new();
+    let files = files_under(root)?;
+    let has = |p: &str| root.join(p).is_file();
+    let language = if has("Cargo.toml") {
+        Some(Language::Rust)
+    } else if has("pyproject.toml") {
+        Some(Language::Python)
+    } else if has("package.json") {
+        Some(Language::Node)
+    } else {
+        None
+    };
+
+    // Sizes and secrets, file by file.
+    for p in &files {
+        let name = rel(root, p);
+        let len = std::fs::metadata(p)?.len();
+        if len > MAX_FILE_BYTES {
+            out.push(finding(
+                &name,
+                None,
+                Severity::Error,
+                "size",
+                format!("{len} bytes, over the limit of {MAX_FILE_BYTES}"),
+            ));
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            for (what, re) in SECRETS.iter() {
+                if re.is_match(line) {
+                    out.push(finding(
+                        &name,
+                        Some(i + 1),
+                        Severity::Error,
+                        "secret",
+                        format!("looks like a {what}; keep secrets out of the repository"),
+                    ));
+                }
+            }
+        }
+    }
+    if !has("README.md") {
+        out.push(finding(
+            "README.md",
+            None,
+            Severity::Warning,
+            "required_file",
+            "no README.md",
+        ));
+    }
+
+    // The manifest, its name, and what the language needs.
+    let name_ok = |n: &str| NAME.as_ref().is_some_and(|re| re.is_match(n)) && n.len() <= 64;
+    match language {
+        None => out.push(finding(
+            "",
+            None,
+            Severity::Error,
+            "manifest",
+            "no Cargo.toml, pyproject.toml or package.json",
+        )),
+        Some(Language::Rust) => {
+            match std::fs::read_to_string(root.join("Cargo.toml")).map(|t| t.parse::<toml::Table>())
+            {
+                Ok(Ok(t)) => match t
+                    .get("package")
+                    .and_then(|p| p.get("name"))
+                    .and_then(|n| n.as_str())
+                {
+                    Some(n) if name_ok(n) => {}
+                    Some(n) => out.push(finding(
+                        "Cargo.toml",
+                        None,
+                        Severity::Error,
+                        "name",
+                        format!("package name {n:?} breaks the name rules"),
+                    )),
+                    None => out.push(finding(
+                        "Cargo.toml",
+                        None,
+                        Severity::Error,
+                        "manifest",
+                        "no [package] name",
+                    )),
+                },
+                Ok(Err(e)) => out.push(finding(
+                    "Cargo.toml",
+                    None,
+                    Severity::Error,
+                    "manifest",
+                    format!("not valid TOML: {e}"),
+                )),
+                Err(e) => out.push(finding(
+                    "Cargo.toml",
+                    None,
+                    Severity::Error,
+                    "manifest",
+                    e.to_string(),
+                )),
+            }
+            if !has("src/lib.rs") && !has("src/main.rs") {
+                out.push(finding(
+                    "src/lib.rs",
+                    None,
+                    Severity::Error,
+                    "required_file",
+                    "no src/lib.rs or src/main.rs",
+                ));
+            }
+            if !out.iter().any(|f| f.severity == Severity::Error) {
+                syntax(
+                    root,
+                    "Cargo.toml",
+                    "cargo",
+                    &["check", "--offline", "--quiet", "--all-targets"],
+                    &mut out,
+                );
+            }
+        }
+        Some(Language::Python) => {
+            match std::fs::read_to_string(root.join("pyproject.toml"))
+                .map(|t| t.parse::<toml::Table>())
+            {
+                Ok(Ok(t)) => match t
+                    .get("project")
+                    .and_then(|p| p.get("name"))
+                    .and_then(|n| n.as_str())
+                {
+                    Some(n) if name_ok(n) => {}
+                    Some(n) => out.push(finding(
+                        "pyproject.toml",
+                        None,
+                        Severity::Error,
+                        "name",
+                        format!("project name {n:?} breaks the name rules"),
+                    )),
+                    None => out.push(finding(
+                        "pyproject.toml",
+                        None,
+                        Severity::Error,
+                        "manifest",
+                        "no [project] name",
+                    )),
+                },
+                Ok(Err(e)) => out.push(finding(
+                    "pyproject.toml",
+                    None,
+                    Severity::Error,
+                    "manifest",
+                    format!("not valid TOML: {e}"),
+                )),
+                Err(e) => out.push(finding(
+                    "pyproject.toml",
+                    None,
+                    Severity::Error,
+                    "manifest",
+                    e.to_string(),
+                )),
+            }
+            for p in files
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "py"))
+            {
+                let name = rel(root, p);
+                syntax(
+                    root,
+                    &name,
+                    "python3",
+                    &["-m", "py_compile", &name],
+                    &mut out,
+                );
+            }
+        }
+        Some(Language::Node) => {
+            match std::fs::read_to_string(root.join("package.json"))
+                .map(|t| serde_json::from_str::<Value>(&t))
+            {
+                Ok(Ok(v)) => match v.get("name").and_then(Value::as_str) {
+                    Some(n) if name_ok(n) => {}
+                    Some(n) => out.push(finding(
+                        "package.json",
+                        None,
+                        Severity::Error,
+                        "name",
+                        format!("package name {n:?} breaks the name rules"),
+                    )),
+                    None => out.push(finding(
+                        "package.json",
+                        None,
+                        Severity::Error,
+                        "manifest",
+                        "no \"name\"",
+                    )),
+                },
+                Ok(Err(e)) => out.push(finding(
+                    "package.json",
+                    Some(e.line()),
+                    Severity::Error,
+                    "manifest",
+                    format!("not valid JSON: {e}"),
+                )),
+                Err(e) => out.push(finding(
+                    "package.json",
+                    None,
+                    Severity::Error,
+                    "manifest",
+                    e.to_string(),
+                )),
+            }
+            for p in files
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "js"))
+            {
+                let name = rel(root, p);
+                syntax(root, &name, "node", &["--check", &name], &mut out);
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.file.cmp(&b.file))
+            .then(a.line.cmp(&b.line))
+    });
+    Ok((language, files.len(), out))
+}
+
+/// The agent.
+#[derive(Debug, Clone)]
+pub struct ValidationAgent {
+    artifacts: Artifacts,
+}
+
+impl ValidationAgent {
+    /// An agent reading projects from `artifacts`.
+    pub fn new(artifacts: Artifacts) -> Self {
+        Self { artifacts }
+    }
+}
+
+impl Agent for ValidationAgent {
+    type Input = Value;
+    type Output = Report;
+
+    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Report, AgentError> {
+        let sha = artifact_of(&input)?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
+        let root = dir.path().join("project");
+        match self.artifacts.unpack(&sha, &root).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(AgentError::permanent(format!(
+                    "artifact {sha} not found (never stored, or expired)"
+                )));
+            }
+            Err(agent_sdk::Error::Artifact(m)) => {
+                return Err(AgentError::permanent(format!(
+                    "artifact {sha} refused: {m}"
+                )));
+            }
+            Err(agent_sdk::Error::Protocol(e)) => {
+                return Err(AgentError::invalid_input(format!(
+                    "bad artifact reference: {e}"
+                )));
+            }
+            Err(e) => {
+                return Err(AgentError::retryable(format!(
+                    "reading artifact {sha}: {e}"
+                )));
+            }
+        }
+        let checked = tokio::task::spawn_blocking(move || check_tree(&root))
+            .await
+            .map_err(|e| AgentError::retryable(format!("checking stopped: {e}")))?
+            .map_err(|e| AgentError::retryable(format!("reading the project: {e}")))?;
+        let (language, files, findings) = checked;
+        let report = Report {
+            artifact: sha,
+            language,
+            files,
+            findings,
+        };
+        let errors: Vec<&Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .collect();
+        if let Some(first) = errors.first() {
+            let msg = format!(
+                "{} error(s); first: {}{}: {}",
+                errors.len(),
+                first.file,
+                first.line.map(|l| format!(":{l}")).unwrap_or_default(),
+                first.message.lines().next().unwrap_or("")
+            );
+            return Err(
+                AgentError::permanent(msg).with_details(json!({ "findings": report.findings }))
+            );
+        }
+        Ok(report)
+    }
+}
