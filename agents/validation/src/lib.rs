@@ -9,13 +9,14 @@
 //! fails the task permanently, carrying the findings in its details.
 
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
+pub use agent_toolkit::Language;
+use agent_toolkit::{artifact_of, run};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest file accepted in a project.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -66,18 +67,6 @@ fn finding(
     }
 }
 
-/// The project's language, from its manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Language {
-    /// `Cargo.toml`.
-    Rust,
-    /// `pyproject.toml`.
-    Python,
-    /// `package.json`.
-    Node,
-}
-
 /// What the agent returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -112,23 +101,6 @@ static SECRETS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
 static NAME: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$").ok());
 
-/// The artifact digest in a task's input (directly, or from the stage it depends on).
-pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
-    if let Some(a) = input.get("artifact").and_then(Value::as_str) {
-        return Ok(a.to_owned());
-    }
-    if let Some(deps) = input.get("deps").and_then(Value::as_object) {
-        for out in deps.values() {
-            if let Some(a) = out.pointer("/artifact/sha256").and_then(Value::as_str) {
-                return Ok(a.to_owned());
-            }
-        }
-    }
-    Err(AgentError::invalid_input(
-        "no artifact: give {\"artifact\": \"<sha256>\"} or depend on a stage that outputs one",
-    ))
-}
-
 fn files_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
@@ -153,79 +125,37 @@ fn rel(root: &Path, p: &Path) -> String {
         .into_owned()
 }
 
-/// Runs a checker with a scrubbed environment and a timeout; `None` when the
-/// program is not installed.
-fn run_check(dir: &Path, program: &str, args: &[&str]) -> Option<std::io::Result<(bool, String)>> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(dir).env_clear();
-    for k in [
-        "PATH",
-        "HOME",
-        "CARGO_HOME",
-        "RUSTUP_HOME",
-        "RUSTUP_TOOLCHAIN",
-    ] {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
-        }
-    }
-    cmd.env("CARGO_TARGET_DIR", dir.join(".validation-target"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(Err(e)),
-    };
-    let deadline = Instant::now() + CHECK_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Some(Ok((false, format!("{program} ran over {CHECK_TIMEOUT:?}"))));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Some(Err(e)),
-        }
-    }
-    Some(child.wait_with_output().map(|o| {
-        let mut text = String::from_utf8_lossy(&o.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&o.stdout));
-        let tail: String = text
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        (o.status.success(), tail)
-    }))
-}
-
 fn syntax(dir: &Path, file: &str, program: &str, args: &[&str], out: &mut Vec<Finding>) {
-    match run_check(dir, program, args) {
-        None => out.push(finding(
+    let target = dir.join(".validation-target");
+    let target = target.to_string_lossy();
+    let env = [
+        ("CARGO_TARGET_DIR", target.as_ref()),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ];
+    match run(dir, program, args, &env, CHECK_TIMEOUT) {
+        Ok(None) => out.push(finding(
             file,
             None,
             Severity::Info,
             "syntax",
             format!("{program} is not installed: syntax not checked"),
         )),
-        Some(Err(e)) => out.push(finding(
+        Err(e) => out.push(finding(
             file,
             None,
             Severity::Warning,
             "syntax",
             format!("{program} could not run: {e}"),
         )),
-        Some(Ok((true, _))) => {}
-        Some(Ok((false, tail))) => out.push(finding(file, None, Severity::Error, "syntax", tail)),
+        Ok(Some(r)) if r.success => {}
+        Ok(Some(r)) if r.timed_out => out.push(finding(
+            file,
+            None,
+            Severity::Error,
+            "syntax",
+            format!("{program} ran over {CHECK_TIMEOUT:?}"),
+        )),
+        Ok(Some(r)) => out.push(finding(file, None, Severity::Error, "syntax", r.tail(20))),
     }
 }
 
@@ -234,15 +164,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
     let mut out = Vec::new();
     let files = files_under(root)?;
     let has = |p: &str| root.join(p).is_file();
-    let language = if has("Cargo.toml") {
-        Some(Language::Rust)
-    } else if has("pyproject.toml") {
-        Some(Language::Python)
-    } else if has("package.json") {
-        Some(Language::Node)
-    } else {
-        None
-    };
+    let language = Language::detect(root);
 
     // Sizes and secrets, file by file.
     for p in &files {

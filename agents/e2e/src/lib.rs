@@ -1,0 +1,253 @@
+//! `e2e-agent`: runs a project's own test suite — `cargo test --offline`,
+//! `python3 -m unittest`, `node --test` — in a private temporary directory,
+//! with a scrubbed environment, resource limits and a timeout, and reports
+//! the pass/fail counts parsed from the runner's output.
+//!
+//! Input: `{"artifact": "<sha256>"}`, or as a workflow stage the artifact of
+//! the stage it depends on. Failing tests are a permanent failure carrying
+//! the counts and the output's tail; a timeout is retryable.
+
+use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
+use agent_toolkit::{Language, RunOutput, artifact_of, run};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+/// Lines of output kept in a failure.
+const TAIL_LINES: usize = 40;
+
+/// What a test run found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The artifact tested.
+    pub artifact: String,
+    /// Its language.
+    pub language: Language,
+    /// The command run.
+    pub command: String,
+    /// Tests passed.
+    pub passed: u64,
+    /// Tests failed (failures and errors).
+    pub failed: u64,
+    /// How long the run took.
+    pub duration_ms: u64,
+}
+
+static CARGO: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"test result: \w+\. (\d+) passed; (\d+) failed").ok());
+static PY_RAN: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?m)^Ran (\d+) tests?").ok());
+static PY_FAILED: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?m)^FAILED \((.*)\)").ok());
+static TAP: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?m)^# (pass|fail) (\d+)").ok());
+
+fn num(s: &str) -> u64 {
+    s.parse().unwrap_or(0)
+}
+
+/// Pass and fail counts in a runner's output; `None` when it printed none.
+pub fn counts(language: Language, output: &str) -> Option<(u64, u64)> {
+    match language {
+        Language::Rust => {
+            let re = CARGO.as_ref()?;
+            let mut any = false;
+            let (mut p, mut f) = (0, 0);
+            for c in re.captures_iter(output) {
+                any = true;
+                p += num(&c[1]);
+                f += num(&c[2]);
+            }
+            any.then_some((p, f))
+        }
+        Language::Python => {
+            let ran = num(&PY_RAN.as_ref()?.captures(output)?[1]);
+            let failed = PY_FAILED
+                .as_ref()
+                .and_then(|re| re.captures(output))
+                .map(|c| {
+                    c[1].split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .filter(|(k, _)| matches!(k.trim(), "failures" | "errors"))
+                        .map(|(_, v)| num(v.trim()))
+                        .sum()
+                })
+                .unwrap_or(0);
+            Some((ran.saturating_sub(failed), failed))
+        }
+        Language::Node => {
+            let re = TAP.as_ref()?;
+            let (mut p, mut f, mut any) = (0, 0, false);
+            for c in re.captures_iter(output) {
+                any = true;
+                if &c[1] == "pass" {
+                    p = num(&c[2]);
+                } else {
+                    f = num(&c[2]);
+                }
+            }
+            any.then_some((p, f))
+        }
+    }
+}
+
+fn command(language: Language) -> (&'static str, &'static [&'static str]) {
+    match language {
+        Language::Rust => ("cargo", &["test", "--offline", "--no-fail-fast"]),
+        Language::Python => (
+            "python3",
+            &["-m", "unittest", "discover", "-s", "tests", "-v"],
+        ),
+        Language::Node => ("node", &["--test", "--test-reporter=tap", "test/"]),
+    }
+}
+
+/// Runs the tests of the project at `root`; the run and its counts.
+pub fn test_tree(
+    root: &Path,
+    timeout: Duration,
+) -> Result<(Language, String, RunOutput, Option<(u64, u64)>), AgentError> {
+    let language = Language::detect(root).ok_or_else(|| {
+        AgentError::permanent("no Cargo.toml, pyproject.toml or package.json: nothing to test")
+    })?;
+    let (program, args) = command(language);
+    let target = root.join(".e2e-target");
+    let target = target.to_string_lossy().into_owned();
+    let out = run(
+        root,
+        program,
+        args,
+        &[
+            ("CARGO_TARGET_DIR", target.as_str()),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+        ],
+        timeout,
+    )
+    .map_err(|e| AgentError::retryable(format!("cannot run {program}: {e}")))?
+    .ok_or_else(|| AgentError::permanent(format!("{program} is not installed on this worker")))?;
+    let counts = counts(language, &out.output);
+    Ok((
+        language,
+        format!("{program} {}", args.join(" ")),
+        out,
+        counts,
+    ))
+}
+
+/// The agent.
+#[derive(Debug, Clone)]
+pub struct E2eAgent {
+    artifacts: Artifacts,
+    timeout: Duration,
+}
+
+impl E2eAgent {
+    /// An agent reading projects from `artifacts`, giving each suite `timeout`.
+    pub fn new(artifacts: Artifacts, timeout: Duration) -> Self {
+        Self { artifacts, timeout }
+    }
+}
+
+impl Agent for E2eAgent {
+    type Input = Value;
+    type Output = Outcome;
+
+    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Outcome, AgentError> {
+        let sha = artifact_of(&input)?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
+        let root = dir.path().join("project");
+        match self.artifacts.unpack(&sha, &root).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(AgentError::permanent(format!(
+                    "artifact {sha} not found (never stored, or expired)"
+                )));
+            }
+            Err(agent_sdk::Error::Artifact(m)) => {
+                return Err(AgentError::permanent(format!(
+                    "artifact {sha} refused: {m}"
+                )));
+            }
+            Err(agent_sdk::Error::Protocol(e)) => {
+                return Err(AgentError::invalid_input(format!(
+                    "bad artifact reference: {e}"
+                )));
+            }
+            Err(e) => {
+                return Err(AgentError::retryable(format!(
+                    "reading artifact {sha}: {e}"
+                )));
+            }
+        }
+        let timeout = self.timeout;
+        let started = Instant::now();
+        let (language, cmd, out, counts) =
+            tokio::task::spawn_blocking(move || test_tree(&root, timeout))
+                .await
+                .map_err(|e| AgentError::retryable(format!("test run stopped: {e}")))??;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (passed, failed) = counts.unwrap_or((0, 0));
+        let details = json!({ "command": cmd, "passed": passed, "failed": failed, "tail": out.tail(TAIL_LINES) });
+        if out.timed_out {
+            return Err(AgentError::retryable(format!(
+                "tests timed out after {}",
+                humantime::format_duration(timeout)
+            ))
+            .with_details(details));
+        }
+        if !out.success || failed > 0 {
+            return Err(AgentError::permanent(format!(
+                "tests failed: {passed} passed, {failed} failed ({cmd})"
+            ))
+            .with_details(details));
+        }
+        if counts.is_none() {
+            return Err(AgentError::permanent(format!(
+                "{cmd} succeeded but reported no test counts"
+            ))
+            .with_details(details));
+        }
+        Ok(Outcome {
+            artifact: sha,
+            language,
+            command: cmd,
+            passed,
+            failed,
+            duration_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_from_each_runner() {
+        let cargo = "test result: ok. 2 passed; 0 failed; 0 ignored\n...\ntest result: FAILED. 1 passed; 1 failed; 0 ignored\n";
+        assert_eq!(counts(Language::Rust, cargo), Some((3, 1)));
+        assert_eq!(
+            counts(Language::Python, "....\nRan 4 tests in 0.001s\n\nOK\n"),
+            Some((4, 0))
+        );
+        assert_eq!(
+            counts(
+                Language::Python,
+                "Ran 5 tests in 0.1s\n\nFAILED (failures=1, errors=2)\n"
+            ),
+            Some((2, 3))
+        );
+        assert_eq!(
+            counts(
+                Language::Node,
+                "TAP version 13\n# tests 3\n# pass 2\n# fail 1\n"
+            ),
+            Some((2, 1))
+        );
+        assert_eq!(counts(Language::Rust, "error: could not compile"), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! What the reference agents share.
+//!
+//! - [`artifact_of`]: the artifact a task is about — given directly, or
+//!   output by the stage it depends on.
+//! - [`Language`]: a project's language, from its manifest.
+//! - [`run`]: a program run in a project directory with a scrubbed
+//!   environment, resource limits and a timeout.
+
+use agent_sdk::AgentError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The artifact digest of a task's input: `{"artifact": "<sha256>"}` or
+/// `{"artifact": {"sha256": ...}}`, or, as a workflow stage, the
+/// `artifact.sha256` of the first stage it depends on that output one.
+pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
+    match input.get("artifact") {
+        Some(Value::String(s)) => return Ok(s.clone()),
+        Some(v) => {
+            if let Some(s) = v.get("sha256").and_then(Value::as_str) {
+                return Ok(s.to_owned());
+            }
+        }
+        None => {}
+    }
+    if let Some(deps) = input.get("deps").and_then(Value::as_object) {
+        for out in deps.values() {
+            if let Some(a) = out.pointer("/artifact/sha256").and_then(Value::as_str) {
+                return Ok(a.to_owned());
+            }
+        }
+    }
+    Err(AgentError::invalid_input(
+        "no artifact: give {\"artifact\": \"<sha256>\"} or depend on a stage that outputs one",
+    ))
+}
+
+/// A project's language, told by its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    /// `Cargo.toml`.
+    Rust,
+    /// `pyproject.toml`.
+    Python,
+    /// `package.json`.
+    Node,
+}
+
+impl Language {
+    /// The language of the project at `root`, if it has a manifest.
+    pub fn detect(root: &Path) -> Option<Self> {
+        [
+            ("Cargo.toml", Self::Rust),
+            ("pyproject.toml", Self::Python),
+            ("package.json", Self::Node),
+        ]
+        .into_iter()
+        .find_map(|(m, l)| root.join(m).is_file().then_some(l))
+    }
+}
+
+/// How a sandboxed run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Exit success.
+    pub success: bool,
+    /// Killed at the timeout.
+    pub timed_out: bool,
+    /// Standard output and error, as text.
+    pub output: String,
+}
+
+impl RunOutput {
+    /// The last `n` lines of the output.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.output.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Environment variables a toolchain needs; everything else is dropped.
+const KEPT_ENV: [&str; 6] = [
+    "PATH",
+    "HOME",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "LANG",
+];
+
+/// Runs `program args` in `dir` with a scrubbed environment (only
+/// [`KEPT_ENV`], plus `extra_env`), limits on CPU time and written file size
+/// (through the shell's `ulimit`), and a wall-clock `timeout` after which it
+/// is killed. `Ok(None)`: the program is not installed.
+pub fn run(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<Option<RunOutput>> {
+    if !installed(program) {
+        return Ok(None);
+    }
+    let cpu = timeout.as_secs().max(1) * 2;
+    // 1 GiB per written file, in 512-byte blocks.
+    let script = format!("ulimit -t {cpu} && ulimit -f 2097152 && exec \"$@\"");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg("sandbox")
+        .arg(program)
+        .args(args);
+    cmd.current_dir(dir).env_clear();
+    for k in KEPT_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let log = dir.join(".sandbox-output");
+    let out = std::fs::File::create(&log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + timeout;
+    let (success, timed_out) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (status.success(), false);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break (false, true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = String::from_utf8_lossy(&std::fs::read(&log)?).into_owned();
+    let _ = std::fs::remove_file(&log);
+    Ok(Some(RunOutput {
+        success,
+        timed_out,
+        output,
+    }))
+}
+
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
