@@ -105,11 +105,11 @@ fn command(language: Language) -> (&'static str, &'static [&'static str]) {
     }
 }
 
+/// One suite's run: language, command, how it ended, (passed, failed).
+pub type SuiteRun = (Language, String, RunOutput, Option<(u64, u64)>);
+
 /// Runs the tests of the project at `root`; the run and its counts.
-pub fn test_tree(
-    root: &Path,
-    timeout: Duration,
-) -> Result<(Language, String, RunOutput, Option<(u64, u64)>), AgentError> {
+pub fn test_tree(root: &Path, timeout: Duration) -> Result<SuiteRun, AgentError> {
     let language = Language::detect(root).ok_or_else(|| {
         AgentError::permanent("no Cargo.toml, pyproject.toml or package.json: nothing to test")
     })?;
