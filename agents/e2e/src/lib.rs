@@ -8,7 +8,7 @@
 //! the counts and the output's tail; a timeout is retryable.
 
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{Language, RunOutput, artifact_of, run};
+use agent_toolkit::{Language, RunOutput, artifact_of, run, unpack_private};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -157,32 +157,7 @@ impl Agent for E2eAgent {
 
     async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Outcome, AgentError> {
         let sha = artifact_of(&input)?;
-        let dir = tempfile::tempdir()
-            .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
-        let root = dir.path().join("project");
-        match self.artifacts.unpack(&sha, &root).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(AgentError::permanent(format!(
-                    "artifact {sha} not found (never stored, or expired)"
-                )));
-            }
-            Err(agent_sdk::Error::Artifact(m)) => {
-                return Err(AgentError::permanent(format!(
-                    "artifact {sha} refused: {m}"
-                )));
-            }
-            Err(agent_sdk::Error::Protocol(e)) => {
-                return Err(AgentError::invalid_input(format!(
-                    "bad artifact reference: {e}"
-                )));
-            }
-            Err(e) => {
-                return Err(AgentError::retryable(format!(
-                    "reading artifact {sha}: {e}"
-                )));
-            }
-        }
+        let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
         let timeout = self.timeout;
         let started = Instant::now();
         let (language, cmd, out, counts) =

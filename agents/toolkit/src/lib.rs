@@ -2,11 +2,12 @@
 //!
 //! - [`artifact_of`]: the artifact a task is about — given directly, or
 //!   output by the stage it depends on.
+//! - [`unpack_private`]: that artifact, unpacked where no one else looks.
 //! - [`Language`]: a project's language, from its manifest.
 //! - [`run`]: a program run in a project directory with a scrubbed
 //!   environment, resource limits and a timeout.
 
-use agent_sdk::AgentError;
+use agent_sdk::{AgentError, Artifacts};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -36,6 +37,34 @@ pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
     Err(AgentError::invalid_input(
         "no artifact: give {\"artifact\": \"<sha256>\"} or depend on a stage that outputs one",
     ))
+}
+
+/// Fetches artifact `sha256` and unpacks it into a private temporary
+/// directory; the directory (removed when dropped) and the project root in it.
+/// A missing or refused artifact is a permanent failure, a Redis problem a
+/// retryable one.
+pub async fn unpack_private(
+    artifacts: &Artifacts,
+    sha256: &str,
+) -> Result<(tempfile::TempDir, std::path::PathBuf), AgentError> {
+    let dir = tempfile::tempdir()
+        .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
+    let root = dir.path().join("project");
+    match artifacts.unpack(sha256, &root).await {
+        Ok(Some(_)) => Ok((dir, root)),
+        Ok(None) => Err(AgentError::permanent(format!(
+            "artifact {sha256} not found (never stored, or expired)"
+        ))),
+        Err(agent_sdk::Error::Artifact(m)) => Err(AgentError::permanent(format!(
+            "artifact {sha256} refused: {m}"
+        ))),
+        Err(agent_sdk::Error::Protocol(e)) => Err(AgentError::invalid_input(format!(
+            "bad artifact reference: {e}"
+        ))),
+        Err(e) => Err(AgentError::retryable(format!(
+            "reading artifact {sha256}: {e}"
+        ))),
+    }
 }
 
 /// A project's language, told by its manifest.

@@ -10,7 +10,7 @@
 
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
 pub use agent_toolkit::Language;
-use agent_toolkit::{artifact_of, run};
+use agent_toolkit::{artifact_of, run, unpack_private};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -159,6 +159,39 @@ fn syntax(dir: &Path, file: &str, program: &str, args: &[&str], out: &mut Vec<Fi
     }
 }
 
+/// Parses the manifest `file` (TOML, or JSON for `package.json`) and checks
+/// the name under `section` (the top level when `None`).
+fn check_manifest(root: &Path, file: &str, section: Option<&str>, out: &mut Vec<Finding>) {
+    let bad = |rule: &str, m: String| finding(file, None, Severity::Error, rule, m);
+    let text = match std::fs::read_to_string(root.join(file)) {
+        Ok(t) => t,
+        Err(e) => return out.push(bad("manifest", e.to_string())),
+    };
+    let parsed: Result<Value, String> = if file.ends_with(".json") {
+        serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
+    } else {
+        text.parse::<toml::Table>()
+            .map_err(|e| format!("not valid TOML: {e}"))
+            .and_then(|t| serde_json::to_value(t).map_err(|e| e.to_string()))
+    };
+    let v = match parsed {
+        Ok(v) => v,
+        Err(m) => return out.push(bad("manifest", m)),
+    };
+    let table = section.map_or(&v, |s| &v[s]);
+    match table["name"].as_str() {
+        Some(n) if NAME.as_ref().is_some_and(|re| re.is_match(n)) && n.len() <= 64 => {}
+        Some(n) => out.push(bad("name", format!("name {n:?} breaks the name rules"))),
+        None => out.push(bad(
+            "manifest",
+            match section {
+                Some(s) => format!("no [{s}] name"),
+                None => "no \"name\"".to_owned(),
+            },
+        )),
+    }
+}
+
 /// Checks the project unpacked at `root`.
 pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<Finding>)> {
     let mut out = Vec::new();
@@ -208,7 +241,6 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
     }
 
     // The manifest, its name, and what the language needs.
-    let name_ok = |n: &str| NAME.as_ref().is_some_and(|re| re.is_match(n)) && n.len() <= 64;
     match language {
         None => out.push(finding(
             "",
@@ -218,44 +250,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
             "no Cargo.toml, pyproject.toml or package.json",
         )),
         Some(Language::Rust) => {
-            match std::fs::read_to_string(root.join("Cargo.toml")).map(|t| t.parse::<toml::Table>())
-            {
-                Ok(Ok(t)) => match t
-                    .get("package")
-                    .and_then(|p| p.get("name"))
-                    .and_then(|n| n.as_str())
-                {
-                    Some(n) if name_ok(n) => {}
-                    Some(n) => out.push(finding(
-                        "Cargo.toml",
-                        None,
-                        Severity::Error,
-                        "name",
-                        format!("package name {n:?} breaks the name rules"),
-                    )),
-                    None => out.push(finding(
-                        "Cargo.toml",
-                        None,
-                        Severity::Error,
-                        "manifest",
-                        "no [package] name",
-                    )),
-                },
-                Ok(Err(e)) => out.push(finding(
-                    "Cargo.toml",
-                    None,
-                    Severity::Error,
-                    "manifest",
-                    format!("not valid TOML: {e}"),
-                )),
-                Err(e) => out.push(finding(
-                    "Cargo.toml",
-                    None,
-                    Severity::Error,
-                    "manifest",
-                    e.to_string(),
-                )),
-            }
+            check_manifest(root, "Cargo.toml", Some("package"), &mut out);
             if !has("src/lib.rs") && !has("src/main.rs") {
                 out.push(finding(
                     "src/lib.rs",
@@ -276,45 +271,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
             }
         }
         Some(Language::Python) => {
-            match std::fs::read_to_string(root.join("pyproject.toml"))
-                .map(|t| t.parse::<toml::Table>())
-            {
-                Ok(Ok(t)) => match t
-                    .get("project")
-                    .and_then(|p| p.get("name"))
-                    .and_then(|n| n.as_str())
-                {
-                    Some(n) if name_ok(n) => {}
-                    Some(n) => out.push(finding(
-                        "pyproject.toml",
-                        None,
-                        Severity::Error,
-                        "name",
-                        format!("project name {n:?} breaks the name rules"),
-                    )),
-                    None => out.push(finding(
-                        "pyproject.toml",
-                        None,
-                        Severity::Error,
-                        "manifest",
-                        "no [project] name",
-                    )),
-                },
-                Ok(Err(e)) => out.push(finding(
-                    "pyproject.toml",
-                    None,
-                    Severity::Error,
-                    "manifest",
-                    format!("not valid TOML: {e}"),
-                )),
-                Err(e) => out.push(finding(
-                    "pyproject.toml",
-                    None,
-                    Severity::Error,
-                    "manifest",
-                    e.to_string(),
-                )),
-            }
+            check_manifest(root, "pyproject.toml", Some("project"), &mut out);
             for p in files
                 .iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "py"))
@@ -330,41 +287,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
             }
         }
         Some(Language::Node) => {
-            match std::fs::read_to_string(root.join("package.json"))
-                .map(|t| serde_json::from_str::<Value>(&t))
-            {
-                Ok(Ok(v)) => match v.get("name").and_then(Value::as_str) {
-                    Some(n) if name_ok(n) => {}
-                    Some(n) => out.push(finding(
-                        "package.json",
-                        None,
-                        Severity::Error,
-                        "name",
-                        format!("package name {n:?} breaks the name rules"),
-                    )),
-                    None => out.push(finding(
-                        "package.json",
-                        None,
-                        Severity::Error,
-                        "manifest",
-                        "no \"name\"",
-                    )),
-                },
-                Ok(Err(e)) => out.push(finding(
-                    "package.json",
-                    Some(e.line()),
-                    Severity::Error,
-                    "manifest",
-                    format!("not valid JSON: {e}"),
-                )),
-                Err(e) => out.push(finding(
-                    "package.json",
-                    None,
-                    Severity::Error,
-                    "manifest",
-                    e.to_string(),
-                )),
-            }
+            check_manifest(root, "package.json", None, &mut out);
             for p in files
                 .iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "js"))
@@ -402,32 +325,7 @@ impl Agent for ValidationAgent {
 
     async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Report, AgentError> {
         let sha = artifact_of(&input)?;
-        let dir = tempfile::tempdir()
-            .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
-        let root = dir.path().join("project");
-        match self.artifacts.unpack(&sha, &root).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(AgentError::permanent(format!(
-                    "artifact {sha} not found (never stored, or expired)"
-                )));
-            }
-            Err(agent_sdk::Error::Artifact(m)) => {
-                return Err(AgentError::permanent(format!(
-                    "artifact {sha} refused: {m}"
-                )));
-            }
-            Err(agent_sdk::Error::Protocol(e)) => {
-                return Err(AgentError::invalid_input(format!(
-                    "bad artifact reference: {e}"
-                )));
-            }
-            Err(e) => {
-                return Err(AgentError::retryable(format!(
-                    "reading artifact {sha}: {e}"
-                )));
-            }
-        }
+        let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
         let checked = tokio::task::spawn_blocking(move || check_tree(&root))
             .await
             .map_err(|e| AgentError::retryable(format!("checking stopped: {e}")))?
