@@ -1,0 +1,307 @@
+//! `integration-agent`: commits a project artifact into the git repository
+//! of its project — `<repos dir>/<project name>`, created when missing — on
+//! a branch named after the workflow, then merges that branch into the main
+//! branch. A merge conflict is a permanent failure naming the files.
+//!
+//! Only the agent's configuration chooses a directory: the task gives an
+//! artifact and, at most, a project name that must pass the name rules.
+//!
+//! Output: the merge commit on the main branch, the branch, and the
+//! artifact of the committed tree, so the next stage needs no access to the
+//! repository. Repositories of one repos directory are written by one
+//! process at a time (an in-process lock per repository); run one
+//! integration agent per repos directory.
+
+use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
+use agent_toolkit::{artifact_of, unpack_private};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+/// What was integrated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrated {
+    /// Project (and repository directory) name.
+    pub project: String,
+    /// The branch the artifact was committed on.
+    pub branch: String,
+    /// The main branch's commit after the merge.
+    pub commit: String,
+    /// The committed tree of the main branch, as an artifact.
+    pub artifact: agent_sdk::ArtifactRef,
+}
+
+/// A git failure: the command and what it printed.
+#[derive(Debug)]
+struct GitError(String);
+
+fn git(repo: &Path, args: &[&str]) -> Result<String, GitError> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(repo)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", repo)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "integration-agent")
+        .env("GIT_AUTHOR_EMAIL", "integration-agent@localhost")
+        .env("GIT_COMMITTER_NAME", "integration-agent")
+        .env("GIT_COMMITTER_EMAIL", "integration-agent@localhost")
+        .env("GIT_AUTHOR_DATE", "2000-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2000-01-01T00:00:00Z")
+        .output()
+        .map_err(|e| GitError(format!("git {}: {e}", args.join(" "))))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(GitError(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A project name: 1–64 of `a-z 0-9 -`, starting with a letter.
+pub fn check_project(name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::invalid_input(format!(
+            "invalid project name {:?}: 1-64 of a-z, 0-9 and '-', starting with a letter",
+            name.chars().take(70).collect::<String>()
+        )))
+    }
+}
+
+/// The branch for a task: `wf/<workflow>` in a workflow, `task/<task id>` otherwise.
+pub fn branch_for(ctx_workflow: Option<&str>, task_id: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(80)
+            .collect()
+    };
+    match ctx_workflow {
+        Some(wf) => format!("wf/{}", clean(wf)),
+        None => format!("task/{}", clean(task_id)),
+    }
+}
+
+/// The project name: the request's (`name` or `project`, directly or in the
+/// workflow input), else the one the artifact's manifest gives.
+fn project_of(input: &Value, tree: &Path) -> Result<String, AgentError> {
+    let from_input = [input, &input["input"]].into_iter().find_map(|v| {
+        v.get("project")
+            .or_else(|| v.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let name = match from_input {
+        Some(n) => n,
+        None => manifest_name(tree).ok_or_else(|| {
+            AgentError::invalid_input("no project name: give \"project\" or a manifest with a name")
+        })?,
+    };
+    check_project(&name)?;
+    Ok(name)
+}
+
+fn manifest_name(tree: &Path) -> Option<String> {
+    let text = |f: &str| std::fs::read_to_string(tree.join(f)).ok();
+    if let Some(t) = text("package.json") {
+        return serde_json::from_str::<Value>(&t).ok()?["name"]
+            .as_str()
+            .map(str::to_owned);
+    }
+    for (file, key) in [("Cargo.toml", "[package]"), ("pyproject.toml", "[project]")] {
+        if let Some(t) = text(file) {
+            let mut in_section = false;
+            for line in t.lines() {
+                let line = line.trim();
+                if line.starts_with('[') {
+                    in_section = line == key;
+                } else if in_section
+                    && let Some(v) = line.strip_prefix("name")
+                    && let Some(v) = v.trim_start().strip_prefix('=')
+                {
+                    return Some(v.trim().trim_matches('"').to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Copies the tree under `from` into `to` (files and directories only).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let t = e.file_type()?;
+        if t.is_dir() {
+            if e.file_name() == ".git" {
+                continue;
+            }
+            std::fs::create_dir_all(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if t.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Commits `tree` to `branch` of the repository at `repo` and merges it into
+/// `main`; returns the main branch's commit. Blocking (git).
+pub fn integrate(
+    repo: &Path,
+    tree: &Path,
+    branch: &str,
+    main: &str,
+    message: &str,
+) -> Result<String, AgentError> {
+    let fail = |e: GitError| AgentError::retryable(e.0);
+    if !repo.join(".git").is_dir() {
+        std::fs::create_dir_all(repo)
+            .map_err(|e| AgentError::retryable(format!("creating {}: {e}", repo.display())))?;
+        git(repo, &["init", "-q", "-b", main]).map_err(fail)?;
+        git(
+            repo,
+            &["commit", "-q", "--allow-empty", "-m", "Initial commit"],
+        )
+        .map_err(fail)?;
+    }
+    // Start clean on main (a crash may have left anything).
+    let _ = git(repo, &["merge", "--abort"]);
+    git(repo, &["checkout", "-q", "-f", main]).map_err(fail)?;
+    git(repo, &["clean", "-fdq"]).map_err(fail)?;
+    // The workflow's branch: kept if it exists (a stage run again commits
+    // on top of it), else started from main.
+    if git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/heads/{branch}"),
+        ],
+    )
+    .is_ok()
+    {
+        git(repo, &["checkout", "-q", branch]).map_err(fail)?;
+    } else {
+        git(repo, &["checkout", "-q", "-b", branch]).map_err(fail)?;
+    }
+    // The branch's tree becomes exactly the artifact's.
+    git(repo, &["rm", "-rqf", "--ignore-unmatch", "."]).map_err(fail)?;
+    git(repo, &["clean", "-fdq"]).map_err(fail)?;
+    copy_tree(tree, repo).map_err(|e| AgentError::retryable(format!("copying the tree: {e}")))?;
+    git(repo, &["add", "-A"]).map_err(fail)?;
+    if git(repo, &["diff", "--cached", "--quiet"]).is_err() {
+        git(repo, &["commit", "-q", "-m", message]).map_err(fail)?;
+    }
+    git(repo, &["checkout", "-q", main]).map_err(fail)?;
+    if let Err(e) = git(
+        repo,
+        &[
+            "merge",
+            "--no-ff",
+            "-q",
+            "-m",
+            &format!("Merge {branch}"),
+            branch,
+        ],
+    ) {
+        let files = git(repo, &["diff", "--name-only", "--diff-filter=U"]).unwrap_or_default();
+        let _ = git(repo, &["merge", "--abort"]);
+        if files.is_empty() {
+            return Err(fail(e));
+        }
+        return Err(AgentError::permanent(format!(
+            "merging {branch} into {main} conflicts in: {}",
+            files.lines().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    git(repo, &["rev-parse", "HEAD"]).map_err(fail)
+}
+
+/// The agent.
+#[derive(Debug, Clone)]
+pub struct IntegrationAgent {
+    artifacts: Artifacts,
+    repos: PathBuf,
+    main: String,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl IntegrationAgent {
+    /// Repositories live under `repos`; merges go into branch `main`.
+    pub fn new(artifacts: Artifacts, repos: PathBuf, main: impl Into<String>) -> Self {
+        Self {
+            artifacts,
+            repos,
+            main: main.into(),
+            locks: Arc::default(),
+        }
+    }
+
+    fn lock(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(project.to_owned()).or_default().clone()
+    }
+}
+
+impl Agent for IntegrationAgent {
+    type Input = Value;
+    type Output = Integrated;
+
+    async fn handle(&self, ctx: &TaskContext, input: Value) -> Result<Integrated, AgentError> {
+        let sha = artifact_of(&input)?;
+        let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
+        let project = project_of(&input, &tree)?;
+        let branch = branch_for(ctx.workflow_id(), ctx.task_id());
+        let repo = self.repos.join(&project);
+        let lock = self.lock(&project);
+        let _held = lock.lock().await;
+        let (main, message) = (self.main.clone(), format!("{branch}: artifact {sha}"));
+        let (repo2, tree2, branch2) = (repo.clone(), tree.clone(), branch.clone());
+        let commit = tokio::task::spawn_blocking(move || {
+            integrate(&repo2, &tree2, &branch2, &main, &message)
+        })
+        .await
+        .map_err(|e| AgentError::retryable(format!("integration stopped: {e}")))??;
+        // The committed tree, for the next stage.
+        let out = tempfile::tempdir()
+            .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
+        copy_tree(&repo, out.path())
+            .map_err(|e| AgentError::retryable(format!("reading the repository: {e}")))?;
+        let artifact = self
+            .artifacts
+            .put_dir(out.path())
+            .await
+            .map_err(|e| AgentError::retryable(format!("storing the committed tree: {e}")))?;
+        Ok(Integrated {
+            project,
+            branch,
+            commit,
+            artifact,
+        })
+    }
+}
