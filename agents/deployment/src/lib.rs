@@ -1,0 +1,346 @@
+//! `deployment-agent`: installs a project artifact as a release under its
+//! configured releases directory — `<releases>/<app>/releases/<id>` — runs
+//! the project's smoke check there, switches the `current` link to it
+//! atomically (a new link renamed over the old one), and keeps the last 5
+//! releases. Action `rollback` (the compensation of the `sdlc` definition)
+//! switches `current` back to the release before it.
+//!
+//! Input: the artifact (directly, or from the stage it depends on — the
+//! integration stage's output, whose `commit` labels the release), the app
+//! name (`app`, `project` or `name`, or the manifest's), and `action`
+//! (`deploy`, the default, or `rollback`). Only the agent's configuration
+//! chooses a directory; the app name must pass the name rules.
+
+use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
+use agent_toolkit::{Language, artifact_of, run, unpack_private};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Releases kept per app (the current and previous ones always are).
+pub const KEEP_RELEASES: usize = 5;
+/// How long a smoke check may run.
+pub const SMOKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a deployment or rollback did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// `deploy` or `rollback`.
+    pub action: String,
+    /// The app.
+    pub app: String,
+    /// The release `current` now points to.
+    pub release: String,
+    /// Its directory.
+    pub path: String,
+    /// The release `current` pointed to before, if any.
+    pub previous: Option<String>,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> AgentError + '_ {
+    move |e| AgentError::retryable(format!("{what}: {e}"))
+}
+
+fn check_app(name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::invalid_input(format!(
+            "invalid app name {:?}: 1-64 of a-z, 0-9 and '-', starting with a letter",
+            name.chars().take(70).collect::<String>()
+        )))
+    }
+}
+
+/// A field of the input, its workflow input, or a dependency's output.
+fn lookup<'a>(input: &'a Value, keys: &[&str]) -> Option<&'a str> {
+    let mut places = vec![input, &input["input"]];
+    if let Some(deps) = input.get("deps").and_then(Value::as_object) {
+        places.extend(deps.values());
+    }
+    places
+        .into_iter()
+        .find_map(|v| keys.iter().find_map(|k| v.get(*k).and_then(Value::as_str)))
+}
+
+/// One app's releases directory.
+#[derive(Debug, Clone)]
+pub struct App {
+    root: PathBuf,
+}
+
+impl App {
+    /// The app `name` under `releases`.
+    pub fn new(releases: &Path, name: &str) -> Self {
+        Self {
+            root: releases.join(name),
+        }
+    }
+
+    fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+
+    fn history_file(&self) -> PathBuf {
+        self.root.join("history")
+    }
+
+    /// Release ids in deployment order, oldest first.
+    pub fn history(&self) -> Vec<String> {
+        std::fs::read_to_string(self.history_file())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The release `current` points to.
+    pub fn current(&self) -> Option<String> {
+        std::fs::read_link(self.root.join("current"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    /// Points `current` at release `id`, atomically.
+    fn switch(&self, id: &str) -> std::io::Result<()> {
+        let tmp = self.root.join(format!(".current-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp)?;
+        std::fs::rename(&tmp, self.root.join("current"))
+    }
+
+    fn record(&self, id: &str) -> std::io::Result<()> {
+        let mut h = self.history();
+        h.retain(|r| r != id);
+        h.push(id.to_owned());
+        let tmp = self.root.join(".history.tmp");
+        std::fs::write(&tmp, h.join("\n") + "\n")?;
+        std::fs::rename(&tmp, self.history_file())
+    }
+
+    /// Removes releases beyond the last [`KEEP_RELEASES`], never the current one.
+    fn prune(&self) -> std::io::Result<()> {
+        let h = self.history();
+        let current = self.current();
+        let keep_from = h.len().saturating_sub(KEEP_RELEASES);
+        for old in &h[..keep_from] {
+            if Some(old) != current.as_ref() {
+                let _ = std::fs::remove_dir_all(self.releases().join(old));
+            }
+        }
+        let kept: Vec<&String> = h[keep_from..].iter().collect();
+        let kept: Vec<String> = h
+            .iter()
+            .filter(|r| kept.contains(r) || Some(*r) == current.as_ref())
+            .cloned()
+            .collect();
+        std::fs::write(self.history_file(), kept.join("\n") + "\n")
+    }
+}
+
+/// The project's smoke check in `dir`: does it load?
+fn smoke(dir: &Path) -> Result<(), AgentError> {
+    let (program, args): (&str, Vec<String>) = match Language::detect(dir) {
+        Some(Language::Node) => (
+            "node",
+            vec!["-e".into(), "require('./src/index.js')".into()],
+        ),
+        Some(Language::Python) => {
+            let module = std::fs::read_dir(dir.join("src"))
+                .ok()
+                .and_then(|mut d| {
+                    d.find_map(|e| e.ok().filter(|e| e.path().join("__init__.py").is_file()))
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .ok_or_else(|| AgentError::permanent("smoke check: no package under src/"))?;
+            (
+                "python3",
+                vec![
+                    "-c".into(),
+                    format!("import sys; sys.path.insert(0, 'src'); import {module}"),
+                ],
+            )
+        }
+        Some(Language::Rust) => {
+            return if dir.join("src/lib.rs").is_file() || dir.join("src/main.rs").is_file() {
+                Ok(())
+            } else {
+                Err(AgentError::permanent(
+                    "smoke check: no src/lib.rs or src/main.rs",
+                ))
+            };
+        }
+        None => {
+            return Err(AgentError::permanent(
+                "smoke check: no manifest, nothing to run",
+            ));
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match run(
+        dir,
+        program,
+        &args,
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+        SMOKE_TIMEOUT,
+    ) {
+        Ok(Some(r)) if r.success => Ok(()),
+        Ok(Some(r)) => Err(AgentError::permanent(format!(
+            "smoke check failed: {}",
+            r.tail(30)
+        ))),
+        Ok(None) => Err(AgentError::permanent(format!(
+            "smoke check: {program} is not installed"
+        ))),
+        Err(e) => Err(AgentError::retryable(format!(
+            "smoke check could not run: {e}"
+        ))),
+    }
+}
+
+/// Installs the tree at `tree` as release `id` of `app` and makes it current.
+pub fn deploy(app: &App, tree: &Path, id: &str) -> Result<Deployed, AgentError> {
+    let dest = app.releases().join(id);
+    std::fs::create_dir_all(app.releases()).map_err(io("creating the releases directory"))?;
+    if !dest.is_dir() {
+        // Built beside, renamed into place: a release directory is whole or absent.
+        let staging = app.releases().join(format!(".{id}.staging"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::rename(tree, &staging)
+            .or_else(|_| copy_dir(tree, &staging))
+            .map_err(io("installing the release"))?;
+        if let Err(e) = smoke(&staging) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        std::fs::rename(&staging, &dest).map_err(io("installing the release"))?;
+    }
+    let previous = app.current().filter(|c| c != id);
+    app.switch(id).map_err(io("switching current"))?;
+    app.record(id).map_err(io("recording the release"))?;
+    app.prune().map_err(io("pruning old releases"))?;
+    Ok(Deployed {
+        action: "deploy".into(),
+        app: app
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        release: id.to_owned(),
+        path: dest.to_string_lossy().into_owned(),
+        previous,
+    })
+}
+
+/// Points `current` back at the release deployed before it.
+pub fn rollback(app: &App) -> Result<Deployed, AgentError> {
+    let current = app
+        .current()
+        .ok_or_else(|| AgentError::permanent("nothing is deployed: nothing to roll back"))?;
+    let h = app.history();
+    let at = h.iter().position(|r| *r == current);
+    let Some(target) = at.and_then(|i| i.checked_sub(1)).map(|i| h[i].clone()) else {
+        return Err(AgentError::permanent(format!(
+            "release {current} is the first one: nothing to roll back to"
+        )));
+    };
+    app.switch(&target).map_err(io("switching current"))?;
+    // The rolled-back release leaves the history, so a second rollback goes further back.
+    let mut h = h;
+    h.retain(|r| *r != current);
+    std::fs::write(app.history_file(), h.join("\n") + "\n")
+        .map_err(io("recording the rollback"))?;
+    Ok(Deployed {
+        action: "rollback".into(),
+        app: app
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        release: target.clone(),
+        path: app.releases().join(&target).to_string_lossy().into_owned(),
+        previous: Some(current),
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The agent.
+#[derive(Debug, Clone)]
+pub struct DeploymentAgent {
+    artifacts: Artifacts,
+    releases: PathBuf,
+}
+
+impl DeploymentAgent {
+    /// Releases live under `releases`.
+    pub fn new(artifacts: Artifacts, releases: PathBuf) -> Self {
+        Self {
+            artifacts,
+            releases,
+        }
+    }
+}
+
+impl Agent for DeploymentAgent {
+    type Input = Value;
+    type Output = Deployed;
+
+    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Deployed, AgentError> {
+        let action = lookup(&input, &["action"]).unwrap_or("deploy").to_owned();
+        let releases = self.releases.clone();
+        if action == "rollback" {
+            let name = lookup(&input, &["app", "project", "name"])
+                .ok_or_else(|| AgentError::invalid_input("rollback needs the app name"))?
+                .to_owned();
+            check_app(&name)?;
+            return tokio::task::spawn_blocking(move || rollback(&App::new(&releases, &name)))
+                .await
+                .map_err(|e| AgentError::retryable(format!("rollback stopped: {e}")))?;
+        }
+        if action != "deploy" {
+            return Err(AgentError::invalid_input(format!(
+                "unknown action {:?}: deploy or rollback",
+                action.chars().take(40).collect::<String>()
+            )));
+        }
+        let sha = artifact_of(&input)?;
+        let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
+        let name = match lookup(&input, &["app", "project", "name"]) {
+            Some(n) => n.to_owned(),
+            None => return Err(AgentError::invalid_input("no app name: give \"app\"")),
+        };
+        check_app(&name)?;
+        // Labelled with the integration's commit when there is one.
+        let label = lookup(&input, &["commit"]).unwrap_or(&sha);
+        let id: String = label
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
+        tokio::task::spawn_blocking(move || deploy(&App::new(&releases, &name), &tree, &id))
+            .await
+            .map_err(|e| AgentError::retryable(format!("deployment stopped: {e}")))?
+    }
+}

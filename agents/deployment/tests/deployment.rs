@@ -1,0 +1,149 @@
+//! The deployment agent with real files and real Redis: releases, the
+//! atomic `current` link, keeping five, rollback, a failing smoke check.
+
+#![allow(clippy::unwrap_used)]
+
+use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
+use agent_sdk::testing::TestRedis;
+use agent_sdk::{CancellationToken, Client, EnqueueOptions, RuntimeConfig, Worker};
+use deployment_agent::{App, Deployed, DeploymentAgent};
+use scaffold_agent::{Request, generate};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_switch_prune_and_roll_back() {
+    let redis = TestRedis::start();
+    let client = Client::connect(&redis.url(), "dep").await.unwrap();
+    let releases = tempfile::tempdir().unwrap();
+    let cfg = RuntimeConfig {
+        redis_url: redis.url(),
+        namespace: "dep".into(),
+        read_block: Duration::from_millis(200),
+        max_attempts: 1,
+        ..RuntimeConfig::default()
+    };
+    let w = Worker::builder(DeploymentAgent::new(
+        client.artifacts(),
+        releases.path().to_owned(),
+    ))
+    .agent_type("deployment")
+    .config(cfg)
+    .build()
+    .unwrap();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(w.run_until(stop.clone()));
+    let t = AgentType::new("deployment").unwrap();
+    let send = |input: Value| {
+        let (client, t) = (client.clone(), t.clone());
+        async move {
+            let e = client
+                .enqueue(&t, &input, EnqueueOptions::default())
+                .await
+                .unwrap();
+            client
+                .wait_for_result(&t, &e.task_id, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let artifact = |n: usize, template: &'static str| {
+        let client = client.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut extras = std::collections::BTreeMap::new();
+            extras.insert("VERSION".to_string(), format!("{n}\n"));
+            let req = Request {
+                name: "shop".into(),
+                template: template.into(),
+                description: None,
+                extras,
+            };
+            generate(&req, dir.path()).unwrap();
+            client.artifacts().put_dir(dir.path()).await.unwrap()
+        }
+    };
+    let ok = |r: ResultEnvelope| -> Deployed {
+        assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
+        serde_json::from_value(r.output.unwrap()).unwrap()
+    };
+    let app = App::new(releases.path(), "shop");
+    let current_version =
+        || std::fs::read_to_string(releases.path().join("shop/current/VERSION")).unwrap();
+
+    // As the sdlc's last stage: the integration's output gives artifact and commit.
+    let a1 = artifact(1, "node-service").await;
+    let d1 = ok(send(json!({ "workflow_id": "w1", "stage": "deployment", "input": { "name": "shop" },
+                             "deps": { "integration": { "artifact": a1, "commit": "aaaaaaaaaaaaaaaa1111", "project": "shop" } } })).await);
+    assert_eq!(
+        (d1.release.as_str(), d1.previous.as_deref()),
+        ("aaaaaaaaaaaa", None)
+    );
+    assert_eq!(current_version(), "1\n");
+    // The deployed project's own tests pass where it was deployed.
+    let out = std::process::Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(releases.path().join("shop/current"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut ids = vec![d1.release.clone()];
+    for n in 2..=7 {
+        let a = artifact(n, "node-service").await;
+        let d = ok(send(json!({ "artifact": a.sha256, "app": "shop" })).await);
+        assert_eq!(d.previous.as_deref(), ids.last().map(String::as_str));
+        ids.push(d.release);
+        assert_eq!(current_version(), format!("{n}\n"));
+    }
+    // Five kept, the newest.
+    let mut on_disk: Vec<String> = std::fs::read_dir(releases.path().join("shop/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut newest: Vec<String> = ids[ids.len() - 5..].to_vec();
+    newest.sort();
+    assert_eq!(on_disk, newest);
+    assert_eq!(app.history(), ids[ids.len() - 5..].to_vec());
+
+    // Rollback, as the sdlc's compensation sends it.
+    let r = ok(send(json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback", "input": { "name": "shop" }, "deps": {}, "output": {} })).await);
+    assert_eq!(
+        (r.release.as_str(), r.previous.as_deref()),
+        (ids[5].as_str(), Some(ids[6].as_str()))
+    );
+    assert_eq!(current_version(), "6\n");
+    assert_eq!(app.current().as_deref(), Some(ids[5].as_str()));
+
+    // A release whose smoke check fails is not installed, and current stays.
+    let bad_dir = tempfile::tempdir().unwrap();
+    std::fs::write(bad_dir.path().join("package.json"), "{\"name\": \"shop\"}").unwrap();
+    std::fs::create_dir_all(bad_dir.path().join("src")).unwrap();
+    std::fs::write(
+        bad_dir.path().join("src/index.js"),
+        "throw new Error('boom at start')\n",
+    )
+    .unwrap();
+    let bad = client.artifacts().put_dir(bad_dir.path()).await.unwrap();
+    let r = send(json!({ "artifact": bad.sha256, "app": "shop" })).await;
+    let err = r.error.unwrap();
+    assert_eq!(err.kind, ErrorKind::Permanent, "{err:?}");
+    assert!(
+        err.message.contains("smoke check failed") && err.message.contains("boom at start"),
+        "{}",
+        err.message
+    );
+    assert_eq!(current_version(), "6\n");
+
+    // Names never choose a path.
+    let r = send(json!({ "artifact": bad.sha256, "app": "../../etc" })).await;
+    assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
