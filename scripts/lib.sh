@@ -59,3 +59,17 @@ ensure_curl() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq curl >/dev/null
   fi
 }
+
+# Installs what the reference agents run when missing: git (integration),
+# node (node-service projects) and python3 (python-package projects).
+ensure_agent_tools() {
+  local missing=()
+  command -v git >/dev/null 2>&1 || missing+=(git)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis
+ensure_curl
+# The agents' tests run real git, node, python3 and cargo.
+ensure_agent_tools
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
@@ -25,7 +28,14 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --all-targets --locked --no-fail-fast
 fi
-echo "== workflow demo (the README's orchestrator walk-through)"
+echo "== the pipeline end to end: five agents, every template, failures, secrets, rollback"
+bash scripts/sdlc-checks.sh
+echo "== scripts/demo.sh (the README's first command)"
+demo_data=$(mktemp -d -t agentic-demo.XXXXXX)
+AGENTIC_DATA="$demo_data" bash scripts/demo.sh >/dev/null
+rm -rf "$demo_data"
+echo "demo: ok"
+echo "== workflow demo with stand-in agents"
 bash scripts/workflow-demo.sh >/dev/null
 bash scripts/workflow-demo.sh --fail >/dev/null
 echo "workflow demo: ok"

@@ -74,7 +74,7 @@ fn rust_lib(p: &Project<'_>) -> Vec<File> {
         file(
             "Cargo.toml",
             format!(
-                "[package]\nname = {}\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = {}\n\n[dependencies]\n",
+                "[package]\nname = {}\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = {}\n\n[dependencies]\n\n# A workspace of its own: it builds the same wherever it is unpacked.\n[workspace]\n",
                 quoted(p.name),
                 quoted(p.description)
             ),

@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The artifact digest of a task's input: `{"artifact": "<sha256>"}` or
-/// `{"artifact": {"sha256": ...}}`, or, as a workflow stage, the
-/// `artifact.sha256` of the first stage it depends on that output one.
+/// `{"artifact": {"sha256": ...}}`, or, as a workflow stage, the artifact
+/// (either form) of the first stage it depends on that output one.
 pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
     match input.get("artifact") {
         Some(Value::String(s)) => return Ok(s.clone()),
@@ -29,7 +29,11 @@ pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
     }
     if let Some(deps) = input.get("deps").and_then(Value::as_object) {
         for out in deps.values() {
-            if let Some(a) = out.pointer("/artifact/sha256").and_then(Value::as_str) {
+            let a = out
+                .pointer("/artifact/sha256")
+                .or_else(|| out.get("artifact"))
+                .and_then(Value::as_str);
+            if let Some(a) = a {
                 return Ok(a.to_owned());
             }
         }
@@ -183,4 +187,24 @@ pub fn run(
 fn installed(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_the_artifact_in_every_form() {
+        let sha = "a".repeat(64);
+        for input in [
+            json!({ "artifact": sha }),
+            json!({ "artifact": { "sha256": sha } }),
+            json!({ "deps": { "scaffold": { "artifact": { "sha256": sha, "files": 3 } } } }),
+            json!({ "deps": { "validation": { "artifact": sha, "findings": [] } } }),
+        ] {
+            assert_eq!(artifact_of(&input).unwrap(), sha, "{input}");
+        }
+        assert!(artifact_of(&json!({ "deps": { "x": { "y": 1 } } })).is_err());
+    }
 }
