@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+ensure_agent_tools
 
 template=${TEMPLATE:-node-service}
 project=${PROJECT:-hello-$(echo "$template" | cut -d- -f1)}

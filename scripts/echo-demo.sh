@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_redis
+ensure_agent_tools  # python3, for a free port
 
 work=$(mktemp -d)
 worker_pid=""

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+ensure_agent_tools
 
 export AGENTIC_DATA
 AGENTIC_DATA=$(mktemp -d -t agentic-sdlc.XXXXXX)

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_redis
 ensure_curl
+ensure_agent_tools
 
 input='{"project":"demo","faults":{"validation":{"sleep_ms":300},"e2e":{"sleep_ms":300}}}'
 want=completed
