@@ -12,7 +12,7 @@
 //! chooses a directory; the app name must pass the name rules.
 
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{Language, artifact_of, run, unpack_private};
+use agent_toolkit::{Language, artifact_of, check_project_name, run, unpack_private};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -43,20 +43,7 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> AgentError + '_ {
 }
 
 fn check_app(name: &str) -> Result<(), AgentError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::invalid_input(format!(
-            "invalid app name {:?}: 1-64 of a-z, 0-9 and '-', starting with a letter",
-            name.chars().take(70).collect::<String>()
-        )))
-    }
+    check_project_name("app", name)
 }
 
 /// A field of the input, its workflow input, or a dependency's output.

@@ -13,7 +13,7 @@
 //! integration agent per repos directory.
 
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{artifact_of, unpack_private};
+use agent_toolkit::{artifact_of, check_project_name, unpack_private};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -66,22 +66,9 @@ fn git(repo: &Path, args: &[&str]) -> Result<String, GitError> {
     }
 }
 
-/// A project name: 1–64 of `a-z 0-9 -`, starting with a letter.
+/// A project name: see [`check_project_name`].
 pub fn check_project(name: &str) -> Result<(), AgentError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::invalid_input(format!(
-            "invalid project name {:?}: 1-64 of a-z, 0-9 and '-', starting with a letter",
-            name.chars().take(70).collect::<String>()
-        )))
-    }
+    check_project_name("project", name)
 }
 
 /// The branch for a task: `wf/<workflow>` in a workflow, `task/<task id>` otherwise.

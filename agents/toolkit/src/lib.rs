@@ -71,6 +71,26 @@ pub async fn unpack_private(
     }
 }
 
+/// Checks a project (or app) name: 1–64 of `a-z 0-9 -`, starting with a
+/// letter. It names a directory the agent's configuration chose the parent
+/// of, so nothing else may pass.
+pub fn check_project_name(what: &str, name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::invalid_input(format!(
+            "invalid {what} name {:?}: 1-64 of a-z, 0-9 and '-', starting with a letter",
+            name.chars().take(70).collect::<String>()
+        )))
+    }
+}
+
 /// A project's language, told by its manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
