@@ -185,3 +185,52 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Settings for a test's worker of `namespace` on `redis`: short reads, one
+/// attempt per task (a failure is dead-lettered at once, so a test sees it
+/// without waiting for backoff).
+pub fn worker_config(redis: &TestRedis, namespace: &str) -> crate::RuntimeConfig {
+    crate::RuntimeConfig {
+        redis_url: redis.url(),
+        namespace: namespace.to_owned(),
+        read_block: Duration::from_millis(200),
+        max_attempts: 1,
+        ..crate::RuntimeConfig::default()
+    }
+}
+
+/// A worker running inside the test process.
+#[derive(Debug)]
+pub struct RunningWorker {
+    stop: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<crate::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Builds a worker of `agent` for `agent_type` and runs it on the
+    /// current tokio runtime. Panics on a bad configuration.
+    pub fn spawn<A: crate::Agent>(
+        agent: A,
+        agent_type: &str,
+        config: crate::RuntimeConfig,
+    ) -> Self {
+        let worker = crate::Worker::builder(agent)
+            .agent_type(agent_type)
+            .config(config)
+            .build()
+            .expect("worker configuration");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(worker.run_until(stop.clone()));
+        Self { stop, handle }
+    }
+
+    /// Stops it and waits for it; panics if it failed or did not stop in 30 s.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("worker did not stop within 30 s")
+            .expect("worker task panicked")
+            .expect("worker failed");
+    }
+}

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
-use agent_sdk::testing::TestRedis;
-use agent_sdk::{CancellationToken, Client, EnqueueOptions, RuntimeConfig, Worker};
+use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
+use agent_sdk::{Client, EnqueueOptions};
 use deployment_agent::{App, Deployed, DeploymentAgent};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
@@ -16,23 +16,11 @@ async fn releases_switch_prune_and_roll_back() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "dep").await.unwrap();
     let releases = tempfile::tempdir().unwrap();
-    let cfg = RuntimeConfig {
-        redis_url: redis.url(),
-        namespace: "dep".into(),
-        read_block: Duration::from_millis(200),
-        max_attempts: 1,
-        ..RuntimeConfig::default()
-    };
-    let w = Worker::builder(DeploymentAgent::new(
-        client.artifacts(),
-        releases.path().to_owned(),
-    ))
-    .agent_type("deployment")
-    .config(cfg)
-    .build()
-    .unwrap();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(w.run_until(stop.clone()));
+    let worker = RunningWorker::spawn(
+        DeploymentAgent::new(client.artifacts(), releases.path().to_owned()),
+        "deployment",
+        worker_config(&redis, "dep"),
+    );
     let t = AgentType::new("deployment").unwrap();
     let send = |input: Value| {
         let (client, t) = (client.clone(), t.clone());
@@ -144,6 +132,5 @@ async fn releases_switch_prune_and_roll_back() {
     // Names never choose a path.
     let r = send(json!({ "artifact": bad.sha256, "app": "../../etc" })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    worker.stop().await;
 }

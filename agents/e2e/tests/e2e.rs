@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
-use agent_sdk::testing::TestRedis;
-use agent_sdk::{CancellationToken, Client, EnqueueOptions, RuntimeConfig, Worker};
+use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
+use agent_sdk::{Client, EnqueueOptions, RuntimeConfig};
 use e2e_agent::{E2eAgent, Outcome};
 use scaffold_agent::{Request, generate};
 use serde_json::json;
@@ -31,21 +31,15 @@ async fn suites_pass_fail_and_time_out_as_they_should() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "e2e").await.unwrap();
     let cfg = RuntimeConfig {
-        redis_url: redis.url(),
-        namespace: "e2e".into(),
-        read_block: Duration::from_millis(200),
         concurrency: 4,
-        max_attempts: 1,
         task_timeout: Duration::from_secs(600),
-        ..RuntimeConfig::default()
+        ..worker_config(&redis, "e2e")
     };
-    let w = Worker::builder(E2eAgent::new(client.artifacts(), Duration::from_secs(60)))
-        .agent_type("e2e")
-        .config(cfg.clone())
-        .build()
-        .unwrap();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(w.run_until(stop.clone()));
+    let worker = RunningWorker::spawn(
+        E2eAgent::new(client.artifacts(), Duration::from_secs(60)),
+        "e2e",
+        cfg.clone(),
+    );
     let t = AgentType::new("e2e").unwrap();
     let run = |dir: tempfile::TempDir| {
         let (client, t) = (client.clone(), t.clone());
@@ -96,28 +90,18 @@ async fn suites_pass_fail_and_time_out_as_they_should() {
         (Some(2), Some(1))
     );
     assert!(d["tail"].as_str().unwrap().contains("test_broken"), "{d}");
-    handle_stop(stop, handle).await;
+    worker.stop().await;
 
     // A suite that hangs: killed at the timeout, a retryable failure.
-    let w = Worker::builder(E2eAgent::new(client.artifacts(), Duration::from_secs(2)))
-        .agent_type("e2e")
-        .config(cfg)
-        .build()
-        .unwrap();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(w.run_until(stop.clone()));
+    let worker = RunningWorker::spawn(
+        E2eAgent::new(client.artifacts(), Duration::from_secs(2)),
+        "e2e",
+        cfg,
+    );
     let hang = "const test = require('node:test');\ntest('hangs', () => new Promise(() => setInterval(() => {}, 1000)));\n";
     let r = run(project("node-service", &[("test/hang.test.js", hang)])).await;
     let err = r.error.unwrap();
     assert_eq!(err.kind, ErrorKind::Retryable, "{err:?}");
     assert!(err.message.contains("timed out"), "{}", err.message);
-    handle_stop(stop, handle).await;
-}
-
-async fn handle_stop(
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<agent_sdk::Result<()>>,
-) {
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    worker.stop().await;
 }

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
-use agent_sdk::testing::TestRedis;
-use agent_sdk::{CancellationToken, Client, EnqueueOptions, RuntimeConfig, Worker};
+use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
+use agent_sdk::{Client, EnqueueOptions};
 use integration_agent::{Integrated, IntegrationAgent};
 use scaffold_agent::{Request, generate};
 use serde_json::json;
@@ -37,21 +37,8 @@ async fn artifacts_are_committed_merged_and_republished() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "int").await.unwrap();
     let repos = tempfile::tempdir().unwrap();
-    let cfg = RuntimeConfig {
-        redis_url: redis.url(),
-        namespace: "int".into(),
-        read_block: Duration::from_millis(200),
-        max_attempts: 1,
-        ..RuntimeConfig::default()
-    };
     let agent = IntegrationAgent::new(client.artifacts(), repos.path().to_owned(), "main");
-    let w = Worker::builder(agent)
-        .agent_type("integration")
-        .config(cfg)
-        .build()
-        .unwrap();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(w.run_until(stop.clone()));
+    let worker = RunningWorker::spawn(agent, "integration", worker_config(&redis, "int"));
     let t = AgentType::new("integration").unwrap();
     let run = |wf: &str, extras: Vec<(&str, &str)>| {
         let (client, t, wf) = (client.clone(), t.clone(), wf.to_owned());
@@ -164,6 +151,5 @@ async fn artifacts_are_committed_merged_and_republished() {
         "{}",
         err.message
     );
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    worker.stop().await;
 }

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use agent_sdk::schemas::{AgentType, ErrorKind, TaskStatus};
-use agent_sdk::testing::TestRedis;
-use agent_sdk::{CancellationToken, Client, EnqueueOptions, RuntimeConfig, Worker};
+use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
+use agent_sdk::{Client, EnqueueOptions};
 use scaffold_agent::{Output, Request, ScaffoldAgent, generate, templates};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -78,28 +78,6 @@ fn every_template_generates_a_project_whose_own_tests_pass() {
     assert_eq!(templates::TEMPLATES.len(), 3);
 }
 
-async fn worker(
-    redis: &TestRedis,
-    client: &Client,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<agent_sdk::Result<()>>,
-) {
-    let cfg = RuntimeConfig {
-        redis_url: redis.url(),
-        namespace: "scaf".into(),
-        read_block: Duration::from_millis(200),
-        ..RuntimeConfig::default()
-    };
-    let w = Worker::builder(ScaffoldAgent::new(client.artifacts()))
-        .agent_type("scaffold")
-        .config(cfg)
-        .build()
-        .unwrap();
-    let stop = CancellationToken::new();
-    (stop.clone(), tokio::spawn(w.run_until(stop)))
-}
-
 async fn submit(client: &Client, input: Value) -> agent_sdk::schemas::ResultEnvelope {
     let t = AgentType::new("scaffold").unwrap();
     let e = client
@@ -117,7 +95,11 @@ async fn submit(client: &Client, input: Value) -> agent_sdk::schemas::ResultEnve
 async fn the_same_request_gives_the_same_artifact_and_bad_ones_say_why() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "scaf").await.unwrap();
-    let (stop, handle) = worker(&redis, &client).await;
+    let worker = RunningWorker::spawn(
+        ScaffoldAgent::new(client.artifacts()),
+        "scaffold",
+        worker_config(&redis, "scaf"),
+    );
 
     let req = json!({ "name": "hello-svc", "template": "node-service", "extras": { "docs/NOTES.md": "notes" } });
     let a = submit(&client, req.clone()).await;
@@ -188,6 +170,5 @@ async fn the_same_request_gives_the_same_artifact_and_bad_ones_say_why() {
             err.message
         );
     }
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    worker.stop().await;
 }

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use agent_sdk::schemas::{AgentType, ErrorKind, TaskStatus};
-use agent_sdk::testing::TestRedis;
-use agent_sdk::{CancellationToken, Client, EnqueueOptions, RuntimeConfig, Worker};
+use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
+use agent_sdk::{Client, EnqueueOptions};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -112,19 +112,11 @@ fn generated_projects_pass_and_planted_problems_are_found() {
 async fn the_agent_fails_permanently_with_its_findings() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "val").await.unwrap();
-    let cfg = RuntimeConfig {
-        redis_url: redis.url(),
-        namespace: "val".into(),
-        read_block: Duration::from_millis(200),
-        ..RuntimeConfig::default()
-    };
-    let w = Worker::builder(ValidationAgent::new(client.artifacts()))
-        .agent_type("validation")
-        .config(cfg)
-        .build()
-        .unwrap();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(w.run_until(stop.clone()));
+    let worker = RunningWorker::spawn(
+        ValidationAgent::new(client.artifacts()),
+        "validation",
+        worker_config(&redis, "val"),
+    );
     let t = AgentType::new("validation").unwrap();
     let run = |input: Value| {
         let (client, t) = (client.clone(), t.clone());
@@ -184,6 +176,5 @@ async fn the_agent_fails_permanently_with_its_findings() {
     assert!(r.error.unwrap().message.contains("not found"));
     let r = run(json!({ "nothing": 1 })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    worker.stop().await;
 }
