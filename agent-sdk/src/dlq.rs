@@ -15,6 +15,10 @@ pub struct DeadLetterFilter {
     pub task_id: Option<String>,
     /// Only this workflow.
     pub workflow_id: Option<String>,
+    /// Only those whose error message contains this text (case-insensitive).
+    pub error_contains: Option<String>,
+    /// Only those that failed at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
     /// Start after this DLQ entry id (the `next` of a previous page).
     pub after: Option<String>,
     /// Page size; 50 when 0, at most 1000.
@@ -87,6 +91,7 @@ impl DeadLetters {
             Some(id) => format!("({id}"),
             None => "-".to_owned(),
         };
+        let needle = filter.error_contains.as_ref().map(|n| n.to_lowercase());
         let mut page = DeadLetterPage::default();
         // Filters are applied here, so scan in chunks until the page is full.
         const CHUNK: usize = 500;
@@ -111,7 +116,11 @@ impl DeadLetters {
                     && filter
                         .workflow_id
                         .as_ref()
-                        .is_none_or(|w| d.workflow_id.as_ref() == Some(w));
+                        .is_none_or(|w| d.workflow_id.as_ref() == Some(w))
+                    && filter.since_ms.is_none_or(|t| d.failed_at_ms >= t)
+                    && needle
+                        .as_ref()
+                        .is_none_or(|n| d.error.to_lowercase().contains(n.as_str()));
                 if keep {
                     page.items.push(d);
                     if page.items.len() == limit {
@@ -173,6 +182,32 @@ impl DeadLetters {
             .query_async(&mut conn)
             .await?;
         Ok(n)
+    }
+
+    /// Adds `dead_letter` to `agent_type`'s DLQ as a new entry (its old
+    /// entry id is not kept: ids are per stream). For moving dead letters
+    /// between environments; returns the new entry id.
+    pub async fn import(&self, agent_type: &AgentType, dead_letter: &DeadLetter) -> Result<String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.dlq(agent_type)).arg("*");
+        for (k, v) in dead_letter.to_fields() {
+            cmd.arg(k).arg(v);
+        }
+        Ok(cmd.query_async(&mut conn).await?)
+    }
+
+    /// Deletes the dead letters of `agent_type` that were dead-lettered
+    /// before `cutoff_ms` (by the Redis server's clock, which made their
+    /// entry ids), in one command; returns how many.
+    pub async fn purge_older_than(&self, agent_type: &AgentType, cutoff_ms: u64) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("XTRIM")
+            .arg(self.keys.dlq(agent_type))
+            .arg("MINID")
+            .arg(cutoff_ms)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// How many dead letters `agent_type` has.

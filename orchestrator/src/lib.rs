@@ -7,8 +7,11 @@
 //! - [`store`], [`catalog`]: workflows and definitions in Redis.
 //! - [`engine`]: the durable shell — versioned transitions, outbox, dispatch.
 //! - [`results`], [`timers`], [`sweep`], [`changes`]: the loops that feed it.
+//! - [`admin`]: what operators look at and do (dead letters, streams),
+//!   shared by `agentctl` and the API.
 //! - [`api`], [`server`], [`config`]: the HTTP API and `orchestrator serve`.
 
+pub mod admin;
 pub mod api;
 mod batch;
 pub mod catalog;

@@ -147,6 +147,22 @@ impl Keys {
     pub fn tasks_pattern(&self) -> String {
         format!("{}:agent:{{*}}:tasks", self.ns)
     }
+
+    /// `SCAN MATCH` pattern of every per-agent-type key of this namespace
+    /// (pair it with `TYPE stream` to find the task, result and DLQ streams).
+    pub fn agent_keys_pattern(&self) -> String {
+        format!("{}:agent:{{*}}:*", self.ns)
+    }
+
+    /// The agent type a per-agent-type key of this namespace belongs to
+    /// (the inverse of the builders above), or `None` for any other key.
+    pub fn agent_type_of(&self, key: &str) -> Option<AgentType> {
+        let rest = key
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(":agent:{")?;
+        let (t, _) = rest.split_once("}:")?;
+        AgentType::new(t).ok()
+    }
 }
 
 impl Default for Keys {
@@ -158,6 +174,17 @@ impl Default for Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_type_of_inverts_the_builders() {
+        let k = Keys::new(Namespace::new("n1").unwrap());
+        let t = AgentType::new("e2e").unwrap();
+        for key in [k.tasks(&t), k.dlq(&t), k.results(&t), k.delayed(&t)] {
+            assert_eq!(k.agent_type_of(&key), Some(t.clone()), "{key}");
+        }
+        assert_eq!(k.agent_type_of("n2:agent:{e2e}:tasks"), None);
+        assert_eq!(k.agent_type_of("n1:wf:{x}"), None);
+    }
 
     #[test]
     fn names_share_the_agent_hash_tag() {

@@ -6,11 +6,14 @@
 //! timeout); dispatch goes through the engine's own long-lived connection.
 
 mod agents;
+mod dashboard;
 mod definitions;
+mod dlq;
 pub mod error;
 mod events;
 mod extract;
 mod health;
+mod streams;
 mod tasks;
 mod workflows;
 
@@ -104,9 +107,17 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/tasks/{agent_type}", post(tasks::submit))
         .route("/tasks/{agent_type}/{task_id}", get(tasks::result))
         .route("/agents", get(agents::list))
+        .route("/overview", get(streams::overview))
+        .route("/streams", get(streams::streams))
+        .route("/dlq", get(dlq::queues))
+        .route("/dlq/{agent_type}", get(dlq::list))
+        .route("/dlq/{agent_type}/replay", post(dlq::replay))
+        .route("/dlq/{agent_type}/purge", post(dlq::purge))
+        .route("/dlq/{agent_type}/{id}", get(dlq::show))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .nest("/api/v1", api)
+        .route("/", get(dashboard::page))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

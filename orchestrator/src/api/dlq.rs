@@ -1,0 +1,291 @@
+//! `/api/v1/dlq...`: dead letters per agent type — list, show, replay,
+//! purge — for the dashboard and for automation. The same operations as
+//! `agentctl dlq`, from [`crate::admin`].
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery};
+use crate::admin::{
+    self, DeadLetterDetail, DeadLetterSummary, DlqSummary, PurgeSelection, ReplayOptions,
+    ReplayReport, Selection,
+};
+use crate::engine::now_ms;
+use agent_sdk::DeadLetterFilter;
+use agent_sdk::schemas::AgentType;
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+
+/// Most ids one request may name.
+const MAX_IDS: usize = 10_000;
+
+pub(super) fn agent_type(s: &str) -> ApiResult<AgentType> {
+    AgentType::new(s).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Answer of `GET /dlq`.
+#[derive(Debug, Serialize)]
+pub struct QueuesView {
+    queues: Vec<DlqSummary>,
+}
+
+/// `GET /dlq` — every agent type's dead-letter count, oldest and newest.
+pub async fn queues(State(state): State<AppState>) -> ApiResult<Json<QueuesView>> {
+    let mut conn = state.conn().await?;
+    let keys = state.engine().keys();
+    let types = admin::agent_types(&mut conn, keys).await?;
+    let queues = admin::dlq_summaries(&mut conn, keys, &types).await?;
+    Ok(Json(QueuesView { queues }))
+}
+
+/// Filters of `GET /dlq/{type}` and of a replay or purge by filter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterQuery {
+    /// Only errors containing this text (case-insensitive).
+    #[serde(default)]
+    error_contains: Option<String>,
+    /// Only this workflow's.
+    #[serde(default)]
+    workflow: Option<String>,
+    /// Only those failed since: a duration ago (`2h`) or an RFC 3339 time.
+    #[serde(default)]
+    since: Option<String>,
+    /// Page size (1–1000, 50 by default); lists only.
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Start after this entry id (the `next` of the previous page); lists only.
+    #[serde(default)]
+    after: Option<String>,
+}
+
+impl FilterQuery {
+    fn is_empty(&self) -> bool {
+        self.error_contains.is_none() && self.workflow.is_none() && self.since.is_none()
+    }
+
+    fn filter(&self) -> ApiResult<DeadLetterFilter> {
+        if let Some(a) = &self.after
+            && !super::workflows::is_entry_id(a)
+        {
+            return Err(ApiError::bad_request(format!(
+                "after must be an entry id like 1700000000000-0, got {a:?}"
+            )));
+        }
+        let limit = self.limit.unwrap_or(50);
+        if limit == 0 || limit > 1000 {
+            return Err(ApiError::bad_request("limit must be 1..=1000"));
+        }
+        Ok(DeadLetterFilter {
+            workflow_id: self.workflow.clone(),
+            error_contains: self.error_contains.clone(),
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|s| admin::parse_since(s, now_ms()))
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
+            after: self.after.clone(),
+            limit,
+            ..DeadLetterFilter::default()
+        })
+    }
+}
+
+/// Answer of `GET /dlq/{type}`.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterPageView {
+    items: Vec<DeadLetterSummary>,
+    /// Pass as `after` for the next page; null on the last.
+    next: Option<String>,
+}
+
+/// `GET /dlq/{type}` — dead letters, oldest first, filtered and paged.
+pub async fn list(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    ApiQuery(q): ApiQuery<FilterQuery>,
+) -> ApiResult<Json<DeadLetterPageView>> {
+    let agent = agent_type(&agent)?;
+    let page = state
+        .engine()
+        .client()
+        .dead_letters()
+        .list(&agent, &q.filter()?)
+        .await?;
+    Ok(Json(DeadLetterPageView {
+        items: page.items.iter().map(DeadLetterSummary::from).collect(),
+        next: page.next,
+    }))
+}
+
+/// `GET /dlq/{type}/{id}` — one dead letter in full.
+pub async fn show(
+    State(state): State<AppState>,
+    Path((agent, id)): Path<(String, String)>,
+) -> ApiResult<Json<DeadLetterDetail>> {
+    let agent = agent_type(&agent)?;
+    if !super::workflows::is_entry_id(&id) {
+        return Err(ApiError::bad_request(format!(
+            "a dead letter id is an entry id like 1700000000000-0, got {id:?}"
+        )));
+    }
+    let d = state
+        .engine()
+        .client()
+        .dead_letters()
+        .get(&agent, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dead letter", &id))?;
+    Ok(Json(DeadLetterDetail::from(&d)))
+}
+
+/// Body of `POST /dlq/{type}/replay` and `/purge`: exactly one of `ids`,
+/// `all`, a filter (and for purge, `older_than`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionRequest {
+    /// These entry ids.
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    /// Every dead letter of the type.
+    #[serde(default)]
+    all: bool,
+    /// Purge only: those dead-lettered more than this long ago (`7d`).
+    #[serde(default)]
+    older_than: Option<String>,
+    /// Only errors containing this text.
+    #[serde(default)]
+    error_contains: Option<String>,
+    /// Only this workflow's.
+    #[serde(default)]
+    workflow: Option<String>,
+    /// Only those failed since (`2h`, or an RFC 3339 time).
+    #[serde(default)]
+    since: Option<String>,
+    /// Replay only: report what would move, move nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl SelectionRequest {
+    fn filter(&self) -> FilterQuery {
+        FilterQuery {
+            error_contains: self.error_contains.clone(),
+            workflow: self.workflow.clone(),
+            since: self.since.clone(),
+            ..FilterQuery::default()
+        }
+    }
+
+    /// How many of the selection kinds were given.
+    fn kinds(&self) -> usize {
+        usize::from(self.ids.is_some())
+            + usize::from(self.all)
+            + usize::from(self.older_than.is_some())
+            + usize::from(!self.filter().is_empty())
+    }
+
+    fn ids(&self) -> ApiResult<Option<Vec<String>>> {
+        let Some(ids) = &self.ids else {
+            return Ok(None);
+        };
+        if ids.is_empty() || ids.len() > MAX_IDS {
+            return Err(ApiError::bad_request(format!(
+                "ids must name 1..={MAX_IDS} dead letters"
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|i| !super::workflows::is_entry_id(i)) {
+            return Err(ApiError::bad_request(format!(
+                "{bad:?} is not an entry id like 1700000000000-0"
+            )));
+        }
+        Ok(Some(ids.clone()))
+    }
+}
+
+const SELECT_ONE: &str = "say which dead letters: exactly one of ids, all: true, \
+                          or filters (error_contains, workflow, since)";
+
+/// `POST /dlq/{type}/replay` — moves dead letters back to the task stream
+/// with attempts reset, atomically per entry; `dry_run` shows what would
+/// move.
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    ApiJson(req): ApiJson<SelectionRequest>,
+) -> ApiResult<Json<ReplayReport>> {
+    let agent = agent_type(&agent)?;
+    if req.older_than.is_some() {
+        return Err(ApiError::bad_request(
+            "older_than is for purge; to replay by age use since",
+        ));
+    }
+    if req.kinds() != 1 {
+        return Err(ApiError::bad_request(SELECT_ONE));
+    }
+    let selection = match req.ids()? {
+        Some(ids) => Selection::Ids(ids),
+        None => Selection::Matching(DeadLetterFilter {
+            limit: 0,
+            after: None,
+            ..req.filter().filter()?
+        }),
+    };
+    let mut conn = state.conn().await?;
+    let report = admin::replay(
+        state.engine(),
+        &mut conn,
+        &agent,
+        &selection,
+        &ReplayOptions {
+            dry_run: req.dry_run,
+            rate: None,
+        },
+        |_| {},
+    )
+    .await?;
+    Ok(Json(report))
+}
+
+/// Answer of `POST /dlq/{type}/purge`.
+#[derive(Debug, Serialize)]
+pub struct Purged {
+    purged: u64,
+}
+
+/// `POST /dlq/{type}/purge` — deletes dead letters for good.
+pub async fn purge(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    ApiJson(req): ApiJson<SelectionRequest>,
+) -> ApiResult<Json<Purged>> {
+    let agent = agent_type(&agent)?;
+    if req.dry_run {
+        return Err(ApiError::bad_request(
+            "dry_run is for replay; list with the same filters to see what a purge takes",
+        ));
+    }
+    if req.kinds() != 1 {
+        return Err(ApiError::bad_request(format!("{SELECT_ONE}, older_than")));
+    }
+    let selection = if let Some(ids) = req.ids()? {
+        PurgeSelection::Ids(ids)
+    } else if req.all {
+        PurgeSelection::All
+    } else if let Some(age) = &req.older_than {
+        PurgeSelection::OlderThan(humantime::parse_duration(age).map_err(|e| {
+            ApiError::bad_request(format!("older_than {age:?}: {e} (write e.g. 7d, 12h)"))
+        })?)
+    } else {
+        PurgeSelection::Matching(DeadLetterFilter {
+            limit: 0,
+            after: None,
+            ..req.filter().filter()?
+        })
+    };
+    let mut conn = state.conn().await?;
+    let dlq = state.engine().client().dead_letters();
+    let purged = admin::purge(&dlq, &mut conn, &agent, &selection).await?;
+    Ok(Json(Purged { purged }))
+}
