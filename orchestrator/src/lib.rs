@@ -9,6 +9,7 @@
 //! - [`results`], [`timers`], [`sweep`], [`changes`]: the loops that feed it.
 //! - [`admin`]: what operators look at and do (dead letters, streams),
 //!   shared by `agentctl` and the API.
+//! - [`ctl`]: `agentctl`, the operators' CLI.
 //! - [`api`], [`server`], [`config`]: the HTTP API and `orchestrator serve`.
 
 pub mod admin;
@@ -17,6 +18,7 @@ mod batch;
 pub mod catalog;
 pub mod changes;
 pub mod config;
+pub mod ctl;
 pub mod definition;
 pub mod engine;
 mod error;

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use std::time::Duration;
 
 /// Where a workflow stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowStatus {
     /// Created, not started.
@@ -57,7 +57,7 @@ impl WorkflowStatus {
 }
 
 /// Where a stage stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageStatus {
     /// Waiting for its dependencies.
@@ -77,7 +77,7 @@ pub enum StageStatus {
 }
 
 /// Progress of undoing a completed stage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CompensationState {
     /// The compensation task is out.
@@ -95,7 +95,7 @@ pub enum CompensationState {
 }
 
 /// One stage of a workflow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stage {
     /// Stage name (as in the definition).
     pub name: String,
@@ -127,7 +127,7 @@ pub struct Stage {
 }
 
 /// Why a workflow is ending.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Ending {
     /// A stage failed, or an operator aborted: ends `failed`.
@@ -143,7 +143,7 @@ pub enum Ending {
 }
 
 /// A workflow's whole state: what the durable shell stores.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Workflow {
     /// Workflow id.
     pub id: String,
@@ -416,6 +416,9 @@ fn step(
                 let s = &mut wf.stages[i];
                 s.status = StageStatus::Completed;
                 s.output = Some(output.clone());
+                // A dead-lettered stage replayed from the DLQ completes
+                // here directly: its old error is no longer its state.
+                s.error = None;
                 s.finished_at_ms = Some(now_ms);
                 s.completed_seq = Some(wf.completions);
                 true
