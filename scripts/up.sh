@@ -87,6 +87,7 @@ if [ -z "$ready" ]; then
 fi
 echo "$api" > "$data/up.ready"
 echo "ready: API $api (redis $(redact() { sed -E 's#//[^@/]*@#//***@#'; }; echo "$url" | redact), namespace $ns)"
+echo "dashboard: http://$listen/   operators' CLI: $bin/agentctl --redis-url <the URL above> --namespace $ns dlq list"
 echo "repositories in $data/repos, releases in $data/releases, logs in $data/logs; Ctrl-C stops everything"
 # Run until a signal, or until one of ours dies.
 while :; do
