@@ -210,6 +210,20 @@ impl DeadLetters {
             .await?)
     }
 
+    /// The entry id of the newest dead letter of `agent_type`, if any.
+    pub async fn newest_id(&self, agent_type: &AgentType) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let v: redis::Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.dlq(agent_type))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(parse_entries(v).into_iter().next().map(|e| e.id))
+    }
+
     /// How many dead letters `agent_type` has.
     pub async fn count(&self, agent_type: &AgentType) -> Result<u64> {
         let mut conn = self.conn.clone();

@@ -61,7 +61,7 @@ pub fn entry_id_ms(id: &str) -> Option<u64> {
 }
 
 /// One agent type's queues, as `agentctl streams` and `GET /streams` show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamStats {
     /// The agent type.
     pub agent_type: String,
@@ -175,7 +175,7 @@ pub async fn stream_stats<C: ConnectionLike + Send>(
 }
 
 /// One agent type's dead-letter queue at a glance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DlqSummary {
     /// The agent type.
     pub agent_type: String,
@@ -225,7 +225,7 @@ pub async fn dlq_summaries<C: ConnectionLike + Send>(
 }
 
 /// A dead letter without its raw fields: what lists show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetterSummary {
     /// DLQ entry id: the handle for show, replay and purge.
     pub id: String,
@@ -273,7 +273,7 @@ impl From<&DeadLetter> for DeadLetterSummary {
 }
 
 /// One raw field of the original task entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RawField {
     /// Field name.
     pub name: String,
@@ -285,7 +285,7 @@ pub struct RawField {
 
 /// A dead letter in full: the entry, the task envelope decoded from its raw
 /// body (or why it cannot be), and the raw fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetterDetail {
     /// The entry.
     pub dead_letter: DeadLetterSummary,
@@ -343,7 +343,7 @@ pub enum Selection {
 }
 
 /// What happened to one selected dead letter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplayOutcome {
     /// Moved back to the task stream.
@@ -355,7 +355,7 @@ pub enum ReplayOutcome {
 }
 
 /// One selected dead letter and its outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayItem {
     /// DLQ entry id.
     pub id: String,
@@ -370,7 +370,7 @@ pub struct ReplayItem {
 }
 
 /// The whole of one replay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     /// Nothing was moved.
     pub dry_run: bool,
@@ -400,11 +400,23 @@ const WALK_PAGE: usize = 500;
 /// for a filter, in the given order for ids (an id that is not there comes
 /// as `Err(id)`). A filter is walked with a cursor, so entries moved
 /// meanwhile (by the caller or by anyone) are neither skipped nor met twice.
+///
+/// A filter walk stops at the newest entry there was when it started: a
+/// replayed task that fails again is dead-lettered anew, at the end of the
+/// stream, and must not be met (and replayed) again by the same walk.
 #[derive(Debug)]
 struct Walk {
     ids: Option<std::vec::IntoIter<String>>,
     filter: DeadLetterFilter,
+    /// The newest entry id when the walk started (`None`: not read yet).
+    until: Option<Option<(u64, u64)>>,
     done: bool,
+}
+
+/// A stream entry id as numbers, for ordering.
+fn entry_id_parts(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 impl Walk {
@@ -413,6 +425,7 @@ impl Walk {
             Selection::Ids(ids) => Self {
                 ids: Some(ids.clone().into_iter()),
                 filter: DeadLetterFilter::default(),
+                until: None,
                 done: false,
             },
             Selection::Matching(filter) => Self {
@@ -421,6 +434,7 @@ impl Walk {
                     limit: WALK_PAGE,
                     ..filter.clone()
                 },
+                until: None,
                 done: false,
             },
         }
@@ -442,12 +456,37 @@ impl Walk {
             };
             return Ok(Some(vec![dlq.get(agent_type, &id).await?.ok_or(id)]));
         }
+        let until = match self.until {
+            Some(u) => u,
+            None => {
+                let u = dlq
+                    .newest_id(agent_type)
+                    .await?
+                    .as_deref()
+                    .and_then(entry_id_parts);
+                self.until = Some(u);
+                u
+            }
+        };
+        let Some(until) = until else {
+            // The DLQ was empty when the walk started.
+            self.done = true;
+            return Ok(None);
+        };
         let page = dlq.list(agent_type, &self.filter).await?;
         match page.next {
             Some(next) => self.filter.after = Some(next),
             None => self.done = true,
         }
-        Ok(Some(page.items.into_iter().map(Ok).collect()))
+        let mut items = Vec::with_capacity(page.items.len());
+        for d in page.items {
+            if entry_id_parts(&d.id).is_none_or(|id| id > until) {
+                self.done = true;
+                break;
+            }
+            items.push(Ok(d));
+        }
+        Ok(Some(items))
     }
 }
 
@@ -623,7 +662,7 @@ pub async fn collect(
 
 /// Workflows by status: exact for the ones not ended (from the active
 /// index), over the newest `recent_window` for the ended ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowCounts {
     /// Not ended, by status.
     pub active: BTreeMap<String, u64>,

@@ -802,3 +802,54 @@ async fn bad_arguments_get_a_clear_message_and_a_non_zero_exit() {
         "{r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_does_not_meet_the_dead_letters_it_causes() {
+    // A replayed task that fails again is dead-lettered anew at the end of
+    // the stream while the replay walks it; replaying those too would loop
+    // for as long as the task keeps failing.
+    let redis = TestRedis::start();
+    let client = agent_sdk::Client::connect(&redis.url(), NS).await.unwrap();
+    let (engine, _) = orchestrator::Engine::new(client.clone());
+    let dlq = client.dead_letters();
+    let e2e = agent_type("e2e");
+    // More than one page of the walk (500), so it reads on after the
+    // first dead letters came back.
+    const N: u64 = 501;
+    for i in 0..N as usize {
+        dlq.import(&e2e, &dead_letter(i)).await.unwrap();
+    }
+    let mut sync = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut n = 1_000_000;
+    let mut conn = conn(&redis).await;
+    let report = orchestrator::admin::replay(
+        &engine,
+        &mut conn,
+        &e2e,
+        &orchestrator::admin::Selection::Matching(Default::default()),
+        &Default::default(),
+        |_| {
+            // The replayed task "fails again" at once.
+            assert!(n < 1_000_000 + 2 * N as usize, "the replay is looping");
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(dlq_key("e2e")).arg("*");
+            for (k, v) in dead_letter(n).to_fields() {
+                cmd.arg(k).arg(v);
+            }
+            let _: String = cmd.query(&mut sync).unwrap();
+            n += 1;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.matched, report.replayed, report.gone), (N, N, 0));
+    assert_eq!(xlen(&redis, &tasks_key("e2e")).await, N);
+    assert_eq!(
+        xlen(&redis, &dlq_key("e2e")).await,
+        N,
+        "the new dead letters wait for the next replay"
+    );
+}
