@@ -2,7 +2,8 @@
 # Runs the benchmarks — the runtime's (agent-sdk/examples/bench.rs), the
 # orchestrator's workflows (orchestrator/examples/workflow_bench.rs), both
 # against a private, throw-away redis-server, and the DAG planning
-# (orchestrator/examples/plan_bench.rs) — and prints one JSON object on stdout.
+# (orchestrator/examples/plan_bench.rs), and `agentctl dlq replay --all` of
+# 20,000 dead letters — and prints one JSON object on stdout.
 #
 #   scripts/bench.sh [bench flags...]    e.g. scripts/bench.sh --tasks 50000
 #
@@ -19,7 +20,7 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 ensure_redis
 log "building (release)"
 cargo build --release -p agent-sdk --example bench --bin fault-agent >&2
-cargo build --release -p orchestrator --example plan_bench --example workflow_bench >&2
+cargo build --release -p orchestrator --example plan_bench --example workflow_bench --bin agentctl >&2
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 work_dir="$(mktemp -d -t agentic-bench.XXXXXX)"
@@ -37,10 +38,13 @@ workflows=$(RUST_LOG=warn "$target_dir/release/examples/workflow_bench" \
   --redis-url "redis://127.0.0.1:$REDIS_PORT" --namespace wfbench) || status=$?
 results_only=$(RUST_LOG=warn "$target_dir/release/examples/workflow_bench" \
   --redis-url "redis://127.0.0.1:$REDIS_PORT" --namespace wfbench2 --agents-after-submit) || status=$?
+log "dlq replay: 20000 dead letters, agentctl dlq replay --all"
+replay=$(python3 scripts/dlq_replay_bench.py "$target_dir/release/agentctl" \
+  "redis://127.0.0.1:$REDIS_PORT" "$work_dir") || status=$?
 # One JSON object: the runtime's figures plus the orchestrator's.
 python3 -c 'import json, sys
 out = {}
 for a in sys.argv[1:]:
     out.update(json.loads(a or "{}"))
-print(json.dumps(out, sort_keys=True))' "$runtime" "$plan" "$workflows" "$results_only"
+print(json.dumps(out, sort_keys=True))' "$runtime" "$plan" "$workflows" "$results_only" "$replay"
 exit "$status"

@@ -156,6 +156,27 @@ impl DeadLetters {
             .await?)
     }
 
+    /// [`DeadLetters::replay`] of each of `ids`, in one round trip: each
+    /// move is atomic on its own, in order. Returns the new task entry id
+    /// of each, `None` where there was no such dead letter.
+    pub async fn replay_many(
+        &self,
+        agent_type: &AgentType,
+        ids: &[String],
+    ) -> Result<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let (dlq, tasks) = (self.keys.dlq(agent_type), self.keys.tasks(agent_type));
+        let mut pipe = redis::pipe();
+        pipe.load_script(&scripts::REPLAY).ignore();
+        for id in ids {
+            pipe.invoke_script(scripts::REPLAY.key(&dlq).key(&tasks).arg(id));
+        }
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
     /// Deletes the given dead letters; returns how many existed.
     pub async fn purge(&self, agent_type: &AgentType, ids: &[String]) -> Result<u64> {
         if ids.is_empty() {

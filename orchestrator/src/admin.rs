@@ -516,6 +516,18 @@ where
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
     let mut walk = Walk::new(selection);
     while let Some(page) = walk.next(&dlq, agent_type).await? {
+        // Unpaced, a page moves in one round trip (each entry still on its
+        // own, atomically); paced, one entry per tick.
+        let moved: Vec<Option<String>> = if opts.dry_run || pace.is_some() {
+            Vec::new()
+        } else {
+            let ids: Vec<String> = page
+                .iter()
+                .filter_map(|f| f.as_ref().ok().map(|d| d.id.clone()))
+                .collect();
+            dlq.replay_many(agent_type, &ids).await?
+        };
+        let mut moved = moved.into_iter();
         for found in page {
             report.matched += 1;
             let item = match found {
@@ -534,15 +546,18 @@ where
                     new_entry_id: None,
                 },
                 Ok(d) => {
-                    if let Some(p) = pace.as_mut() {
-                        p.tick().await;
-                    }
-                    let moved = dlq.replay(agent_type, &d.id).await?;
-                    if moved.is_some() {
+                    let new_id = match pace.as_mut() {
+                        Some(p) => {
+                            p.tick().await;
+                            dlq.replay(agent_type, &d.id).await?
+                        }
+                        None => moved.next().flatten(),
+                    };
+                    if new_id.is_some() {
                         record_in_workflow(engine, conn, &d).await;
                     }
                     ReplayItem {
-                        outcome: if moved.is_some() {
+                        outcome: if new_id.is_some() {
                             ReplayOutcome::Replayed
                         } else {
                             ReplayOutcome::Gone
@@ -550,7 +565,7 @@ where
                         id: d.id,
                         task_id: d.task_id,
                         workflow_id: d.workflow_id,
-                        new_entry_id: moved,
+                        new_entry_id: new_id,
                     }
                 }
             };
