@@ -170,6 +170,15 @@ pub async fn run(cli: Cli) -> ExitCode {
     let out = Out::new(cli.global.json);
     let result = async {
         let out = out.clone();
+        // One plain attempt first: the client's connection manager retries
+        // for several seconds, too long to tell an operator Redis is down.
+        let probe = agent_sdk::connection::Connector::new(&cli.global.redis_url)?;
+        if let Err(e) = probe.connect(std::time::Duration::from_secs(5)).await {
+            return Err(ExitStatus::Unavailable(format!(
+                "cannot reach Redis at {}: {e}",
+                probe.redacted_url()
+            )));
+        }
         let client = Client::connect(&cli.global.redis_url, &cli.global.namespace)
             .await
             .map_err(|e| match e {
