@@ -14,6 +14,17 @@ ensure_redis() {
   fi
 }
 
+# Installs Debian's chromium and chromium-driver when missing (the
+# dashboard's headless-browser test drives /usr/bin/chromium through
+# /usr/bin/chromedriver).
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "installing chromium and chromium-driver (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+}
+
 # Prints a TCP port on 127.0.0.1 that nothing listens on.
 free_port() {
   python3 - <<'PY'

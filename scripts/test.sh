@@ -10,6 +10,8 @@ ensure_redis
 ensure_curl
 # The agents' tests run real git, node, python3 and cargo.
 ensure_agent_tools
+# The dashboard's test drives a real headless Chromium.
+ensure_chromium
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
