@@ -37,7 +37,7 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A workflow definition as written by its author (YAML or JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// Name: 1–64 of `a-z 0-9 - _`.
@@ -54,7 +54,7 @@ pub struct Definition {
 }
 
 /// One stage of a definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageDef {
     /// Name, unique in the definition: 1–64 of `a-z 0-9 - _`.
@@ -71,6 +71,7 @@ pub struct StageDef {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5m")]
     pub timeout: Option<Duration>,
     /// Attempts the agent may make (retryable failures); its default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,11 +89,12 @@ pub struct StageDef {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "24h")]
     pub approval_timeout: Option<Duration>,
 }
 
 /// How to undo a stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Compensation {
     /// Agent type that runs the compensation; the stage's own when absent.

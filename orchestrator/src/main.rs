@@ -1,5 +1,5 @@
-//! `orchestrator`: serve the workflow engine and its HTTP API, or check a
-//! definition file. Logic lives in the library; this maps it to exit codes.
+//! `orchestrator`: serve the workflow engine and its HTTP API, check a
+//! definition file, or print the API's OpenAPI document. Logic lives in the library; this maps it to exit codes.
 
 use clap::{Parser, Subcommand};
 use orchestrator::{Definition, ServeConfig, server};
@@ -30,12 +30,18 @@ enum Command {
         /// The definition file.
         file: PathBuf,
     },
+    /// Print the HTTP API's OpenAPI document (pretty JSON; needs no Redis).
+    Openapi,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Openapi => {
+            println!("{}", orchestrator::api::openapi_json());
+            ExitCode::SUCCESS
+        }
         Command::Serve(cfg) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

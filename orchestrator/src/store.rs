@@ -43,7 +43,7 @@ pub struct Stored {
 }
 
 /// One entry of a workflow's event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// Stream entry id (SSE clients resume after it).
     pub id: String,
@@ -83,7 +83,8 @@ pub struct NewLogEntry {
 }
 
 /// The pub/sub message of one stored transition (`N:wfs:changes`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = WorkflowChange)]
 pub struct Change {
     /// Workflow id.
     pub workflow_id: String,
@@ -106,7 +107,8 @@ pub struct Change {
 }
 
 /// A workflow's headline fields, read without decoding its state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = WorkflowSummary)]
 pub struct Summary {
     /// Workflow id.
     pub id: String,
@@ -136,7 +138,8 @@ pub struct ListFilter {
 }
 
 /// One page of [`WorkflowStore::list`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = WorkflowPage)]
 pub struct Page {
     /// The workflows, newest first.
     pub items: Vec<Summary>,

@@ -757,3 +757,914 @@ async fn a_restart_keeps_an_operators_own_sdlc() {
     assert_eq!(v["stages"][0]["name"], "only");
     o.shutdown().await;
 }
+
+// ---- Dead letters, streams and the overview (`/dlq`, `/streams`, `/overview`).
+
+/// The agent type whose DLQ the dead-letter tests fill.
+const DLQ_TYPE: &str = "dlqa";
+/// Bytes no codec decodes: the worker dead-letters them as malformed.
+const GARBAGE: &[u8] = b"\xff\xfe not an envelope \x00";
+
+async fn xlen(redis: &TestRedis, key: &str) -> u64 {
+    let mut c = conn(redis).await;
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn dlq_len(redis: &TestRedis, t: &str) -> u64 {
+    xlen(redis, &keys().dlq(&agent_type(t))).await
+}
+
+async fn tasks_len(redis: &TestRedis, t: &str) -> u64 {
+    xlen(redis, &keys().tasks(&agent_type(t))).await
+}
+
+/// A stream's entries, fields as bytes.
+async fn entries(
+    redis: &TestRedis,
+    key: &str,
+) -> Vec<(String, std::collections::BTreeMap<String, Vec<u8>>)> {
+    let mut c = conn(redis).await;
+    let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    r.ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap()))
+                .collect();
+            (e.id, fields)
+        })
+        .collect()
+}
+
+async fn sdk_client(redis: &TestRedis) -> agent_sdk::Client {
+    agent_sdk::Client::connect(&redis.url(), NS).await.unwrap()
+}
+
+/// The failing tasks: (workflow, stage); each fails permanently at once.
+const FAILING: [(&str, &str); 5] = [
+    ("wf-a", "build"),
+    ("wf-a", "build"),
+    ("wf-a", "lint"),
+    ("wf-b", "build"),
+    ("wf-b", "lint"),
+];
+
+/// Runs the five failing tasks and one undecodable entry through a real
+/// worker of [`DLQ_TYPE`] until all six are dead letters; the worker is
+/// stopped after, so nothing moves on its own. Returns the task ids.
+async fn fill_dlq(redis: &TestRedis) -> Vec<String> {
+    let agents = Agents::start(redis, &[DLQ_TYPE]);
+    let client = sdk_client(redis).await;
+    let t = agent_type(DLQ_TYPE);
+    let mut ids = Vec::new();
+    for (wf, stage) in FAILING {
+        let e = client
+            .enqueue(
+                &t,
+                &json!({ "workflow_id": wf, "stage": stage, "input": { "fail": stage } }),
+                agent_sdk::EnqueueOptions {
+                    workflow_id: Some(wf.to_owned()),
+                    stage: Some(stage.to_owned()),
+                    ..agent_sdk::EnqueueOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(e.task_id);
+    }
+    let mut c = conn(redis).await;
+    let _: String = redis::cmd("XADD")
+        .arg(keys().tasks(&t))
+        .arg("*")
+        .arg("body")
+        .arg(GARBAGE)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    wait_until("six dead letters", PATIENCE, || async {
+        dlq_len(redis, DLQ_TYPE).await == 6
+    })
+    .await;
+    agents.shutdown().await;
+    assert_eq!(tasks_len(redis, DLQ_TYPE).await, 0);
+    ids
+}
+
+/// `GET` → JSON, asserting the status.
+async fn get_json(http: &reqwest::Client, url: &str, status: u16) -> Value {
+    let (s, v) = body(http.get(url).send().await.unwrap()).await;
+    assert_eq!(s.as_u16(), status, "GET {url}: {v}");
+    v
+}
+
+/// `POST` JSON → JSON, asserting the status.
+async fn post_json(http: &reqwest::Client, url: &str, req: Value, status: u16) -> Value {
+    let (s, v) = body(http.post(url).json(&req).send().await.unwrap()).await;
+    assert_eq!(s.as_u16(), status, "POST {url} {req}: {v}");
+    v
+}
+
+fn item_ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_replayed_and_purged_exactly() {
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = reqwest::Client::new();
+    let task_ids = fill_dlq(&redis).await;
+    let dlq = |p: &str| o.api(&format!("/dlq/{DLQ_TYPE}{p}"));
+
+    // Every queue: ours has the six, every other type none.
+    let v = get_json(&http, &o.api("/dlq"), 200).await;
+    let queues = v["queues"].as_array().unwrap();
+    let ours: Vec<&Value> = queues
+        .iter()
+        .filter(|q| q["agent_type"] == DLQ_TYPE)
+        .collect();
+    assert_eq!(ours.len(), 1, "{v}");
+    assert_eq!(ours[0]["count"], 6, "{v}");
+    let (oldest, newest) = (
+        ours[0]["oldest_ms"].as_u64().unwrap(),
+        ours[0]["newest_ms"].as_u64().unwrap(),
+    );
+    assert!(oldest <= newest, "{v}");
+    let total: u64 = queues.iter().map(|q| q["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 6, "{v}");
+
+    // The list: oldest first, all six, no next page.
+    let all = get_json(&http, &dlq(""), 200).await;
+    let ids = item_ids(&all);
+    assert_eq!(ids.len(), 6, "{all}");
+    assert!(all["next"].is_null(), "{all}");
+    let mut sorted = ids.clone();
+    sorted.sort_by_key(|id| {
+        let (ms, seq) = id.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    });
+    assert_eq!(ids, sorted, "oldest first");
+    let items = all["items"].as_array().unwrap();
+    // The worker runs tasks concurrently: dead letters come in any order.
+    // The DLQ id of the dead letter of task `i`:
+    let dlq_id_of = |i: usize| {
+        items
+            .iter()
+            .find(|d| d["task_id"] == task_ids[i].as_str())
+            .unwrap_or_else(|| panic!("task {} not listed: {all}", task_ids[i]))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for (i, (wf, stage)) in FAILING.iter().enumerate() {
+        let d = &items[ids.iter().position(|id| *id == dlq_id_of(i)).unwrap()];
+        assert_eq!(
+            (&d["workflow_id"], &d["stage"], &d["reason"], &d["attempts"]),
+            (&json!(wf), &json!(stage), &json!("permanent"), &json!(1)),
+            "{d}"
+        );
+        assert_eq!(d["error"], format!("stage {stage} fails as asked"), "{d}");
+        assert!(
+            d.get("raw").is_none(),
+            "lists leave the raw fields out: {d}"
+        );
+    }
+    let garbage: Vec<&Value> = items
+        .iter()
+        .filter(|d| d["reason"] == "malformed")
+        .collect();
+    assert_eq!(garbage.len(), 1, "{all}");
+    assert!(garbage[0].get("task_id").is_none(), "{all}");
+    let garbage_id = garbage[0]["id"].as_str().unwrap().to_owned();
+
+    // Each filter.
+    let count = |v: &Value| v["items"].as_array().unwrap().len();
+    let v = get_json(&http, &dlq("?error_contains=BUILD"), 200).await;
+    assert_eq!(count(&v), 3, "case-insensitive: {v}");
+    let v = get_json(&http, &dlq("?workflow=wf-a"), 200).await;
+    assert_eq!(count(&v), 3, "{v}");
+    let v = get_json(&http, &dlq("?workflow=wf-b&error_contains=lint"), 200).await;
+    assert_eq!(item_ids(&v), vec![dlq_id_of(4)], "{v}");
+    let v = get_json(&http, &dlq("?since=1h"), 200).await;
+    assert_eq!(count(&v), 6, "{v}");
+    let v = get_json(&http, &dlq("?since=2099-01-01T00:00:00Z"), 200).await;
+    assert_eq!(count(&v), 0, "{v}");
+    // Paging: limit and after.
+    let p1 = get_json(&http, &dlq("?limit=4"), 200).await;
+    assert_eq!(item_ids(&p1), ids[..4].to_vec());
+    assert_eq!(p1["next"], json!(ids[3]));
+    let p2 = get_json(
+        &http,
+        &dlq(&format!("?limit=4&after={}", p1["next"].as_str().unwrap())),
+        200,
+    )
+    .await;
+    assert_eq!(item_ids(&p2), ids[4..].to_vec());
+    assert!(p2["next"].is_null(), "{p2}");
+    let v = get_json(
+        &http,
+        &dlq(&format!("?workflow=wf-a&limit=2&after={}", ids[0])),
+        200,
+    )
+    .await;
+    let wf_a_after_first: Vec<String> = items[1..]
+        .iter()
+        .filter(|d| d["workflow_id"] == "wf-a")
+        .take(2)
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(item_ids(&v), wf_a_after_first, "{v}");
+
+    // One in full: the envelope decoded, the raw fields byte for byte.
+    let d = get_json(&http, &dlq(&format!("/{}", dlq_id_of(2))), 200).await;
+    assert_eq!(d["dead_letter"]["id"], json!(dlq_id_of(2)));
+    assert_eq!(d["dead_letter"]["task_id"], json!(task_ids[2]));
+    assert_eq!(d["envelope"]["id"], json!(task_ids[2]));
+    assert_eq!(d["envelope"]["workflow_id"], "wf-a");
+    assert_eq!(d["envelope"]["input"]["input"], json!({ "fail": "lint" }));
+    assert!(d["decode_error"].is_null(), "{d}");
+    let raw = d["raw"].as_array().unwrap();
+    let names: Vec<&str> = raw.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["id", "wf", "stage", "body"], "{d}");
+    assert_eq!(
+        (&raw[1]["text"], &raw[1]["base64"]),
+        (&json!("wf-a"), &json!("d2YtYQ=="))
+    );
+    assert!(
+        raw[3]["text"].is_null(),
+        "a MessagePack body is not text: {d}"
+    );
+    let g = get_json(&http, &dlq(&format!("/{garbage_id}")), 200).await;
+    assert!(g["envelope"].is_null(), "{g}");
+    assert!(
+        g["decode_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{g}"
+    );
+    let body_field = g["raw"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "body")
+        .unwrap();
+    assert!(body_field["text"].is_null(), "not UTF-8: {g}");
+    assert_eq!(
+        body_field["base64"],
+        json!(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            GARBAGE
+        ))
+    );
+    refused(
+        http.get(dlq("/1-0")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+
+    // Replay, dry run: reports, moves nothing.
+    let r = post_json(
+        &http,
+        &dlq("/replay"),
+        json!({ "ids": [ids[0], ids[1]], "dry_run": true }),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (&r["dry_run"], &r["matched"], &r["replayed"], &r["gone"]),
+        (&json!(true), &json!(2), &json!(0), &json!(0)),
+        "{r}"
+    );
+    assert!(
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["outcome"] == "would_replay" && i["new_entry_id"].is_null()),
+        "{r}"
+    );
+    let r = post_json(
+        &http,
+        &dlq("/replay"),
+        json!({ "all": true, "dry_run": true }),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (&r["matched"], &r["replayed"]),
+        (&json!(6), &json!(0)),
+        "{r}"
+    );
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 6);
+    assert_eq!(tasks_len(&redis, DLQ_TYPE).await, 0);
+
+    // By id; the same id again is gone.
+    let r = post_json(
+        &http,
+        &dlq("/replay"),
+        json!({ "ids": [dlq_id_of(0)] }),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (&r["dry_run"], &r["matched"], &r["replayed"], &r["gone"]),
+        (&json!(false), &json!(1), &json!(1), &json!(0)),
+        "{r}"
+    );
+    assert_eq!(r["items"][0]["outcome"], "replayed");
+    assert_eq!(r["items"][0]["task_id"], json!(task_ids[0]));
+    assert_eq!(r["items"][0]["workflow_id"], "wf-a");
+    let first_new = r["items"][0]["new_entry_id"].as_str().unwrap().to_owned();
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 5);
+    assert_eq!(tasks_len(&redis, DLQ_TYPE).await, 1);
+    let r = post_json(
+        &http,
+        &dlq("/replay"),
+        json!({ "ids": [dlq_id_of(0)] }),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (
+            &r["matched"],
+            &r["replayed"],
+            &r["gone"],
+            &r["items"][0]["outcome"]
+        ),
+        (&json!(1), &json!(0), &json!(1), &json!("gone")),
+        "{r}"
+    );
+    // By filter.
+    let r = post_json(&http, &dlq("/replay"), json!({ "workflow": "wf-b" }), 200).await;
+    assert_eq!(
+        (&r["matched"], &r["replayed"]),
+        (&json!(2), &json!(2)),
+        "{r}"
+    );
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 3);
+    // Everything left.
+    let r = post_json(&http, &dlq("/replay"), json!({ "all": true }), 200).await;
+    assert_eq!(
+        (&r["matched"], &r["replayed"], &r["gone"]),
+        (&json!(3), &json!(3), &json!(0)),
+        "{r}"
+    );
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 0);
+    let v = get_json(&http, &dlq(""), 200).await;
+    assert_eq!(count(&v), 0, "{v}");
+    // The task stream got exactly the six back, each at attempt 1, the
+    // undecodable one byte for byte.
+    let tasks = entries(&redis, &keys().tasks(&agent_type(DLQ_TYPE))).await;
+    assert_eq!(tasks.len(), 6);
+    assert_eq!(tasks[0].0, first_new);
+    for (id, fields) in &tasks {
+        assert_eq!(
+            fields.get("attempt").map(Vec::as_slice),
+            Some(&b"1"[..]),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        tasks
+            .iter()
+            .filter(|(_, f)| f.get("body").map(Vec::as_slice) == Some(GARBAGE))
+            .count(),
+        1
+    );
+
+    // A worker runs them again: six dead letters again, each a first attempt.
+    let agents = Agents::start(&redis, &[DLQ_TYPE]);
+    wait_until("six dead letters again", PATIENCE, || async {
+        dlq_len(&redis, DLQ_TYPE).await == 6
+    })
+    .await;
+    agents.shutdown().await;
+    assert_eq!(tasks_len(&redis, DLQ_TYPE).await, 0);
+    let again = get_json(&http, &dlq(""), 200).await;
+    let ids = item_ids(&again);
+    assert_eq!(ids.len(), 6);
+    let dlq_sdk = sdk_client(&redis).await.dead_letters();
+    let snapshot = {
+        let page = dlq_sdk
+            .list(
+                &agent_type(DLQ_TYPE),
+                &agent_sdk::DeadLetterFilter::default(),
+            )
+            .await
+            .unwrap();
+        page.items
+    };
+    assert!(snapshot.iter().all(|d| d.attempts == 1), "{snapshot:?}");
+
+    // Purge: by age (none is an hour old), by ids, by filters, all.
+    let p = post_json(&http, &dlq("/purge"), json!({ "older_than": "1h" }), 200).await;
+    assert_eq!(p, json!({ "purged": 0 }));
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 6);
+    let wf_a_builds: Vec<String> = again["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["workflow_id"] == "wf-a" && d["stage"] == "build")
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(wf_a_builds.len(), 2);
+    let p = post_json(&http, &dlq("/purge"), json!({ "ids": wf_a_builds }), 200).await;
+    assert_eq!(p, json!({ "purged": 2 }));
+    let p = post_json(&http, &dlq("/purge"), json!({ "ids": wf_a_builds }), 200).await;
+    assert_eq!(p, json!({ "purged": 0 }), "already purged");
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 4);
+    let p = post_json(
+        &http,
+        &dlq("/purge"),
+        json!({ "error_contains": "lint" }),
+        200,
+    )
+    .await;
+    assert_eq!(p, json!({ "purged": 2 }));
+    let p = post_json(&http, &dlq("/purge"), json!({ "workflow": "wf-b" }), 200).await;
+    assert_eq!(p, json!({ "purged": 1 }));
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 1);
+    let p = post_json(&http, &dlq("/purge"), json!({ "all": true }), 200).await;
+    assert_eq!(p, json!({ "purged": 1 }));
+    let p = post_json(&http, &dlq("/purge"), json!({ "all": true }), 200).await;
+    assert_eq!(p, json!({ "purged": 0 }));
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 0);
+    // `older_than: 0s` takes every one there is.
+    for d in &snapshot[..3] {
+        dlq_sdk.import(&agent_type(DLQ_TYPE), d).await.unwrap();
+    }
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 3);
+    let p = post_json(
+        &http,
+        &dlq("/purge"),
+        json!({ "since": "2099-01-01T00:00:00Z" }),
+        200,
+    )
+    .await;
+    assert_eq!(p, json!({ "purged": 0 }));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let p = post_json(&http, &dlq("/purge"), json!({ "older_than": "0s" }), 200).await;
+    assert_eq!(p, json!({ "purged": 3 }));
+    assert_eq!(dlq_len(&redis, DLQ_TYPE).await, 0);
+    o.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_everything_takes_only_what_was_there() {
+    // A live worker fails every replayed task again at once, so new dead
+    // letters arrive while the replay walks the queue: the replay must take
+    // the ones that were there when it began, and end.
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let agents = Agents::start(&redis, &[DLQ_TYPE]);
+    let client = sdk_client(&redis).await;
+    // More than one page of the replay's walk (500).
+    const N: u64 = 600;
+    for i in 0..N {
+        client
+            .enqueue(
+                &agent_type(DLQ_TYPE),
+                &json!({ "workflow_id": "wf-x", "stage": format!("s{i}"), "input": { "fail": format!("s{i}") } }),
+                agent_sdk::EnqueueOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    wait_until("all dead", PATIENCE, || async {
+        dlq_len(&redis, DLQ_TYPE).await == N
+    })
+    .await;
+    for round in 0..2 {
+        let r = post_json(
+            &http,
+            &o.api(&format!("/dlq/{DLQ_TYPE}/replay")),
+            json!({ "all": true }),
+            200,
+        )
+        .await;
+        assert_eq!(
+            (&r["matched"], &r["replayed"], &r["gone"]),
+            (&json!(N), &json!(N), &json!(0)),
+            "round {round}: {}",
+            r["matched"]
+        );
+        wait_until("all dead again", PATIENCE, || async {
+            dlq_len(&redis, DLQ_TYPE).await == N && tasks_len(&redis, DLQ_TYPE).await == 0
+        })
+        .await;
+    }
+    agents.shutdown().await;
+    o.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_requests_are_refused_clearly() {
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = reqwest::Client::new();
+    let replay = o.api(&format!("/dlq/{DLQ_TYPE}/replay"));
+    let purge = o.api(&format!("/dlq/{DLQ_TYPE}/purge"));
+    let post = |url: &str, body: Value| http.post(url).json(&body).send();
+    let bad = |m: &str, needle: &str| assert!(m.contains(needle), "{needle:?} not in {m:?}");
+
+    // Replay: not exactly one selection, bad ids, purge's options.
+    for body in [
+        json!({}),
+        json!({ "dry_run": true }),
+        json!({ "all": false }),
+        json!({ "ids": ["1-0"], "all": true }),
+        json!({ "all": true, "workflow": "wf-a" }),
+    ] {
+        let m = refused(post(&replay, body).await.unwrap(), 400, "bad_request").await;
+        bad(&m, "exactly one");
+    }
+    let m = refused(
+        post(&replay, json!({ "ids": ["junk"] })).await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    bad(&m, "junk");
+    let m = refused(
+        post(&replay, json!({ "ids": [] })).await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    bad(&m, "ids");
+    let m = refused(
+        post(&replay, json!({ "older_than": "1h" })).await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    bad(&m, "purge");
+    let m = refused(
+        post(&replay, json!({ "since": "yesterday" }))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    bad(&m, "since");
+    // Purge: not exactly one selection, replay's option, bad age.
+    for body in [
+        json!({}),
+        json!({ "all": true, "older_than": "1h" }),
+        json!({ "ids": ["1-0"], "error_contains": "x" }),
+    ] {
+        let m = refused(post(&purge, body).await.unwrap(), 400, "bad_request").await;
+        bad(&m, "older_than");
+    }
+    let m = refused(
+        post(&purge, json!({ "all": true, "dry_run": true }))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    bad(&m, "dry_run");
+    let m = refused(
+        post(&purge, json!({ "older_than": "soon" })).await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    bad(&m, "older_than");
+    // Bodies: unknown fields and wrong shapes are 422 `invalid_body` as on
+    // every route (api/error.rs), bad JSON 400, no JSON content type 415.
+    for url in [&replay, &purge] {
+        let m = refused(
+            post(url, json!({ "all": true, "colour": 1 }))
+                .await
+                .unwrap(),
+            422,
+            "invalid_body",
+        )
+        .await;
+        bad(&m, "colour");
+        refused(
+            post(url, json!({ "ids": "1-0" })).await.unwrap(),
+            422,
+            "invalid_body",
+        )
+        .await;
+        let r = http
+            .post(url.as_str())
+            .header("content-type", "application/json")
+            .body("{\"all\": ")
+            .send()
+            .await
+            .unwrap();
+        refused(r, 400, "malformed_json").await;
+        let r = http
+            .post(url.as_str())
+            .body("{\"all\": true}")
+            .send()
+            .await
+            .unwrap();
+        refused(r, 415, "unsupported_media_type").await;
+    }
+    // A bad agent type: 422 `invalid` on every DLQ route.
+    let t = "NOT%20A%20TYPE";
+    refused(
+        http.get(o.api(&format!("/dlq/{t}"))).send().await.unwrap(),
+        422,
+        "invalid",
+    )
+    .await;
+    refused(
+        http.get(o.api(&format!("/dlq/{t}/1-0")))
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "invalid",
+    )
+    .await;
+    refused(
+        post(&o.api(&format!("/dlq/{t}/replay")), json!({ "all": true }))
+            .await
+            .unwrap(),
+        422,
+        "invalid",
+    )
+    .await;
+    refused(
+        post(&o.api(&format!("/dlq/{t}/purge")), json!({ "all": true }))
+            .await
+            .unwrap(),
+        422,
+        "invalid",
+    )
+    .await;
+    // List and show: bad queries and ids.
+    let list = o.api(&format!("/dlq/{DLQ_TYPE}"));
+    for (q, code) in [
+        ("?limit=0", "bad_request"),
+        ("?limit=1001", "bad_request"),
+        ("?after=junk", "bad_request"),
+        ("?since=yesterday", "bad_request"),
+        ("?colour=red", "bad_query"),
+        ("?limit=many", "bad_query"),
+    ] {
+        refused(
+            http.get(format!("{list}{q}")).send().await.unwrap(),
+            400,
+            code,
+        )
+        .await;
+    }
+    refused(
+        http.get(format!("{list}/junk")).send().await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    refused(
+        http.get(format!("{list}/1-0")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    // An empty queue is no error.
+    let v = get_json(&http, &list, 200).await;
+    assert_eq!(v, json!({ "items": [], "next": null }));
+    let r = post_json(&http, &replay, json!({ "all": true }), 200).await;
+    assert_eq!(
+        r,
+        json!({ "dry_run": false, "matched": 0, "replayed": 0, "gone": 0, "items": [] })
+    );
+    let r = post_json(&http, &replay, json!({ "ids": ["1-0"] }), 200).await;
+    assert_eq!((&r["matched"], &r["gone"]), (&json!(1), &json!(1)), "{r}");
+    o.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_overview_count_exactly() {
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = reqwest::Client::new();
+    let client = sdk_client(&redis).await;
+    let dlq = client.dead_letters();
+    let dead = |n: u32| {
+        agent_sdk::schemas::DeadLetter::from_entry(
+            "0-1",
+            &[
+                ("agent_type".to_owned(), b"x".to_vec()),
+                ("reason".to_owned(), b"permanent".to_vec()),
+                ("error".to_owned(), format!("boom {n}").into_bytes()),
+                ("attempts".to_owned(), b"1".to_vec()),
+                ("failed_at_ms".to_owned(), b"1".to_vec()),
+                ("raw.body".to_owned(), b"{}".to_vec()),
+            ],
+        )
+        .unwrap()
+    };
+
+    // st1: three waiting (one of them read and not acknowledged), two
+    // delayed, four dead. st2: one dead letter, nothing else.
+    let st1 = agent_type("st1");
+    let mut c = conn(&redis).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys().tasks(&st1))
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        client
+            .enqueue(
+                &st1,
+                &json!({ "i": i }),
+                agent_sdk::EnqueueOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        client
+            .enqueue(
+                &st1,
+                &json!({ "later": i }),
+                agent_sdk::EnqueueOptions {
+                    delay: Some(Duration::from_secs(3600)),
+                    ..agent_sdk::EnqueueOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("c1")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(keys().tasks(&st1))
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for n in 0..4 {
+        dlq.import(&st1, &dead(n)).await.unwrap();
+    }
+    dlq.import(&agent_type("st2"), &dead(9)).await.unwrap();
+
+    let v = get_json(&http, &o.api("/streams"), 200).await;
+    let streams = v["streams"].as_array().unwrap();
+    let by_type = |t: &str| {
+        streams
+            .iter()
+            .find(|s| s["agent_type"] == t)
+            .unwrap_or_else(|| panic!("{t} missing: {v}"))
+            .clone()
+    };
+    let mut s1 = by_type("st1");
+    let age = s1["oldest_pending_age_ms"].as_u64().unwrap();
+    assert!(age < 60_000, "{s1}");
+    s1["oldest_pending_age_ms"] = json!("checked");
+    assert_eq!(
+        s1,
+        json!({ "agent_type": "st1", "backlog": 3, "pending": 1,
+                "oldest_pending_age_ms": "checked", "consumers": 1,
+                "delayed": 2, "dlq": 4, "lag": 2 })
+    );
+    assert_eq!(
+        by_type("st2"),
+        json!({ "agent_type": "st2", "backlog": 0, "pending": 0,
+                "oldest_pending_age_ms": null, "consumers": 0,
+                "delayed": 0, "dlq": 1, "lag": null })
+    );
+    // Sorted by name, and nothing else has anything (the sdlc agents'
+    // results streams exist, with nothing in the queues).
+    let names: Vec<&str> = streams
+        .iter()
+        .map(|s| s["agent_type"].as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    for s in streams {
+        if s["agent_type"] != "st1" && s["agent_type"] != "st2" {
+            assert_eq!(
+                (&s["backlog"], &s["pending"], &s["delayed"], &s["dlq"]),
+                (&json!(0), &json!(0), &json!(0), &json!(0)),
+                "{s}"
+            );
+        }
+    }
+    let v = get_json(&http, &o.api("/dlq"), 200).await;
+    let counts: std::collections::BTreeMap<&str, u64> = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["agent_type"].as_str().unwrap(),
+                q["count"].as_u64().unwrap(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        counts,
+        std::collections::BTreeMap::from([("st1", 4), ("st2", 1)])
+    );
+
+    // Overview: workflows by status. Nothing yet.
+    let v = get_json(&http, &o.api("/overview"), 200).await;
+    assert_eq!(
+        v,
+        json!({ "workflows": {
+            "active": { "pending": 0, "running": 0, "awaiting_approval": 0, "blocked": 0, "compensating": 0 },
+            "recent_ended": { "completed": 0, "failed": 0, "cancelled": 0 },
+            "recent_window": 1000 } })
+    );
+    let r = http
+        .post(o.api("/definitions"))
+        .header("content-type", "application/yaml")
+        .body(GATED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let workflows = o.api("/workflows");
+    let start = |definition: &str, id: &str| {
+        post_json(
+            &http,
+            &workflows,
+            json!({ "definition": definition, "id": id }),
+            201,
+        )
+    };
+    let status = |v: &Value| v["status"].as_str().unwrap().to_owned();
+    assert_eq!(status(&start("gated", "g-wait").await), "awaiting_approval");
+    start("gated", "g-cancel").await;
+    let v = post_json(&http, &o.api("/workflows/g-cancel/cancel"), json!({}), 200).await;
+    assert_eq!(status(&v), "cancelled");
+    start("gated", "g-reject").await;
+    let v = post_json(
+        &http,
+        &o.api("/workflows/g-reject/stages/build/reject"),
+        json!({}),
+        200,
+    )
+    .await;
+    assert_eq!(status(&v), "failed");
+    // No scaffold agent runs: its stage stays running, and a cancelled one
+    // waits for it while compensating.
+    assert_eq!(status(&start("sdlc", "s-run").await), "running");
+    start("sdlc", "s-cancel").await;
+    let v = post_json(&http, &o.api("/workflows/s-cancel/cancel"), json!({}), 200).await;
+    assert_eq!(status(&v), "compensating");
+    let v = get_json(&http, &o.api("/overview"), 200).await;
+    assert_eq!(
+        v,
+        json!({ "workflows": {
+            "active": { "pending": 0, "running": 1, "awaiting_approval": 1, "blocked": 0, "compensating": 1 },
+            "recent_ended": { "completed": 0, "failed": 1, "cancelled": 1 },
+            "recent_window": 1000 } })
+    );
+    // The two scaffold tasks wait in their stream.
+    let v = get_json(&http, &o.api("/streams"), 200).await;
+    let scaffold = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["agent_type"] == "scaffold")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&scaffold["backlog"], &scaffold["pending"], &scaffold["dlq"]),
+        (&json!(2), &json!(0), &json!(0)),
+        "{scaffold}"
+    );
+    o.shutdown().await;
+}

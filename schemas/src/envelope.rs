@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// `I` is the agent's input type; readers that do not know it use the default
 /// `serde_json::Value`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[schemars(title = "TaskEnvelope")]
 pub struct TaskEnvelope<I = serde_json::Value> {
     /// Protocol version: 1.
@@ -17,6 +18,7 @@ pub struct TaskEnvelope<I = serde_json::Value> {
     /// result is stored under it.
     pub id: String,
     /// The agent's input.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Value))]
     pub input: I,
     /// Workflow this task belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +60,7 @@ impl<I> TaskEnvelope<I> {
 
 /// How a task ended, as published on the results stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// The handler returned an output.
@@ -78,6 +81,7 @@ impl TaskStatus {
 
 /// What kind of failure an error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The handler said the failure may pass on a later attempt.
@@ -99,6 +103,7 @@ pub enum ErrorKind {
 
 /// An error as carried in results and dead letters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     /// What kind of failure.
     pub kind: ErrorKind,
@@ -115,6 +120,7 @@ pub struct ErrorInfo {
 /// It is written in the encoding the task arrived in, so a JSON producer reads
 /// JSON back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[schemars(title = "ResultEnvelope")]
 pub struct ResultEnvelope<O = serde_json::Value> {
     /// Protocol version: 1.
@@ -127,6 +133,7 @@ pub struct ResultEnvelope<O = serde_json::Value> {
     pub status: TaskStatus,
     /// The handler's output, when `status` is `succeeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Value>))]
     pub output: Option<O>,
     /// The last error, when `status` is `dead_lettered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

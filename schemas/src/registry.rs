@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Whether an instance takes new work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     /// Reading and running tasks.
@@ -29,6 +30,7 @@ impl AgentStatus {
 
 /// One live agent instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[schemars(title = "AgentRecord")]
 pub struct AgentRecord {
     /// Instance id, also its consumer name in the group.

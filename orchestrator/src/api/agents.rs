@@ -2,7 +2,7 @@
 //! type whether a registered definition needs it while none is live.
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::{ApiErrorBody, ApiResult};
 use agent_sdk::schemas::AgentRecord;
 use axum::Json;
 use axum::extract::State;
@@ -10,8 +10,10 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One agent type's liveness.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AgentTypeView)]
 pub struct TypeView {
+    /// The agent type.
     agent_type: String,
     /// Live instances.
     live: usize,
@@ -22,13 +24,29 @@ pub struct TypeView {
 }
 
 /// Answer of `GET /agents`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentsView {
+    /// Live instances, from the registry.
     agents: Vec<AgentRecord>,
+    /// Every agent type live or needed by a definition, by name.
     types: Vec<TypeView>,
 }
 
-/// `GET /agents`.
+/// Live agents
+///
+/// `GET /agents` — live instances, and per agent type: live count,
+/// definitions needing it, `warning` when needed and none live.
+#[utoipa::path(
+    get,
+    path = "/agents",
+    tag = "agents",
+    operation_id = "list_agents",
+    responses(
+        (status = 200, description = "Instances and types", body = AgentsView),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<AgentsView>> {
     let agents = state.engine().client().agents().await?;
     let mut conn = state.conn().await?;

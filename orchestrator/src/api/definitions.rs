@@ -1,7 +1,7 @@
 //! `/api/v1/definitions...`: register (YAML or JSON), list, get.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, body_rejection};
+use super::error::{ApiError, ApiErrorBody, ApiResult, body_rejection};
 use super::extract::ApiQuery;
 use crate::definition::Definition;
 use axum::Json;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// A definition with its plan, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DefinitionView {
     #[serde(flatten)]
     definition: Definition,
@@ -29,9 +29,39 @@ fn view(def: &Definition) -> ApiResult<DefinitionView> {
     })
 }
 
+/// Register a definition
+///
 /// `POST /definitions` — body YAML (`application/yaml`, `text/yaml`) or JSON
 /// (`application/json`). 201 with the new version, 200 if it equals the
 /// latest version already registered.
+#[utoipa::path(
+    post,
+    path = "/definitions",
+    tag = "definitions",
+    operation_id = "register_definition",
+    request_body(
+        description = "The definition (its `version` is assigned, any given is ignored)",
+        content(
+            (Definition = "application/json"),
+            (Definition = "application/yaml"),
+            (Definition = "application/x-yaml"),
+            (Definition = "text/yaml"),
+            (Definition = "text/x-yaml"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Registered as a new version", body = DefinitionView,
+            headers(("Location" = String, description = "`/api/v1/definitions/{name}?version={version}`"))),
+        (status = 200, description = "Equal to the latest version: nothing registered", body = DefinitionView,
+            headers(("Location" = String, description = "`/api/v1/definitions/{name}?version={version}`"))),
+        (status = 400, description = "`malformed_definition`: not YAML or JSON of a definition; `bad_request`: not UTF-8; `bad_body`: the body could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor YAML", body = ApiErrorBody),
+        (status = 422, description = "`invalid_definition`: a cycle, an unknown dependency, a bad name… (the stage is named)", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn create(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
     let content_type = req
         .headers()
@@ -85,20 +115,25 @@ pub async fn create(State(state): State<AppState>, req: Request) -> ApiResult<Re
 }
 
 /// One line of the definitions list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DefinitionSummary {
+    /// Definition name.
     name: String,
     /// Latest version.
     version: u32,
+    /// What the workflow is for.
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
+    /// How many stages.
     stages: usize,
+    /// Agent types its stages run on, sorted.
     agents: Vec<String>,
 }
 
 /// The definitions list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DefinitionList {
+    /// Every definition at its latest version, by name.
     items: Vec<DefinitionSummary>,
 }
 
@@ -115,7 +150,20 @@ fn summary(d: &Arc<Definition>) -> DefinitionSummary {
     }
 }
 
+/// List definitions
+///
 /// `GET /definitions` — every definition at its latest version.
+#[utoipa::path(
+    get,
+    path = "/definitions",
+    tag = "definitions",
+    operation_id = "list_definitions",
+    responses(
+        (status = 200, description = "The latest version of each", body = DefinitionList),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DefinitionList>> {
     let mut conn = state.conn().await?;
     let defs = state.engine().catalog().latest_all(&mut conn).await?;
@@ -125,13 +173,34 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DefinitionLis
 }
 
 /// Query of `GET /definitions/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
+    /// This version (the latest by default).
+    #[param(minimum = 1)]
     version: Option<u32>,
 }
 
-/// `GET /definitions/{name}?version=` — one version (the latest by default).
+/// One definition
+///
+/// `GET /definitions/{name}?version=` — one version (the latest by default)
+/// with its parallel levels.
+#[utoipa::path(
+    get,
+    path = "/definitions/{name}",
+    tag = "definitions",
+    operation_id = "get_definition",
+    params(("name" = String, Path, description = "Definition name"), GetQuery),
+    responses(
+        (status = 200, description = "The definition and its levels", body = DefinitionView),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad version", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
+        (status = 422, description = "`invalid_definition`: the stored definition no longer validates", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -3,7 +3,7 @@
 //! `agentctl dlq`, from [`crate::admin`].
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use crate::admin::{
     self, DeadLetterDetail, DeadLetterSummary, DlqSummary, PurgeSelection, ReplayOptions,
@@ -24,12 +24,26 @@ pub(super) fn agent_type(s: &str) -> ApiResult<AgentType> {
 }
 
 /// Answer of `GET /dlq`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DlqQueues)]
 pub struct QueuesView {
+    /// One per agent type with any stream in the namespace, by name.
     queues: Vec<DlqSummary>,
 }
 
+/// Dead-letter queues
+///
 /// `GET /dlq` — every agent type's dead-letter count, oldest and newest.
+#[utoipa::path(
+    get,
+    path = "/dlq",
+    tag = "dlq",
+    operation_id = "list_dlqs",
+    responses(
+        (status = 200, description = "Every agent type's queue", body = QueuesView),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn queues(State(state): State<AppState>) -> ApiResult<Json<QueuesView>> {
     let mut conn = state.conn().await?;
     let keys = state.engine().keys();
@@ -39,7 +53,8 @@ pub async fn queues(State(state): State<AppState>) -> ApiResult<Json<QueuesView>
 }
 
 /// Filters of `GET /dlq/{type}` and of a replay or purge by filter.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FilterQuery {
     /// Only errors containing this text (case-insensitive).
@@ -49,12 +64,15 @@ pub struct FilterQuery {
     #[serde(default)]
     workflow: Option<String>,
     /// Only those failed since: a duration ago (`2h`) or an RFC 3339 time.
+    #[param(example = "2h")]
     #[serde(default)]
     since: Option<String>,
     /// Page size (1–1000, 50 by default); lists only.
+    #[param(minimum = 1, maximum = 1000)]
     #[serde(default)]
     limit: Option<usize>,
     /// Start after this entry id (the `next` of the previous page); lists only.
+    #[param(example = "1700000000000-0")]
     #[serde(default)]
     after: Option<String>,
 }
@@ -93,14 +111,32 @@ impl FilterQuery {
 }
 
 /// Answer of `GET /dlq/{type}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterPage)]
 pub struct DeadLetterPageView {
+    /// Oldest first.
     items: Vec<DeadLetterSummary>,
-    /// Pass as `after` for the next page; null on the last.
+    /// Pass as `after` for the next page; null when this page is not full
+    /// (a full last page is followed by an empty one).
     next: Option<String>,
 }
 
+/// List dead letters
+///
 /// `GET /dlq/{type}` — dead letters, oldest first, filtered and paged.
+#[utoipa::path(
+    get,
+    path = "/dlq/{agent_type}",
+    tag = "dlq",
+    operation_id = "list_dead_letters",
+    params(("agent_type" = String, Path, description = "Agent type"), FilterQuery),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLetterPageView),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: a bad `after`, `limit` or `since`", body = ApiErrorBody),
+        (status = 422, description = "`invalid`: a bad agent type", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(agent): Path<String>,
@@ -119,7 +155,24 @@ pub async fn list(
     }))
 }
 
-/// `GET /dlq/{type}/{id}` — one dead letter in full.
+/// One dead letter
+///
+/// `GET /dlq/{type}/{id}` — one dead letter in full: the entry, the task
+/// envelope decoded from its raw body (or why it cannot be), the raw fields.
+#[utoipa::path(
+    get,
+    path = "/dlq/{agent_type}/{id}",
+    tag = "dlq",
+    operation_id = "get_dead_letter",
+    params(("agent_type" = String, Path, description = "Agent type"), ("id" = String, Path, description = "DLQ entry id", example = "1700000000000-0")),
+    responses(
+        (status = 200, description = "The dead letter", body = DeadLetterDetail),
+        (status = 400, description = "`bad_request`: the id is not an entry id", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter", body = ApiErrorBody),
+        (status = 422, description = "`invalid`: a bad agent type", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path((agent, id)): Path<(String, String)>,
@@ -142,7 +195,8 @@ pub async fn show(
 
 /// Body of `POST /dlq/{type}/replay` and `/purge`: exactly one of `ids`,
 /// `all`, a filter (and for purge, `older_than`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterSelection)]
 #[serde(deny_unknown_fields)]
 pub struct SelectionRequest {
     /// These entry ids.
@@ -152,6 +206,7 @@ pub struct SelectionRequest {
     #[serde(default)]
     all: bool,
     /// Purge only: those dead-lettered more than this long ago (`7d`).
+    #[schema(example = "7d")]
     #[serde(default)]
     older_than: Option<String>,
     /// Only errors containing this text.
@@ -207,9 +262,27 @@ impl SelectionRequest {
 const SELECT_ONE: &str = "say which dead letters: exactly one of ids, all: true, \
                           or filters (error_contains, workflow, since)";
 
+/// Replay dead letters
+///
 /// `POST /dlq/{type}/replay` — moves dead letters back to the task stream
 /// with attempts reset, atomically per entry; `dry_run` shows what would
 /// move.
+#[utoipa::path(
+    post,
+    path = "/dlq/{agent_type}/replay",
+    tag = "dlq",
+    operation_id = "replay_dead_letters",
+    params(("agent_type" = String, Path, description = "Agent type")),
+    request_body(content = SelectionRequest, description = "Exactly one of `ids`, `all: true`, or filters (`error_contains`, `workflow`, `since`); `dry_run` optional"),
+    responses(
+        (status = 200, description = "What happened to each selected dead letter", body = ReplayReport),
+        (status = 400, description = "`bad_request`: not exactly one selection, a bad id, a filter value or an option of the other operation; `malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Path(agent): Path<String>,
@@ -249,12 +322,31 @@ pub async fn replay(
 }
 
 /// Answer of `POST /dlq/{type}/purge`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Purged {
+    /// Dead letters deleted.
     purged: u64,
 }
 
+/// Purge dead letters
+///
 /// `POST /dlq/{type}/purge` — deletes dead letters for good.
+#[utoipa::path(
+    post,
+    path = "/dlq/{agent_type}/purge",
+    tag = "dlq",
+    operation_id = "purge_dead_letters",
+    params(("agent_type" = String, Path, description = "Agent type")),
+    request_body(content = SelectionRequest, description = "Exactly one of `ids`, `all: true`, `older_than`, or filters (`error_contains`, `workflow`, `since`)"),
+    responses(
+        (status = 200, description = "How many were deleted", body = Purged),
+        (status = 400, description = "`bad_request`: not exactly one selection, a bad id, a filter value or an option of the other operation; `malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn purge(
     State(state): State<AppState>,
     Path(agent): Path<String>,

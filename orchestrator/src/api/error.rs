@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 /// An error answer.
 #[derive(Debug)]
@@ -54,13 +54,39 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiErrorBody {
+    /// What went wrong.
+    pub error: ApiErrorDetail,
+}
+
+/// The `error` of an [`ApiErrorBody`].
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiErrorDetail {
+    /// Stable machine-readable code: `malformed_json`, `bad_query`,
+    /// `bad_request`, `bad_body`, `malformed_definition` (400),
+    /// `unauthorized` (401), `not_found`, `no_result`, `no_route` (404),
+    /// `method_not_allowed` (405), `conflict` (409), `body_too_large` (413),
+    /// `unsupported_media_type` (415), `invalid`, `invalid_body`,
+    /// `invalid_definition` (422), `internal` (500), `unavailable`,
+    /// `not_ready` (503).
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// For people.
+    #[schema(example = "workflow \"wf-1\" not found")]
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response();
+        let body = ApiErrorBody {
+            error: ApiErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut r = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -9,7 +9,7 @@
 //!   the stream up, so a lost message delays an event, never drops it.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::ApiQuery;
 use super::workflows::is_entry_id;
 use axum::extract::{Path, State};
@@ -33,7 +33,22 @@ fn into_sse(rx: mpsc::Receiver<Event>) -> Response {
         .into_response()
 }
 
-/// `GET /events` — every change, live.
+/// Every workflow change, live
+///
+/// `GET /events` — server-sent events: a `change` event per stored
+/// transition of any workflow (data: a `WorkflowChange` as JSON), a
+/// `lagged` event when this client fell behind and changes were skipped
+/// (re-read the state); keep-alive comments in between.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    operation_id = "all_events",
+    responses(
+        (status = 200, description = "An endless event stream: `change` events (data: `WorkflowChange`), `lagged` events",
+            content_type = "text/event-stream", body = String),
+    )
+)]
 pub async fn all(State(state): State<AppState>) -> Response {
     let mut changes = state.inner.changes.subscribe();
     let stop = state.inner.stop.clone();
@@ -63,13 +78,41 @@ pub async fn all(State(state): State<AppState>) -> Response {
 }
 
 /// Query of the per-workflow stream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
+    /// Start after this log entry id (`Last-Event-ID` wins when both are given).
+    #[param(example = "1700000000000-0")]
     after: Option<String>,
 }
 
-/// `GET /workflows/{id}/events` — the event log, then live.
+/// A workflow's events, live
+///
+/// `GET /workflows/{id}/events` — server-sent events: the workflow's event
+/// log from the start (or after `Last-Event-ID` / `?after=`), then live, a
+/// `transition` event per entry (SSE id: the log entry id; data: a
+/// `LogEntry` as JSON); an `end` event (`{"workflow_id", "ended": true}`)
+/// once the workflow has ended, and the stream closes.
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}/events",
+    tag = "events",
+    operation_id = "workflow_events",
+    params(
+        ("id" = String, Path, description = "Workflow id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this log entry id"),
+        StreamQuery,
+    ),
+    responses(
+        (status = 200, description = "An event stream: `transition` events (data: `LogEntry`), then `end`",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_request`: not an event id; `bad_query`: an unknown parameter", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn workflow(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,14 +1,14 @@
 //! `/health`, `/ready` and `/metrics`.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiErrorBody, ApiResult};
 use crate::store::{ALL_STATUSES, parse_status, status_str};
 use agent_sdk::schemas::{AgentType, ORCHESTRATOR_GROUP};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::OnceLock;
@@ -30,16 +30,59 @@ pub fn install_metrics() {
     });
 }
 
-/// `GET /health` — the process is up.
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Answer of `GET /health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
+/// Liveness
+///
+/// `GET /health` — the process is up.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    operation_id = "health",
+    responses((status = 200, description = "Up", body = Health))
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Answer of `GET /ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// The agent types whose results streams this process consumes.
+    results_streams: Vec<String>,
+}
+
+/// Readiness
+///
 /// `GET /ready` — Redis answers and every watched results stream has the
 /// `orchestrator` group; 503 naming what is missing otherwise.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "`not_ready`: Redis does not answer or a consumer group is missing", body = ApiErrorBody),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> Response {
     match check_ready(&state).await {
-        Ok(types) => Json(json!({ "status": "ready", "results_streams": types })).into_response(),
+        Ok(types) => Json(Ready {
+            status: "ready",
+            results_streams: types,
+        })
+        .into_response(),
         Err(e) => {
             let mut r = e.into_response();
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -86,9 +129,22 @@ async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
     Ok(types)
 }
 
+/// Prometheus metrics
+///
 /// `GET /metrics` — Prometheus text: this process's counters and
 /// histograms, plus figures read from Redis at each scrape (workflows by
 /// status, backlog, delayed and DLQ size per agent type).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let mut out = String::new();
     let mut conn = state.conn().await?;

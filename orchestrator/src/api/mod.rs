@@ -2,6 +2,12 @@
 //! `/metrics`. See `orchestrator/README.md` for every route with curl
 //! examples.
 //!
+//! Every route but the dashboard's `/` is registered through utoipa-axum's
+//! [`OpenApiRouter`] from a handler annotated with `#[utoipa::path]`, so
+//! the router and its OpenAPI document ([`openapi`], served at
+//! `/api/v1/openapi.json`) are built by the same code and cannot drift: a
+//! route cannot be served without being described.
+//!
 //! Handlers take pooled connections (deadpool-redis, with a checkout
 //! timeout); dispatch goes through the engine's own long-lived connection.
 
@@ -9,6 +15,7 @@ mod agents;
 mod dashboard;
 mod definitions;
 mod dlq;
+mod doc;
 pub mod error;
 mod events;
 mod extract;
@@ -19,18 +26,22 @@ mod workflows;
 
 use crate::engine::Engine;
 use crate::store::Change;
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
+use axum::{Extension, Router};
+pub use doc::openapi_json;
 use error::ApiError;
 pub use health::install_metrics;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
@@ -76,55 +87,69 @@ impl AppState {
     }
 }
 
-/// The whole router: `/api/v1/...` (behind the token when one is set),
-/// `/health`, `/ready`, `/metrics`. Bodies over `max_body` bytes get 413.
+/// The whole router: `/api/v1/...` (behind the token when one is set, but
+/// for `/api/v1/openapi.json`), `/health`, `/ready`, `/metrics`, and the
+/// dashboard at `/`. Bodies over `max_body` bytes get 413.
 pub fn router(state: AppState, max_body: usize) -> Router {
-    let api = Router::new()
-        .route("/workflows", post(workflows::create).get(workflows::list))
-        .route("/workflows/{id}", get(workflows::get))
-        .route("/workflows/{id}/log", get(workflows::log))
-        .route("/workflows/{id}/events", get(events::workflow))
-        .route("/workflows/{id}/cancel", post(workflows::cancel))
-        .route("/workflows/{id}/abort", post(workflows::abort))
-        .route(
-            "/workflows/{id}/stages/{stage}/approve",
-            post(workflows::approve),
-        )
-        .route(
-            "/workflows/{id}/stages/{stage}/reject",
-            post(workflows::reject),
-        )
-        .route(
-            "/workflows/{id}/stages/{stage}/replay",
-            post(workflows::replay),
-        )
-        .route("/events", get(events::all))
-        .route(
-            "/definitions",
-            post(definitions::create).get(definitions::list),
-        )
-        .route("/definitions/{name}", get(definitions::get))
-        .route("/tasks/{agent_type}", post(tasks::submit))
-        .route("/tasks/{agent_type}/{task_id}", get(tasks::result))
-        .route("/agents", get(agents::list))
-        .route("/overview", get(streams::overview))
-        .route("/streams", get(streams::streams))
-        .route("/dlq", get(dlq::queues))
-        .route("/dlq/{agent_type}", get(dlq::list))
-        .route("/dlq/{agent_type}/replay", post(dlq::replay))
-        .route("/dlq/{agent_type}/purge", post(dlq::purge))
-        .route("/dlq/{agent_type}/{id}", get(dlq::show))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .nest("/api/v1", api)
+    let auth = middleware::from_fn_with_state(state.clone(), auth);
+    let (routes, document) = parts(|api| api.route_layer(auth));
+    let document = doc::Document::new(&document);
+    routes
+        // Not part of the API: an HTML page, left out of the document.
         .route("/", get(dashboard::page))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(Extension(document))
         .with_state(state)
+}
+
+/// The OpenAPI document of the API: what `/api/v1/openapi.json` serves and
+/// `orchestrator openapi` prints. Built by the same code as the router.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts(|api| api).1
+}
+
+/// The routes and their document, built together. `protect` is applied to
+/// the `/api/v1` routes that need the token (the server passes the auth
+/// `route_layer`); every operation registered before it is marked in the
+/// document as needing the bearer token, the ones after it are not.
+fn parts(
+    protect: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut api = OpenApiRouter::new()
+        .routes(routes!(workflows::create, workflows::list))
+        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::log))
+        .routes(routes!(events::workflow))
+        .routes(routes!(workflows::cancel))
+        .routes(routes!(workflows::abort))
+        .routes(routes!(workflows::approve))
+        .routes(routes!(workflows::reject))
+        .routes(routes!(workflows::replay))
+        .routes(routes!(events::all))
+        .routes(routes!(definitions::create, definitions::list))
+        .routes(routes!(definitions::get))
+        .routes(routes!(tasks::submit))
+        .routes(routes!(tasks::result))
+        .routes(routes!(agents::list))
+        .routes(routes!(streams::overview))
+        .routes(routes!(streams::streams))
+        .routes(routes!(dlq::queues))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay))
+        .routes(routes!(dlq::purge))
+        .routes(routes!(dlq::show));
+    doc::require_token(api.get_openapi_mut());
+    let api = protect(api).routes(routes!(doc::serve));
+    let (routes, mut document) = OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    doc::open_flattened(&mut document);
+    (routes, document)
 }
 
 async fn not_found() -> ApiError {

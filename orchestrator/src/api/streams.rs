@@ -3,19 +3,33 @@
 //! the backlog, pending, delayed and dead tasks.
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::{ApiErrorBody, ApiResult};
 use crate::admin::{self, StreamStats, WorkflowCounts};
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 
 /// Answer of `GET /overview`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overview {
+    /// Workflows by status.
     workflows: WorkflowCounts,
 }
 
-/// `GET /overview` — workflows by status.
+/// Overview
+///
+/// `GET /overview` — workflows by status: exact for those not ended, over
+/// the newest `recent_window` for the ended ones.
+#[utoipa::path(
+    get,
+    path = "/overview",
+    tag = "streams",
+    operation_id = "overview",
+    responses(
+        (status = 200, description = "Workflows by status", body = Overview),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn overview(State(state): State<AppState>) -> ApiResult<Json<Overview>> {
     let mut conn = state.conn().await?;
     let workflows = admin::workflow_counts(state.engine().store(), &mut conn).await?;
@@ -23,13 +37,26 @@ pub async fn overview(State(state): State<AppState>) -> ApiResult<Json<Overview>
 }
 
 /// Answer of `GET /streams`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StreamsView {
+    /// One per agent type with any stream in the namespace, by name.
     streams: Vec<StreamStats>,
 }
 
+/// Task streams
+///
 /// `GET /streams` — per agent type: backlog, pending, oldest pending age,
 /// consumers, delayed, dead letters, lag.
+#[utoipa::path(
+    get,
+    path = "/streams",
+    tag = "streams",
+    operation_id = "list_streams",
+    responses(
+        (status = 200, description = "Every agent type's queues", body = StreamsView),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn streams(State(state): State<AppState>) -> ApiResult<Json<StreamsView>> {
     let mut conn = state.conn().await?;
     let keys = state.engine().keys();

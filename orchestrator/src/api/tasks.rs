@@ -2,7 +2,7 @@
 //! its result.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use agent_sdk::EnqueueOptions;
 use agent_sdk::schemas::{AgentType, ResultEnvelope};
@@ -31,7 +31,7 @@ fn duration(what: &str, s: &Option<String>) -> ApiResult<Option<Duration>> {
 }
 
 /// Body of `POST /tasks/{agent_type}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The task input.
@@ -40,26 +40,50 @@ pub struct SubmitRequest {
     #[serde(default)]
     idempotency_key: Option<String>,
     /// Run no sooner than this (`10s`).
+    #[schema(example = "10s")]
     #[serde(default)]
     delay: Option<String>,
     /// Handler timeout (`30s`).
+    #[schema(example = "30s")]
     #[serde(default)]
     timeout: Option<String>,
-    /// Attempts allowed.
+    /// Attempts allowed, 1–100.
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(default)]
     max_attempts: Option<u32>,
 }
 
 /// Answer of `POST /tasks/{agent_type}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Submitted {
+    /// The task id (the handle of its result).
     task_id: String,
+    /// The agent type.
     agent_type: String,
     /// True when the idempotency key was used before (nothing was added).
     duplicate: bool,
 }
 
+/// Submit a task
+///
 /// `POST /tasks/{agent_type}` — 202 with the task id and a `Location` for its result.
+#[utoipa::path(
+    post,
+    path = "/tasks/{agent_type}",
+    tag = "tasks",
+    operation_id = "submit_task",
+    params(("agent_type" = String, Path, description = "Agent type")),
+    request_body = SubmitRequest,
+    responses(
+        (status = 202, description = "Enqueued (or a duplicate of the same idempotency key)", body = Submitted,
+            headers(("Location" = String, description = "`/api/v1/tasks/{agent_type}/{task_id}`"))),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Path(t): Path<String>,
@@ -98,14 +122,36 @@ pub async fn submit(
 }
 
 /// Query of `GET /tasks/{agent_type}/{task_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultQuery {
     /// Wait up to this long for the result (`5s`, at most 30s).
+    #[param(example = "5s")]
     wait: Option<String>,
 }
 
+/// A task's result
+///
 /// `GET /tasks/{agent_type}/{task_id}?wait=5s` — the result, or 404 while there is none.
+#[utoipa::path(
+    get,
+    path = "/tasks/{agent_type}/{task_id}",
+    tag = "tasks",
+    operation_id = "task_result",
+    params(
+        ("agent_type" = String, Path, description = "Agent type"),
+        ("task_id" = String, Path, description = "Task id"),
+        ResultQuery,
+    ),
+    responses(
+        (status = 200, description = "The result", body = ResultEnvelope),
+        (status = 400, description = "`bad_query`: an unknown parameter", body = ApiErrorBody),
+        (status = 404, description = "`no_result`: no result yet, or it expired", body = ApiErrorBody),
+        (status = 422, description = "`invalid`: a bad agent type, task id or wait", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn result(
     State(state): State<AppState>,
     Path((t, task_id)): Path<(String, String)>,

@@ -1,7 +1,7 @@
 //! `/api/v1/workflows...`: create, read, list, operator actions, event log.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::engine::{NewWorkflow, Outcome};
 use crate::machine::{Event, StageStatus, Workflow};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Body of `POST /workflows`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Definition name.
@@ -24,7 +24,7 @@ pub struct CreateRequest {
     /// Definition version (the latest when absent).
     #[serde(default)]
     version: Option<u32>,
-    /// Workflow input, passed to every stage.
+    /// Workflow input, passed to every stage (null when absent).
     #[serde(default)]
     input: Value,
     /// Workflow id (1–48 of `A-Z a-z 0-9 - _ .`); generated when absent.
@@ -32,8 +32,9 @@ pub struct CreateRequest {
     id: Option<String>,
 }
 
-/// A workflow as the API shows it.
-#[derive(Debug, Serialize)]
+/// A workflow as the API shows it: its state, plus `version`, `progress`
+/// and `stage_details`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkflowView {
     #[serde(flatten)]
     workflow: Workflow,
@@ -45,13 +46,18 @@ pub struct WorkflowView {
     stage_details: Vec<StageDetail>,
 }
 
-#[derive(Debug, Serialize)]
+/// One stage of a workflow, as its definition says.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct StageDetail {
+    /// Stage name.
     name: String,
+    /// Agent type that runs it.
     agent: String,
+    /// Stages that must complete first.
     depends_on: Vec<String>,
     /// Dispatch number of the current run (1 = first; a replay keeps it).
     attempt: u32,
+    /// From its last dispatch to its end, once it has ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_ms: Option<u64>,
 }
@@ -103,7 +109,28 @@ fn location(id: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("/api/v1/workflows"))
 }
 
+/// Start a workflow
+///
 /// `POST /workflows` — 201 with the workflow and its `Location`.
+#[utoipa::path(
+    post,
+    path = "/workflows",
+    tag = "workflows",
+    operation_id = "create_workflow",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created and started", body = WorkflowView,
+            headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: a workflow with this id exists", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateRequest>,
@@ -139,7 +166,23 @@ async fn load(
     }
 }
 
-/// `GET /workflows/{id}`.
+/// One workflow
+///
+/// `GET /workflows/{id}`: status, progress, every stage (status, attempt,
+/// times, duration, output or error, compensation).
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}",
+    tag = "workflows",
+    operation_id = "get_workflow",
+    params(("id" = String, Path, description = "Workflow id")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -150,16 +193,39 @@ pub async fn get(
 }
 
 /// Query of `GET /workflows`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only workflows with this status: pending, running, awaiting_approval,
+    /// blocked, compensating, completed, failed, cancelled.
     status: Option<String>,
+    /// Only workflows of this definition.
     definition: Option<String>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1–1000 (50 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
-/// `GET /workflows?status=&definition=&limit=&cursor=` — newest first.
+/// List workflows
+///
+/// `GET /workflows?status=&definition=&limit=&cursor=` — newest first;
+/// `next` is the cursor of the next page.
+#[utoipa::path(
+    get,
+    path = "/workflows",
+    tag = "workflows",
+    operation_id = "list_workflows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of workflows, newest first", body = crate::store::Page),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: an unknown status or a limit out of range", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -194,10 +260,11 @@ pub async fn list(
     Ok(Json(page))
 }
 
-/// Body of cancel / abort / reject.
-#[derive(Debug, Default, Deserialize)]
+/// Body of cancel / abort / reject (optional: an empty body is `{}`).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    /// Why, for the log (at most 1024 bytes).
     #[serde(default)]
     reason: Option<String>,
 }
@@ -231,7 +298,27 @@ async fn act(
     }
 }
 
+/// Cancel a workflow
+///
 /// `POST /workflows/{id}/cancel` — stop dispatching, compensate, end `cancelled`.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/cancel",
+    tag = "workflows",
+    operation_id = "cancel_workflow",
+    params(("id" = String, Path, description = "Workflow id")),
+    request_body = Option<ReasonRequest>,
+    responses(
+        (status = 200, description = "Cancelling: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -247,7 +334,27 @@ pub async fn cancel(
     .await
 }
 
+/// Abort a workflow
+///
 /// `POST /workflows/{id}/abort` — compensate, end `failed` (for a blocked workflow).
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/abort",
+    tag = "workflows",
+    operation_id = "abort_workflow",
+    params(("id" = String, Path, description = "Workflow id")),
+    request_body = Option<ReasonRequest>,
+    responses(
+        (status = 200, description = "Aborting: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn abort(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -272,7 +379,24 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
     Ok((wf, v))
 }
 
-/// `POST /workflows/{id}/stages/{stage}/approve`.
+/// Approve a stage
+///
+/// `POST /workflows/{id}/stages/{stage}/approve` — an approval stage that
+/// waits is dispatched.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/stages/{stage}/approve",
+    tag = "workflows",
+    operation_id = "approve_stage",
+    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    responses(
+        (status = 200, description = "Approved: the workflow after the transition", body = WorkflowView),
+        (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn approve(
     State(state): State<AppState>,
     Path((id, stage)): Path<(String, String)>,
@@ -289,7 +413,28 @@ pub async fn approve(
     .await
 }
 
-/// `POST /workflows/{id}/stages/{stage}/reject`.
+/// Reject a stage
+///
+/// `POST /workflows/{id}/stages/{stage}/reject` — an approval stage that
+/// waits fails, and the workflow is compensated.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/stages/{stage}/reject",
+    tag = "workflows",
+    operation_id = "reject_stage",
+    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    request_body = Option<ReasonRequest>,
+    responses(
+        (status = 200, description = "Rejected: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn reject(
     State(state): State<AppState>,
     Path((id, stage)): Path<(String, String)>,
@@ -309,8 +454,25 @@ pub async fn reject(
     .await
 }
 
+/// Replay a dead-lettered stage
+///
 /// `POST /workflows/{id}/stages/{stage}/replay` — replays the dead letter of
 /// a dead-lettered stage; the workflow resumes when its result comes.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/stages/{stage}/replay",
+    tag = "workflows",
+    operation_id = "replay_stage",
+    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    responses(
+        (status = 200, description = "Replayed: the workflow after the transition", body = WorkflowView),
+        (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the stage is not dead-lettered, or its dead letter is gone", body = ApiErrorBody),
+        (status = 422, description = "`invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Path((id, stage)): Path<(String, String)>,
@@ -377,17 +539,24 @@ pub async fn replay(
 }
 
 /// Query of `GET /workflows/{id}/log`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
+    /// Only entries after this entry id (the `next` of the previous page).
+    #[param(example = "1700000000000-0")]
     after: Option<String>,
+    /// Page size, 1–10000 (1000 by default).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
 /// A page of the event log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogPage {
+    /// Oldest first.
     items: Vec<LogEntry>,
+    /// Pass as `after` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
 }
@@ -401,7 +570,23 @@ pub(super) fn is_entry_id(s: &str) -> bool {
     ok(parts.next()) && ok(parts.next())
 }
 
+/// A workflow's event log
+///
 /// `GET /workflows/{id}/log?after=&limit=` — the event log, oldest first.
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}/log",
+    tag = "workflows",
+    operation_id = "workflow_log",
+    params(("id" = String, Path, description = "Workflow id"), LogQuery),
+    responses(
+        (status = 200, description = "A page of the log, oldest first", body = LogPage),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: `after` is not an entry id or `limit` is out of range", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
 pub async fn log(
     State(state): State<AppState>,
     Path(id): Path<String>,

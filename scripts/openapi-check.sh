@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Validates the HTTP API's OpenAPI document with openapi-spec-validator
+# (PyPI), installed into a venv under target/ when missing.
+#
+#   scripts/openapi-check.sh        build the orchestrator, validate what
+#                                   `orchestrator openapi` prints
+#   scripts/openapi-check.sh FILE   validate FILE (orchestrator/tests/openapi.rs
+#                                   hands it the document it built)
+#
+# Exits non-zero when the document is invalid or cannot be made.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+VALIDATOR_VERSION=0.9.0
+target=${CARGO_TARGET_DIR:-target}
+venv="$target/openapi-venv"
+
+# python3 with its venv module (Debian splits ensurepip into python3-venv).
+ensure_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "installing python3 and python3-venv (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+}
+
+have_validator() {
+  "$venv/bin/python" -c "
+import sys
+from importlib.metadata import version
+sys.exit(version('openapi-spec-validator') != '$VALIDATOR_VERSION')
+" >/dev/null 2>&1
+}
+
+# The validator in its venv, at the pinned version. A venv left half-made
+# by a stopped run fails the check and is made anew; two runs at once take
+# turns (flock).
+ensure_validator() {
+  have_validator && return 0
+  ensure_python_venv
+  mkdir -p "$target"
+  exec 9>"$target/openapi-venv.lock"
+  flock 9
+  if ! have_validator; then
+    echo "installing openapi-spec-validator $VALIDATOR_VERSION into $venv (pip)..." >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==$VALIDATOR_VERSION"
+  fi
+  flock -u 9
+}
+
+doc=${1:-}
+tmp=""
+trap '[ -z "$tmp" ] || rm -f "$tmp"' EXIT
+if [ -z "$doc" ]; then
+  echo "== building the orchestrator" >&2
+  cargo build -q --locked -p orchestrator --bin orchestrator
+  tmp=$(mktemp -t openapi.XXXXXX.json)
+  "$target/debug/orchestrator" openapi >"$tmp"
+  doc=$tmp
+fi
+ensure_validator
+"$venv/bin/python" - "$doc" <<'PY'
+import sys
+
+import openapi_spec_validator as osv
+from openapi_spec_validator.readers import read_from_filename
+
+path = sys.argv[1]
+try:
+    spec, _ = read_from_filename(path)
+except Exception as e:  # not JSON at all
+    print(f"openapi-check: {path}: cannot read: {e}", file=sys.stderr)
+    sys.exit(1)
+if not isinstance(spec, dict):
+    print(f"openapi-check: {path}: not an OpenAPI document", file=sys.stderr)
+    sys.exit(1)
+version = str(spec.get("openapi", spec.get("swagger", "")))
+validator = {
+    "3.0": osv.OpenAPIV30SpecValidator,
+    "3.1": osv.OpenAPIV31SpecValidator,
+    "3.2": getattr(osv, "OpenAPIV32SpecValidator", None),
+}.get(version[:3])
+errors = []
+try:
+    if validator is None:
+        osv.validate(spec)
+    else:
+        for e in validator(spec).iter_errors():
+            errors.append(e)
+            if len(errors) == 50:
+                break
+except Exception as e:  # an unresolvable $ref and the like stop the walk
+    errors.append(e)
+if errors:
+    for e in errors:
+        where = "/".join(str(p) for p in getattr(e, "absolute_path", None) or [])
+        message = getattr(e, "message", None) or str(e)
+        print(f"openapi-check: INVALID at /{where}: {message[:300]}", file=sys.stderr)
+    print(f"openapi-check: {path}: {len(errors)} error(s)", file=sys.stderr)
+    sys.exit(1)
+ops = sum(
+    1
+    for item in spec.get("paths", {}).values()
+    for method in item
+    if method in ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+)
+print(
+    f"openapi-check: valid OpenAPI {version}: "
+    f"{len(spec.get('paths', {}))} paths, {ops} operations, "
+    f"{len(spec.get('components', {}).get('schemas', {}))} schemas"
+)
+PY
