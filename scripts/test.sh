@@ -21,6 +21,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the OpenAPI document (openapi-spec-validator, installed into target/ when missing)"
+bash scripts/openapi-check.sh
 echo "== doc tests"
 # First, so that a failure of the suite is among the last lines printed.
 cargo test --workspace --doc --locked
