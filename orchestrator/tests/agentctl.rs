@@ -75,15 +75,6 @@ async fn ctl(redis: &TestRedis, args: &[&str]) -> Ran {
     ctl_in(&redis.url(), NS, args, None).await
 }
 
-async fn xlen(redis: &TestRedis, key: &str) -> u64 {
-    let mut c = conn(redis).await;
-    redis::cmd("XLEN")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
 fn dlq_key(t: &str) -> String {
     keys().dlq(&agent_type(t))
 }

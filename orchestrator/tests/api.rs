@@ -765,15 +765,6 @@ const DLQ_TYPE: &str = "dlqa";
 /// Bytes no codec decodes: the worker dead-letters them as malformed.
 const GARBAGE: &[u8] = b"\xff\xfe not an envelope \x00";
 
-async fn xlen(redis: &TestRedis, key: &str) -> u64 {
-    let mut c = conn(redis).await;
-    redis::cmd("XLEN")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
 async fn dlq_len(redis: &TestRedis, t: &str) -> u64 {
     xlen(redis, &keys().dlq(&agent_type(t))).await
 }

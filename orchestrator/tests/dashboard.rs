@@ -12,7 +12,7 @@
 mod common;
 
 use agent_sdk::testing::TestRedis;
-use common::{Agents, InProcess, agent_type, conn, free_port, keys, wait_ended};
+use common::{Agents, InProcess, agent_type, free_port, keys, wait_ended, xlen};
 use fantoccini::{Client, ClientBuilder, Locator};
 use orchestrator::machine::WorkflowStatus;
 use serde_json::{Value, json};
@@ -248,12 +248,7 @@ return [s && s.getAttribute('data-status'), p && Number(p.getAttribute('data-pro
 "#;
 
 async fn xlen_dlq(redis: &TestRedis, agent: &str) -> u64 {
-    let mut c = conn(redis).await;
-    redis::cmd("XLEN")
-        .arg(keys().dlq(&agent_type(agent)))
-        .query_async(&mut c)
-        .await
-        .unwrap()
+    xlen(redis, &keys().dlq(&agent_type(agent))).await
 }
 
 async fn create(http: &reqwest::Client, o: &InProcess, input: Value) -> String {

@@ -383,6 +383,16 @@ pub async fn conn(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// `XLEN key`.
+pub async fn xlen(redis: &TestRedis, key: &str) -> u64 {
+    let mut c = conn(redis).await;
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
 pub fn store() -> WorkflowStore {
     WorkflowStore::new(keys())
 }
