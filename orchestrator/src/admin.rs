@@ -55,9 +55,20 @@ pub async fn agent_types<C: ConnectionLike + Send>(
     Ok(types)
 }
 
+/// A stream entry id (`ms-seq`, both decimal digits only) as numbers, for
+/// checking ids operators give and for ordering; `None` when it is not one.
+pub fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// The millisecond part of a stream entry id (`ms-seq`).
 pub fn entry_id_ms(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
+    parse_entry_id(id).map(|(ms, _)| ms)
 }
 
 /// One agent type's queues, as `agentctl streams` and `GET /streams` show.
@@ -413,12 +424,6 @@ struct Walk {
     done: bool,
 }
 
-/// A stream entry id as numbers, for ordering.
-fn entry_id_parts(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 impl Walk {
     fn new(selection: &Selection) -> Self {
         match selection {
@@ -463,7 +468,7 @@ impl Walk {
                     .newest_id(agent_type)
                     .await?
                     .as_deref()
-                    .and_then(entry_id_parts);
+                    .and_then(parse_entry_id);
                 self.until = Some(u);
                 u
             }
@@ -480,7 +485,7 @@ impl Walk {
         }
         let mut items = Vec::with_capacity(page.items.len());
         for d in page.items {
-            if entry_id_parts(&d.id).is_none_or(|id| id > until) {
+            if parse_entry_id(&d.id).is_none_or(|id| id > until) {
                 self.done = true;
                 break;
             }
@@ -772,5 +777,17 @@ mod tests {
     fn entry_ids_give_their_time() {
         assert_eq!(entry_id_ms("1763900000000-3"), Some(1_763_900_000_000));
         assert_eq!(entry_id_ms("x-1"), None);
+        assert_eq!(parse_entry_id("12-3"), Some((12, 3)));
+        for bad in [
+            "12",
+            "12-",
+            "-3",
+            "+1-0",
+            "1-x",
+            "1-0-0",
+            "99999999999999999999999-0",
+        ] {
+            assert_eq!(parse_entry_id(bad), None, "{bad}");
+        }
     }
 }

@@ -561,13 +561,9 @@ pub struct LogPage {
     next: Option<String>,
 }
 
-/// Whether `s` looks like a stream entry id (`ms-seq`).
+/// Whether `s` is a stream entry id (`ms-seq`).
 pub(super) fn is_entry_id(s: &str) -> bool {
-    let mut parts = s.splitn(2, '-');
-    let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    ok(parts.next()) && ok(parts.next())
+    crate::admin::parse_entry_id(s).is_some()
 }
 
 /// A workflow's event log
