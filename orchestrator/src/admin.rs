@@ -416,7 +416,7 @@ const WALK_PAGE: usize = 500;
 /// replayed task that fails again is dead-lettered anew, at the end of the
 /// stream, and must not be met (and replayed) again by the same walk.
 #[derive(Debug)]
-struct Walk {
+pub struct Walk {
     ids: Option<std::vec::IntoIter<String>>,
     filter: DeadLetterFilter,
     /// The newest entry id when the walk started (`None`: not read yet).
@@ -425,7 +425,8 @@ struct Walk {
 }
 
 impl Walk {
-    fn new(selection: &Selection) -> Self {
+    /// A walk over `selection`.
+    pub fn new(selection: &Selection) -> Self {
         match selection {
             Selection::Ids(ids) => Self {
                 ids: Some(ids.clone().into_iter()),
@@ -446,7 +447,7 @@ impl Walk {
     }
 
     /// The next page; `None` at the end.
-    async fn next(
+    pub async fn next(
         &mut self,
         dlq: &DeadLetters,
         agent_type: &AgentType,
@@ -664,20 +665,6 @@ pub async fn purge<C: ConnectionLike + Send>(
             n
         }
     })
-}
-
-/// Every dead letter of `selection`, for export.
-pub async fn collect(
-    dlq: &DeadLetters,
-    agent_type: &AgentType,
-    selection: &Selection,
-) -> Result<Vec<DeadLetter>> {
-    let mut out = Vec::new();
-    let mut walk = Walk::new(selection);
-    while let Some(page) = walk.next(dlq, agent_type).await? {
-        out.extend(page.into_iter().flatten());
-    }
-    Ok(out)
 }
 
 /// Workflows by status: exact for the ones not ended (from the active

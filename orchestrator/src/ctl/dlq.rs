@@ -487,24 +487,24 @@ async fn purge(ctx: &Ctx, t: &AgentType, selection: &PurgeSelection, yes: bool) 
 }
 
 async fn export(ctx: &Ctx, t: &AgentType, filter: &FilterArgs) -> CtlResult {
-    let all = admin::collect(
-        &ctx.client.dead_letters(),
-        t,
-        &Selection::Matching(filter.filter()?),
-    )
-    .await?;
-    let stdout = std::io::stdout();
-    let mut o = stdout.lock();
-    for d in &all {
-        let line = serde_json::to_string(d).map_err(|e| {
-            ExitStatus::Internal(format!("cannot encode dead letter {}: {e}", d.id))
-        })?;
-        writeln!(o, "{line}").map_err(|e| ExitStatus::Internal(format!("cannot write: {e}")))?;
+    // A page at a time: a large DLQ is never held whole in memory.
+    let dlq = ctx.client.dead_letters();
+    let mut walk = admin::Walk::new(&Selection::Matching(filter.filter()?));
+    let write_error = |e: std::io::Error| ExitStatus::Internal(format!("cannot write: {e}"));
+    let mut n = 0u64;
+    while let Some(page) = walk.next(&dlq, t).await? {
+        let stdout = std::io::stdout();
+        let mut o = stdout.lock();
+        for d in page.into_iter().flatten() {
+            let line = serde_json::to_string(&d).map_err(|e| {
+                ExitStatus::Internal(format!("cannot encode dead letter {}: {e}", d.id))
+            })?;
+            writeln!(o, "{line}").map_err(write_error)?;
+            n += 1;
+        }
+        o.flush().map_err(write_error)?;
     }
-    o.flush()
-        .map_err(|e| ExitStatus::Internal(format!("cannot write: {e}")))?;
-    ctx.out
-        .note(&format!("exported {} dead letters of {t}", all.len()));
+    ctx.out.note(&format!("exported {n} dead letters of {t}"));
     Ok(())
 }
 
