@@ -38,14 +38,15 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The authority ends at the first '/', '?' or '#'; a '@' inside it
-    // separates credentials from the host.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((creds, host)) => {
+    // Credentials end at the last '@' before any query or fragment. Not
+    // at the first '/': people write passwords with a raw '/' in them, and
+    // cutting there would print the rest of the password.
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let (creds, host_and_tail) = (&rest[..at], &rest[at + 1..]);
             let user = creds.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
+            format!("{scheme}://{user}:***@{host_and_tail}")
         }
         None => url.to_owned(),
     }
@@ -221,6 +222,11 @@ mod tests {
         assert_eq!(redact_url("rediss://user:p@ss@h"), "rediss://user:***@h");
         assert_eq!(redact_url("redis://h:7000"), "redis://h:7000");
         assert!(!redact_url("redis://:pw@h/?x=@").contains("pw"));
+        assert_eq!(
+            redact_url("redis://user:pa/ss@host/0"),
+            "redis://user:***@host/0",
+            "a raw '/' in the password"
+        );
     }
 
     #[test]

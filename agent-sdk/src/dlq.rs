@@ -157,13 +157,15 @@ impl DeadLetters {
     }
 
     /// [`DeadLetters::replay`] of each of `ids`, in one round trip: each
-    /// move is atomic on its own, in order. Returns the new task entry id
-    /// of each, `None` where there was no such dead letter.
+    /// move is atomic on its own, in order. Per id: the new task entry id,
+    /// `None` where there was no such dead letter, or the error Redis gave
+    /// for that entry alone (one that cannot be replayed does not stop the
+    /// others).
     pub async fn replay_many(
         &self,
         agent_type: &AgentType,
         ids: &[String],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<Vec<std::result::Result<Option<String>, String>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -174,7 +176,12 @@ impl DeadLetters {
         for id in ids {
             pipe.invoke_script(scripts::REPLAY.key(&dlq).key(&tasks).arg(id));
         }
-        Ok(pipe.query_async(&mut conn).await?)
+        let replies: Vec<redis::RedisResult<Option<String>>> =
+            pipe.ignore_errors().query_async(&mut conn).await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect())
     }
 
     /// Deletes the given dead letters; returns how many existed.

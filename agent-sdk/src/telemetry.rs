@@ -7,7 +7,13 @@ use tracing_subscriber::EnvFilter;
 /// Installs the `tracing` subscriber: `RUST_LOG` filter (default `info`),
 /// text or JSON lines on stderr. Call once, first thing in `main`.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at(format, "info");
+}
+
+/// [`init_logging`] with `default` as the filter when `RUST_LOG` is unset
+/// (a CLI wants `warn`: its output is its answer, not a log).
+pub fn init_logging_at(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -14,7 +14,7 @@ use crate::machine::{Event, StageStatus};
 use crate::store::{ALL_STATUSES, WorkflowStore, status_str};
 use agent_sdk::schemas::{
     AgentType, DeadLetter, DecodeLimits, Keys, TaskEnvelope, WORKERS_GROUP, codec::decode_any,
-    fields,
+    fields, names,
 };
 use agent_sdk::{DeadLetterFilter, DeadLetters};
 use base64::Engine as _;
@@ -363,6 +363,13 @@ pub enum ReplayOutcome {
     Gone,
     /// A dry run: would be moved.
     WouldReplay,
+    /// Left in the DLQ: its workflow has ended, so its result would change
+    /// nothing while its side effects would still happen (replay with
+    /// `force` to run it anyway).
+    WorkflowEnded,
+    /// Left in the DLQ: Redis refused to move this entry (`error` says
+    /// why); the others went on.
+    Failed,
 }
 
 /// One selected dead letter and its outcome.
@@ -378,6 +385,9 @@ pub struct ReplayItem {
     pub outcome: ReplayOutcome,
     /// The task's new entry id in the task stream, when replayed.
     pub new_entry_id: Option<String>,
+    /// Why it could not be moved, when `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The whole of one replay.
@@ -391,8 +401,27 @@ pub struct ReplayReport {
     pub replayed: u64,
     /// Selected but gone by the time of the move.
     pub gone: u64,
-    /// Each selected dead letter, in order.
+    /// Left in the DLQ because their workflow has ended.
+    pub skipped: u64,
+    /// Left in the DLQ because Redis refused to move them.
+    pub failed: u64,
+    /// Each selected dead letter, in order (the first ones only when
+    /// `items_left_out` is not 0).
     pub items: Vec<ReplayItem>,
+    /// Items not listed (the counts above include them).
+    #[serde(default)]
+    pub items_left_out: u64,
+}
+
+impl ReplayReport {
+    /// The report listing at most `max` items.
+    pub fn capped(mut self, max: usize) -> Self {
+        if self.items.len() > max {
+            self.items_left_out += (self.items.len() - max) as u64;
+            self.items.truncate(max);
+        }
+        self
+    }
 }
 
 /// How to replay.
@@ -402,7 +431,12 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// At most this many per second.
     pub rate: Option<f64>,
+    /// Replay tasks of workflows that have ended too.
+    pub force: bool,
 }
+
+/// The slowest and fastest pace a replay takes (entries per second).
+pub const RATE_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
 
 /// Page size when walking a selection.
 const WALK_PAGE: usize = 500;
@@ -499,6 +533,14 @@ impl Walk {
 /// Replays the dead letters of `selection`; `progress` is called after
 /// each one (for a progress bar). Each move is atomic on its own; a replay
 /// stopped halfway leaves every entry either replayed or still dead.
+///
+/// A dead letter of a workflow is recorded in that workflow *before* it
+/// moves (a `replayed` event: the stage runs again, its deadline armed):
+/// recorded after, a replayed task that failed again at once would be
+/// dead-lettered first and the late `replayed` would set the stage running
+/// with nothing to run it, until its deadline failed the workflow. In this
+/// order a task that fails again blocks the workflow again. Dead letters
+/// of ended workflows are left where they are unless `force`.
 pub async fn replay<C, P>(
     engine: &Engine,
     conn: &mut C,
@@ -518,68 +560,95 @@ where
     };
     let mut pace = opts
         .rate
-        .filter(|r| *r > 0.0)
+        .map(|r| r.clamp(*RATE_RANGE.start(), *RATE_RANGE.end()))
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
     let mut walk = Walk::new(selection);
     while let Some(page) = walk.next(&dlq, agent_type).await? {
-        // Unpaced, a page moves in one round trip (each entry still on its
-        // own, atomically); paced, one entry per tick.
-        let moved: Vec<Option<String>> = if opts.dry_run || pace.is_some() {
-            Vec::new()
-        } else {
-            let ids: Vec<String> = page
-                .iter()
-                .filter_map(|f| f.as_ref().ok().map(|d| d.id.clone()))
-                .collect();
-            dlq.replay_many(agent_type, &ids).await?
-        };
-        let mut moved = moved.into_iter();
-        for found in page {
+        let ended = ended_workflows(engine, conn, &page).await?;
+        // What each found entry will be: left (and why), or moved.
+        let mut plan: Vec<(Result<DeadLetter, String>, Option<ReplayOutcome>)> = page
+            .into_iter()
+            .map(|found| {
+                let verdict = match &found {
+                    Err(_) => Some(ReplayOutcome::Gone),
+                    Ok(d)
+                        if !opts.force
+                            && d.workflow_id.as_ref().is_some_and(|w| ended.contains(w)) =>
+                    {
+                        Some(ReplayOutcome::WorkflowEnded)
+                    }
+                    Ok(_) if opts.dry_run => Some(ReplayOutcome::WouldReplay),
+                    Ok(_) => None,
+                };
+                (found, verdict)
+            })
+            .collect();
+        // Unpaced, the page moves in one round trip (each entry still on
+        // its own, atomically); paced, one entry per tick.
+        let mut moves = Vec::new();
+        if pace.is_none() {
+            let mut ids = Vec::new();
+            for (found, verdict) in &plan {
+                if let (Ok(d), None) = (found, verdict) {
+                    record_in_workflow(engine, conn, d).await;
+                    ids.push(d.id.clone());
+                }
+            }
+            moves = dlq.replay_many(agent_type, &ids).await?;
+        }
+        let mut moves = moves.into_iter();
+        for (found, verdict) in plan.drain(..) {
             report.matched += 1;
-            let item = match found {
-                Err(id) => ReplayItem {
-                    id,
-                    task_id: None,
-                    workflow_id: None,
-                    outcome: ReplayOutcome::Gone,
-                    new_entry_id: None,
-                },
-                Ok(d) if opts.dry_run => ReplayItem {
-                    id: d.id,
-                    task_id: d.task_id,
-                    workflow_id: d.workflow_id,
-                    outcome: ReplayOutcome::WouldReplay,
-                    new_entry_id: None,
-                },
-                Ok(d) => {
-                    let new_id = match pace.as_mut() {
+            let (d, outcome, new_entry_id, error) = match (found, verdict) {
+                (Err(id), _) => {
+                    let item = ReplayItem {
+                        id,
+                        task_id: None,
+                        workflow_id: None,
+                        outcome: ReplayOutcome::Gone,
+                        new_entry_id: None,
+                        error: None,
+                    };
+                    report.gone += 1;
+                    progress(&item);
+                    report.items.push(item);
+                    continue;
+                }
+                (Ok(d), Some(verdict)) => (d, verdict, None, None),
+                (Ok(d), None) => {
+                    let moved = match pace.as_mut() {
                         Some(p) => {
                             p.tick().await;
-                            dlq.replay(agent_type, &d.id).await?
+                            record_in_workflow(engine, conn, &d).await;
+                            dlq.replay_many(agent_type, std::slice::from_ref(&d.id))
+                                .await?
+                                .pop()
+                                .unwrap_or(Ok(None))
                         }
-                        None => moved.next().flatten(),
+                        None => moves.next().unwrap_or(Ok(None)),
                     };
-                    if new_id.is_some() {
-                        record_in_workflow(engine, conn, &d).await;
-                    }
-                    ReplayItem {
-                        outcome: if new_id.is_some() {
-                            ReplayOutcome::Replayed
-                        } else {
-                            ReplayOutcome::Gone
-                        },
-                        id: d.id,
-                        task_id: d.task_id,
-                        workflow_id: d.workflow_id,
-                        new_entry_id: new_id,
+                    match moved {
+                        Ok(Some(new_id)) => (d, ReplayOutcome::Replayed, Some(new_id), None),
+                        Ok(None) => (d, ReplayOutcome::Gone, None, None),
+                        Err(e) => (d, ReplayOutcome::Failed, None, Some(e)),
                     }
                 }
             };
-            match item.outcome {
+            match outcome {
                 ReplayOutcome::Replayed => report.replayed += 1,
                 ReplayOutcome::Gone => report.gone += 1,
+                ReplayOutcome::WorkflowEnded => report.skipped += 1,
+                ReplayOutcome::Failed => report.failed += 1,
                 ReplayOutcome::WouldReplay => {}
             }
+            let item = ReplayItem {
+                id: d.id,
+                task_id: d.task_id,
+                workflow_id: d.workflow_id,
+                outcome,
+                new_entry_id,
+                error,
+            };
             progress(&item);
             report.items.push(item);
         }
@@ -587,10 +656,33 @@ where
     Ok(report)
 }
 
-/// Tells the workflow of a replayed dead letter, when the dead letter is
-/// its stage's current task and the stage is dead-lettered: the log then
-/// shows the replay and the stage's deadline is armed again. Best effort:
-/// the workflow resumes on the task's result either way.
+/// The workflows of `page` that have ended (one pipelined read).
+async fn ended_workflows<C: ConnectionLike + Send>(
+    engine: &Engine,
+    conn: &mut C,
+    page: &[Result<DeadLetter, String>],
+) -> Result<BTreeSet<String>> {
+    let ids: BTreeSet<String> = page
+        .iter()
+        .filter_map(|f| f.as_ref().ok()?.workflow_id.clone())
+        .filter(|w| names::validate_workflow_id(w).is_ok())
+        .collect();
+    let ids: Vec<String> = ids.into_iter().collect();
+    Ok(engine
+        .store()
+        .summaries(conn, &ids)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter(|s| s.status.is_terminal())
+        .map(|s| s.id)
+        .collect())
+}
+
+/// Records the replay of `d` in its workflow when `d` is its stage's
+/// current task and the stage is dead-lettered (see [`replay`] for why
+/// before the move). Best effort: the workflow resumes on the task's
+/// result either way.
 async fn record_in_workflow<C: ConnectionLike + Send>(
     engine: &Engine,
     conn: &mut C,
@@ -599,6 +691,9 @@ async fn record_in_workflow<C: ConnectionLike + Send>(
     let (Some(wf_id), Some(stage), Some(task_id)) = (&d.workflow_id, &d.stage, &d.task_id) else {
         return;
     };
+    if names::validate_workflow_id(wf_id).is_err() {
+        return;
+    }
     let current = match engine.store().load(conn, wf_id).await {
         Ok(Some(stored)) => stored.workflow.stage(stage).is_some_and(|s| {
             s.status == StageStatus::DeadLettered && s.task_id.as_ref() == Some(task_id)

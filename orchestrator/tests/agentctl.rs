@@ -653,20 +653,55 @@ async fn replaying_a_dead_letter_resumes_its_blocked_workflow() {
     let r = ctl(&redis, &["workflow", "approve", &id, "nope"]).await;
     assert_eq!(r.code, 3, "{r:?}");
 
+    // Watching a blocked workflow with a timeout gives up with exit 5.
+    let r = ctl(&redis, &["workflow", "watch", &id, "--timeout", "300ms"]).await;
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stdout.contains("blocked on a dead letter"), "{r:?}");
+
+    // Replayed before the cause is fixed, the task fails again: the
+    // workflow is blocked again (not failed), on a new dead letter.
+    let again = ctl(&redis, &["dlq", "replay", "e2e", &dl]).await.ok();
+    assert!(again.stdout.contains("replayed 1 of 1"), "{again:?}");
+    wait_until("dead-lettered again", PATIENCE, || async {
+        let dead = ctl(&redis, &["dlq", "list", "e2e", "--workflow", &id, "--json"])
+            .await
+            .ok()
+            .json();
+        dead["items"].as_array().unwrap().len() == 1 && dead["items"][0]["id"] != dl.as_str()
+    })
+    .await;
+    let stuck = summaries(&redis, std::slice::from_ref(&id)).await;
+    assert_eq!(stuck[0].as_ref().unwrap().status, WorkflowStatus::Blocked);
+    let dl = ctl(&redis, &["dlq", "list", "e2e", "--workflow", &id, "--json"])
+        .await
+        .ok()
+        .json()["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     agents.lab.healed.store(true, Ordering::SeqCst);
     let replayed = ctl(&redis, &["dlq", "replay", "e2e", &dl]).await.ok();
     assert!(replayed.stdout.contains("replayed 1 of 1"), "{replayed:?}");
-    let watched = ctl(&redis, &["workflow", "watch", &id]).await;
+    let watched = ctl(&redis, &["workflow", "watch", &id, "--timeout", "60s"]).await;
     assert_eq!(watched.code, 0, "{watched:?}");
     assert!(watched.stdout.contains("completed"), "{watched:?}");
-    // (The log shows a `replayed` entry only when agentctl recorded the
-    // replay before the task's result came back; the workflow resumes on
-    // the result either way.)
-    assert!(
-        watched
-            .stdout
-            .contains("e2e                  task_succeeded"),
-        "{watched:?}"
+    // The log shows both replays: each is recorded before its task moves.
+    let kinds: Vec<String> = log(&redis, &id)
+        .await
+        .iter()
+        .filter(|e| e.stage.as_deref() == Some("e2e"))
+        .map(|e| e.kind.clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "task_dead_lettered",
+            "replayed",
+            "task_dead_lettered",
+            "replayed",
+            "task_succeeded"
+        ]
     );
     assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 0);
     let log = log(&redis, &id).await;
@@ -677,7 +712,11 @@ async fn replaying_a_dead_letter_resumes_its_blocked_workflow() {
         .into_iter()
         .filter(|r| r.workflow == id && r.stage == "e2e")
         .collect();
-    assert_eq!(e2e_runs.len(), 3 + 1, "three failed attempts, one replay");
+    assert_eq!(
+        e2e_runs.len(),
+        3 + 3 + 1,
+        "three failed attempts, three more after the first replay, one after the second"
+    );
     assert_eq!(e2e_runs.iter().filter(|r| r.ok).count(), 1);
     let r = ctl(&redis, &["workflow", "cancel", &id]).await;
     assert_eq!(r.code, 4, "nothing to cancel once completed: {r:?}");
@@ -843,4 +882,152 @@ async fn a_replay_does_not_meet_the_dead_letters_it_causes() {
         N,
         "the new dead letters wait for the next replay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_ended_workflows_stay_unless_forced() {
+    let redis = TestRedis::start();
+    let agents = Agents::start(&redis, &SDLC);
+    let o = InProcess::start(&redis, &[]).await;
+    let id = ctl(
+        &redis,
+        &[
+            "workflow",
+            "submit",
+            "sdlc",
+            "--input",
+            r#"{"dead_letter":"e2e"}"#,
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until("workflow blocked", PATIENCE, || {
+        let (redis, id) = (&redis, id.clone());
+        async move {
+            summaries(redis, &[id]).await[0]
+                .as_ref()
+                .is_some_and(|s| s.status == WorkflowStatus::Blocked)
+        }
+    })
+    .await;
+    ctl(&redis, &["workflow", "abort", &id, "--reason", "given up"])
+        .await
+        .ok();
+    wait_ended(&redis, std::slice::from_ref(&id), PATIENCE).await;
+    assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 1);
+
+    // Its task would run again for nothing: left in the DLQ, and said so.
+    let dry = ctl(
+        &redis,
+        &["dlq", "replay", "e2e", "--all", "--dry-run", "--json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(dry["items"][0]["outcome"], "workflow_ended");
+    let kept = ctl(&redis, &["dlq", "replay", "e2e", "--all", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        (
+            kept["matched"].as_u64(),
+            kept["replayed"].as_u64(),
+            kept["skipped"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
+    assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 1);
+    let before = agents.lab.runs().len();
+    agents.lab.healed.store(true, Ordering::SeqCst);
+    let forced = ctl(
+        &redis,
+        &["dlq", "replay", "e2e", "--all", "--force", "--json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(forced["replayed"], 1);
+    assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 0);
+    wait_until("the forced task ran", PATIENCE, || async {
+        agents.lab.runs().len() == before + 1
+    })
+    .await;
+    // Its result changes nothing: the workflow stays failed.
+    let ended = summaries(&redis, std::slice::from_ref(&id)).await;
+    assert_eq!(ended[0].as_ref().unwrap().status, WorkflowStatus::Failed);
+    o.shutdown().await;
+    agents.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_replayed_does_not_stop_the_others() {
+    let redis = TestRedis::start();
+    let client = agent_sdk::Client::connect(&redis.url(), NS).await.unwrap();
+    let e2e = agent_type("e2e");
+    client
+        .dead_letters()
+        .import(&e2e, &dead_letter(0))
+        .await
+        .unwrap();
+    // A dead letter without the original entry (written by hand, say):
+    // nothing to rebuild the task from.
+    let mut c = conn(&redis).await;
+    let _: String = redis::cmd("XADD")
+        .arg(dlq_key("e2e"))
+        .arg("*")
+        .arg("agent_type")
+        .arg("e2e")
+        .arg("reason")
+        .arg("permanent")
+        .arg("attempts")
+        .arg(1)
+        .arg("failed_at_ms")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    client
+        .dead_letters()
+        .import(&e2e, &dead_letter(1))
+        .await
+        .unwrap();
+
+    let r = ctl(&redis, &["dlq", "replay", "e2e", "--all", "--json"]).await;
+    assert_eq!(r.code, 70, "{r:?}");
+    let report = r.json();
+    assert_eq!(
+        (
+            report["matched"].as_u64(),
+            report["replayed"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+    let failed = &report["items"][1];
+    assert_eq!(failed["outcome"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("no raw fields"),
+        "{failed}"
+    );
+    assert_eq!(
+        xlen(&redis, &dlq_key("e2e")).await,
+        1,
+        "only the bad one is left"
+    );
+    assert_eq!(xlen(&redis, &tasks_key("e2e")).await, 2);
+    // And `dlq import` refuses such a dead letter in the first place.
+    let file = redis.dir().join("rawless.jsonl");
+    let mut bad = dead_letter(2);
+    bad.raw.clear();
+    std::fs::write(&file, serde_json::to_string(&bad).unwrap()).unwrap();
+    let r = ctl(&redis, &["dlq", "import", file.to_str().unwrap()]).await;
+    assert_eq!(r.code, 65, "{r:?}");
+    assert!(r.stderr.contains("no raw fields"), "{r:?}");
+    assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 1);
 }

@@ -11,6 +11,7 @@
 
 mod common;
 
+use agent_sdk::schemas::{DeadLetter, DeadLetterReason};
 use agent_sdk::testing::TestRedis;
 use common::{Agents, InProcess, agent_type, free_port, keys, wait_ended, xlen};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -636,6 +637,57 @@ async fn dashboard_follows_a_workflow_live_and_replays_a_dead_letter() {
     for a in AGENTS {
         assert_eq!(xlen_dlq(&redis, a).await, 0, "{a}");
     }
+
+    // A dead letter's text is shown as text: markup in it is never parsed
+    // (and the page's policy runs only its own script, by hash).
+    let hostile = r#"<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>"#;
+    let client = agent_sdk::Client::connect(&redis.url(), common::NS)
+        .await
+        .unwrap();
+    client
+        .dead_letters()
+        .import(
+            &agent_type("hostile"),
+            &DeadLetter {
+                id: "0-0".into(),
+                agent_type: "hostile".into(),
+                task_id: Some("t-hostile".into()),
+                workflow_id: None,
+                stage: None,
+                reason: DeadLetterReason::Permanent,
+                error: hostile.into(),
+                attempts: 1,
+                worker: hostile.into(),
+                failed_at_ms: 1,
+                source_id: "1-0".into(),
+                raw: vec![("body".into(), hostile.as_bytes().to_vec())],
+            },
+        )
+        .await
+        .unwrap();
+    page.c
+        .goto(&format!("{}/#/dlq/hostile", o.url))
+        .await
+        .unwrap();
+    page.wait_js(
+        "the hostile dead letter, as text",
+        "return document.body.innerText.includes(arguments[0])",
+        vec![json!(hostile)],
+        |v| v == &json!(true),
+    )
+    .await;
+    let parsed = page
+        .js(
+            "return [document.querySelectorAll('img').length, \
+             document.querySelectorAll('script').length, typeof window.__pwned]",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        parsed,
+        json!([0, 1, "undefined"]),
+        "markup in a dead letter ran"
+    );
 
     assert_eq!(page.shots.len(), 9);
     page.c.close().await.unwrap();

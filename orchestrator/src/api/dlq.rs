@@ -16,6 +16,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
+/// Most per-entry items a replay answer lists (the counts cover all).
+const MAX_REPORT_ITEMS: usize = 1000;
+
 /// Most ids one request may name.
 const MAX_IDS: usize = 10_000;
 
@@ -221,6 +224,10 @@ pub struct SelectionRequest {
     /// Replay only: report what would move, move nothing.
     #[serde(default)]
     dry_run: bool,
+    /// Replay only: replay tasks of workflows that have ended too (left in
+    /// the DLQ otherwise: their results would change nothing).
+    #[serde(default)]
+    force: bool,
 }
 
 impl SelectionRequest {
@@ -255,7 +262,11 @@ impl SelectionRequest {
                 "{bad:?} is not an entry id like 1700000000000-0"
             )));
         }
-        Ok(Some(ids.clone()))
+        // An id named twice is moved once, not reported gone the second time.
+        let mut seen = std::collections::HashSet::new();
+        Ok(Some(
+            ids.iter().filter(|i| seen.insert(*i)).cloned().collect(),
+        ))
     }
 }
 
@@ -314,11 +325,12 @@ pub async fn replay(
         &ReplayOptions {
             dry_run: req.dry_run,
             rate: None,
+            force: req.force,
         },
         |_| {},
     )
     .await?;
-    Ok(Json(report))
+    Ok(Json(report.capped(MAX_REPORT_ITEMS)))
 }
 
 /// Answer of `POST /dlq/{type}/purge`.

@@ -514,28 +514,30 @@ pub async fn replay(
             "no dead letter of task {task_id} in {agent}'s DLQ (replayed or purged already?)"
         )));
     };
-    if dlq.replay(&agent, &entry.id).await?.is_none() {
+    // Through the same replay as the DLQ routes and agentctl: recorded in
+    // the workflow before the move (see `admin::replay`).
+    let report = crate::admin::replay(
+        state.engine(),
+        &mut conn,
+        &agent,
+        &crate::admin::Selection::Ids(vec![entry.id.clone()]),
+        &crate::admin::ReplayOptions::default(),
+        |_| {},
+    )
+    .await?;
+    if report.replayed != 1 {
+        let why = report
+            .items
+            .first()
+            .and_then(|i| i.error.clone())
+            .unwrap_or_else(|| "it was replayed or purged meanwhile".into());
         return Err(ApiError::conflict(format!(
-            "dead letter {} was replayed or purged meanwhile",
+            "dead letter {} was not replayed: {why}",
             entry.id
         )));
     }
-    match state
-        .engine()
-        .signal(
-            &mut conn,
-            &id,
-            &Event::Replayed {
-                stage: stage.clone(),
-            },
-        )
-        .await?
-    {
-        Outcome::Applied { workflow, version } | Outcome::Unchanged { workflow, version } => {
-            Ok(Json(view(&state, &mut conn, workflow, version).await?))
-        }
-        Outcome::NotFound => Err(ApiError::not_found("workflow", &id)),
-    }
+    let (workflow, version) = load(&state, &mut conn, &id).await?;
+    Ok(Json(view(&state, &mut conn, workflow, version).await?))
 }
 
 /// Query of `GET /workflows/{id}/log`.

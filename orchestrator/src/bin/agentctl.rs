@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = orchestrator::ctl::Cli::parse();
+    // Warnings (an unreadable dead letter left out, a replay that could not
+    // be recorded in its workflow) go to stderr; stdout stays the answer.
+    agent_sdk::telemetry::init_logging_at(agent_sdk::LogFormat::Text, "warn");
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,6 +1,6 @@
 //! `agentctl dlq ...`: find, understand, replay, purge and move dead letters.
 
-use super::output::{Table, ago, clip, now_ms, or_dash, time};
+use super::output::{Table, ago, clean, clip, now_ms, or_dash, time};
 use super::{CtlResult, Ctx, ExitStatus, agent_type_arg};
 use crate::admin::{
     self, DeadLetterDetail, DeadLetterSummary, PurgeSelection, ReplayOptions, ReplayOutcome,
@@ -59,6 +59,11 @@ pub(super) enum DlqCommand {
         /// At most this many per second.
         #[arg(long, value_parser = positive_rate)]
         rate: Option<f64>,
+        /// Replay tasks of workflows that have ended too (left in the DLQ
+        /// otherwise: their results would change nothing, their side
+        /// effects would still happen).
+        #[arg(long)]
+        force: bool,
     },
     /// Delete dead letters for good (asks first unless --yes).
     Purge {
@@ -128,9 +133,11 @@ impl FilterArgs {
 
 fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        Ok(r) if admin::RATE_RANGE.contains(&r) => Ok(r),
         _ => Err(format!(
-            "{s:?} is not a positive number of entries per second"
+            "{s:?} is not a positive number of entries per second from {} to {}",
+            admin::RATE_RANGE.start(),
+            admin::RATE_RANGE.end()
         )),
     }
 }
@@ -138,16 +145,16 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 /// Largest `dlq import` file.
 const MAX_IMPORT_BYTES: u64 = 1 << 30;
 
-fn check_ids(ids: &[String]) -> CtlResult {
-    match ids
-        .iter()
-        .find(|i| admin::entry_id_ms(i).is_none() || !i.contains('-'))
-    {
-        Some(bad) => Err(ExitStatus::Usage(format!(
+/// Checks ids given on the command line; returns them without repeats
+/// (an id named twice is taken once, not reported gone the second time).
+fn check_ids(ids: Vec<String>) -> CtlResult<Vec<String>> {
+    if let Some(bad) = ids.iter().find(|i| admin::parse_entry_id(i).is_none()) {
+        return Err(ExitStatus::Usage(format!(
             "{bad:?} is not a dead-letter id (an entry id like 1763900000000-0, from `dlq list`)"
-        ))),
-        None => Ok(()),
+        )));
     }
+    let mut seen = std::collections::HashSet::new();
+    Ok(ids.into_iter().filter(|i| seen.insert(i.clone())).collect())
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: DlqCommand) -> CtlResult {
@@ -179,6 +186,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: DlqCommand) -> CtlResult {
             filter,
             dry_run,
             rate,
+            force,
         } => {
             let t = agent_type_arg(&agent_type)?;
             let kinds =
@@ -190,12 +198,16 @@ pub(super) async fn run(ctx: &Ctx, cmd: DlqCommand) -> CtlResult {
                 ));
             }
             let selection = if !ids.is_empty() {
-                check_ids(&ids)?;
-                Selection::Ids(ids)
+                Selection::Ids(check_ids(ids)?)
             } else {
                 Selection::Matching(filter.filter()?)
             };
-            replay(ctx, &t, &selection, all, ReplayOptions { dry_run, rate }).await
+            let opts = ReplayOptions {
+                dry_run,
+                rate,
+                force,
+            };
+            replay(ctx, &t, &selection, all, opts).await
         }
         DlqCommand::Purge {
             agent_type,
@@ -213,8 +225,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: DlqCommand) -> CtlResult {
                 ));
             }
             let selection = if !ids.is_empty() {
-                check_ids(&ids)?;
-                PurgeSelection::Ids(ids)
+                PurgeSelection::Ids(check_ids(ids)?)
             } else if let Some(age) = older_than {
                 PurgeSelection::OlderThan(age)
             } else {
@@ -264,7 +275,7 @@ async fn list(
         return Err(ExitStatus::Usage("--limit must be 1..=1000".into()));
     }
     if let Some(a) = &after {
-        check_ids(std::slice::from_ref(a))?;
+        check_ids(vec![a.clone()])?;
     }
     let page = ctx
         .client
@@ -307,7 +318,7 @@ async fn list(
 }
 
 async fn show(ctx: &Ctx, t: &AgentType, id: &str) -> CtlResult {
-    check_ids(&[id.to_owned()])?;
+    check_ids(vec![id.to_owned()])?;
     let d = ctx.client.dead_letters().get(t, id).await?.ok_or_else(|| {
         ExitStatus::NotFound(format!(
             "no dead letter {id} in {t}'s DLQ (replayed or purged already?)"
@@ -317,19 +328,19 @@ async fn show(ctx: &Ctx, t: &AgentType, id: &str) -> CtlResult {
     ctx.out.show(&detail, || {
         let s = &detail.dead_letter;
         println!("dead letter  {}  ({t})", s.id);
-        println!("reason       {}", s.reason);
-        println!("error        {}", s.error);
+        println!("reason       {}", clean(&s.reason));
+        println!("error        {}", clean(&s.error));
         println!("attempts     {}", s.attempts);
         println!(
             "failed at    {} ({})",
             time(s.failed_at_ms),
             ago(Some(s.failed_at_ms))
         );
-        println!("worker       {}", s.worker);
-        println!("task         {}", or_dash(s.task_id.as_deref()));
-        println!("workflow     {}", or_dash(s.workflow_id.as_deref()));
-        println!("stage        {}", or_dash(s.stage.as_deref()));
-        println!("source entry {}", s.source_id);
+        println!("worker       {}", clean(&s.worker));
+        println!("task         {}", clean(&or_dash(s.task_id.as_deref())));
+        println!("workflow     {}", clean(&or_dash(s.workflow_id.as_deref())));
+        println!("stage        {}", clean(&or_dash(s.stage.as_deref())));
+        println!("source entry {}", clean(&s.source_id));
         match (&detail.envelope, &detail.decode_error) {
             (Some(env), _) => {
                 println!("\nenvelope (decoded from raw.body):");
@@ -338,14 +349,14 @@ async fn show(ctx: &Ctx, t: &AgentType, id: &str) -> CtlResult {
                     println!("  {l}");
                 }
             }
-            (None, Some(why)) => println!("\nenvelope: cannot be decoded: {why}"),
+            (None, Some(why)) => println!("\nenvelope: cannot be decoded: {}", clean(why)),
             (None, None) => {}
         }
         println!("\nraw fields (the original entry, byte for byte):");
         for f in &detail.raw {
             match &f.text {
-                Some(text) => println!("  {} = {}", f.name, clip(text, 200)),
-                None => println!("  {} = base64:{}", f.name, clip(&f.base64, 200)),
+                Some(text) => println!("  {} = {}", clean(&f.name), clip(text, 200)),
+                None => println!("  {} = base64:{}", clean(&f.name), clip(&f.base64, 200)),
             }
         }
         println!("\nreplay it:  agentctl dlq replay {t} {}", s.id);
@@ -396,6 +407,7 @@ async fn replay(
                     or_dash(i.workflow_id.as_deref()),
                     match i.outcome {
                         ReplayOutcome::WouldReplay => "replay".into(),
+                        ReplayOutcome::WorkflowEnded => "stay (its workflow ended; --force)".into(),
                         _ => "- (not in the DLQ)".into(),
                     },
                 ]);
@@ -410,27 +422,54 @@ async fn replay(
                     .count()
             );
         } else {
-            for i in report
-                .items
-                .iter()
-                .filter(|i| i.outcome == ReplayOutcome::Gone)
-            {
-                println!("{}: not in the DLQ (replayed or purged already?)", i.id);
+            for i in &report.items {
+                match i.outcome {
+                    ReplayOutcome::Gone => {
+                        println!("{}: not in the DLQ (replayed or purged already?)", i.id);
+                    }
+                    ReplayOutcome::WorkflowEnded => println!(
+                        "{}: left in the DLQ: workflow {} has ended (--force replays it anyway)",
+                        i.id,
+                        clean(i.workflow_id.as_deref().unwrap_or("-"))
+                    ),
+                    ReplayOutcome::Failed => println!(
+                        "{}: left in the DLQ: {}",
+                        i.id,
+                        clean(i.error.as_deref().unwrap_or("refused"))
+                    ),
+                    _ => {}
+                }
+            }
+            let mut also = Vec::new();
+            for (n, what) in [
+                (report.gone, "were gone"),
+                (report.skipped, "belong to ended workflows"),
+                (report.failed, "could not be moved"),
+            ] {
+                if n > 0 {
+                    also.push(format!("{n} {what}"));
+                }
             }
             println!(
                 "replayed {} of {} dead letters of {t}{}",
                 report.replayed,
                 report.matched,
-                if report.gone > 0 {
-                    format!(" ({} were gone)", report.gone)
-                } else {
+                if also.is_empty() {
                     String::new()
+                } else {
+                    format!(" ({})", also.join(", "))
                 }
             );
         }
     });
     // Named ids that were not there are worth a non-zero exit: the
     // operator asked for something that did not happen.
+    if report.failed > 0 {
+        return Err(ExitStatus::Internal(format!(
+            "{} dead letters of {t} could not be moved; they are still in the DLQ",
+            report.failed
+        )));
+    }
     if matches!(selection, Selection::Ids(_)) && report.gone > 0 {
         return Err(ExitStatus::NotFound(format!(
             "{} of the given dead letters were not in {t}'s DLQ",
@@ -525,6 +564,11 @@ async fn import(ctx: &Ctx, file: &PathBuf) -> CtlResult {
         match serde_json::from_str::<DeadLetter>(line)
             .map_err(|e| e.to_string())
             .and_then(|d| {
+                if d.raw.is_empty() {
+                    // A replay rebuilds the task from these: without them
+                    // the dead letter could only ever be purged.
+                    return Err("it has no raw fields (the original entry) to replay".into());
+                }
                 AgentType::new(&d.agent_type)
                     .map(|t| (t, d))
                     .map_err(|e| e.to_string())

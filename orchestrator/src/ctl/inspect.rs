@@ -45,9 +45,10 @@ pub(super) async fn streams(ctx: &Ctx) -> CtlResult {
 
 #[derive(Debug, Args)]
 pub(super) struct AgentsArgs {
-    /// Mark an instance stale when its last heartbeat is older than this
-    /// (three of the workers' default 5 s heartbeats).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    /// Mark an instance stale when its last heartbeat is older than this.
+    /// Two of the workers' default 5 s heartbeats: a record disappears
+    /// after three, so a longer threshold would never show one.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     stale_after: Duration,
 }
 
@@ -62,7 +63,10 @@ struct AgentView {
 pub(super) async fn agents(ctx: &Ctx, args: AgentsArgs) -> CtlResult {
     let mut records = ctx.client.agents().await?;
     records.sort_by(|a, b| (&a.agent_type, &a.instance_id).cmp(&(&b.agent_type, &b.instance_id)));
-    let now = super::output::now_ms();
+    // Ages by the Redis server's clock, like every other time the runtime
+    // compares: this machine's clock may be off.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut ctx.conn()).await?;
+    let now = secs * 1000 + micros / 1000;
     let stale_ms = u64::try_from(args.stale_after.as_millis()).unwrap_or(u64::MAX);
     let views: Vec<AgentView> = records
         .into_iter()

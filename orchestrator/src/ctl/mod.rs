@@ -121,7 +121,7 @@ impl From<crate::Error> for ExitStatus {
             E::Conflict(m) => Self::Conflict(m),
             E::Invalid(m) => Self::Usage(m),
             E::Definition(d) => Self::Usage(d.to_string()),
-            E::Protocol(p) => Self::Usage(p.to_string()),
+            E::Config(m) => Self::Usage(m),
             E::Redis(r) if is_connection_error(&r) => {
                 Self::Unavailable(format!("cannot reach Redis: {r}"))
             }
@@ -137,7 +137,7 @@ impl From<agent_sdk::Error> for ExitStatus {
             agent_sdk::Error::Redis(r) if is_connection_error(&r) => {
                 Self::Unavailable(format!("cannot reach Redis: {r}"))
             }
-            agent_sdk::Error::Protocol(p) => Self::Usage(p.to_string()),
+            agent_sdk::Error::Config(m) => Self::Usage(m),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -84,9 +84,10 @@ impl Table {
         }
     }
 
-    /// Adds a row (one cell per header).
+    /// Adds a row (one cell per header); control characters in cells are
+    /// made harmless ([`clean`]).
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| clean(c)).collect());
     }
 
     /// Prints it to stdout; `empty` instead when it has no rows.
@@ -148,8 +149,15 @@ pub fn ago(at_ms: Option<u64>) -> String {
     )
 }
 
-/// `at_ms` as an RFC 3339 time (UTC, seconds).
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// `at_ms` as an RFC 3339 time (UTC, seconds). A time past the year 9999
+/// (only a forged entry has one) is shown as its number.
 pub fn time(at_ms: u64) -> String {
+    if at_ms > LAST_RFC3339_MS {
+        return format!("{at_ms} ms");
+    }
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at_ms))
         .to_string()
 }
@@ -169,6 +177,15 @@ pub fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (escape sequences
+/// that could rewrite the screen or the window title) shown as `�`. Dead
+/// letters carry text any producer wrote.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// An optional value, or `-`.
 pub fn or_dash(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
@@ -179,11 +196,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_past_9999_do_not_panic() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(u64::MAX), format!("{} ms", u64::MAX));
+    }
+
+    #[test]
     fn ages_are_short() {
         assert_eq!(short(4_000), "4s");
         assert_eq!(short(12 * 60_000), "12m");
         assert_eq!(short(3 * 3_600_000), "3h");
         assert_eq!(short(2 * 86_400_000), "2d");
+    }
+
+    #[test]
+    fn clean_defuses_escape_sequences() {
+        assert_eq!(clean("a\u{1b}]0;pwned\u{7}b"), "a\u{fffd}]0;pwned\u{fffd}b");
+        assert_eq!(clean("plain ✓"), "plain ✓");
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TaskCommand) -> CtlResult {
                 );
             }
             if wait {
-                let wait_for = timeout + delay.unwrap_or_default();
+                let wait_for = timeout.saturating_add(delay.unwrap_or_default());
                 view.result = ctx.client.wait_for_result(&t, &e.task_id, wait_for).await?;
                 if view.result.is_none() {
                     if ctx.out.json() {
@@ -113,6 +113,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: TaskCommand) -> CtlResult {
             view.result.as_ref().map_or(Ok(()), outcome)
         }
         TaskCommand::Get { id, agent_type } => {
+            agent_sdk::schemas::names::validate_task_id(&id)
+                .map_err(|e| ExitStatus::Usage(e.to_string()))?;
             let types = match agent_type {
                 Some(t) => vec![agent_type_arg(&t)?],
                 None => {

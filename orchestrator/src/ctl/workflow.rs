@@ -29,6 +29,9 @@ pub(super) enum WorkflowCommand {
         /// Then follow it stage by stage until it ends.
         #[arg(long)]
         watch: bool,
+        /// With --watch: give up after this long (exit 5).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// One workflow: status and every stage.
     Get {
@@ -55,6 +58,10 @@ pub(super) enum WorkflowCommand {
     Watch {
         /// Workflow id.
         id: String,
+        /// Give up after this long (exit 5); a blocked workflow waits for a
+        /// person, so scripts should set one.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// Stop dispatching, compensate, end `cancelled`.
     Cancel {
@@ -106,6 +113,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
             id,
             definition_version,
             watch: follow,
+            timeout,
         } => {
             let input = json_arg("--input", &input)?;
             let mut conn = ctx.conn();
@@ -124,10 +132,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
             if follow {
                 if ctx.out.json() {
                     // One document: the workflow as it ended.
-                    return watch(ctx, &wf.id, false).await;
+                    return watch(ctx, &wf.id, false, timeout).await;
                 }
                 println!("submitted workflow {} ({})", wf.id, wf.definition);
-                return watch(ctx, &wf.id, true).await;
+                return watch(ctx, &wf.id, true, timeout).await;
             }
             ctx.out.show(
                 &WorkflowOut {
@@ -203,9 +211,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
             });
             Ok(())
         }
-        WorkflowCommand::Watch { id } => {
+        WorkflowCommand::Watch { id, timeout } => {
             load(ctx, &id).await?;
-            watch(ctx, &id, !ctx.out.json()).await
+            watch(ctx, &id, !ctx.out.json(), timeout).await
         }
         WorkflowCommand::Cancel { id, reason } => {
             let reason = reason_arg(reason, "cancelled by an operator")?;
@@ -396,7 +404,9 @@ const WATCH_POLL: Duration = Duration::from_millis(200);
 /// Follows `id` until it ends, printing each event when `human`; prints the
 /// final workflow (JSON with `--json`). Exit 0 when it completed, 1 when it
 /// failed or was cancelled.
-async fn watch(ctx: &Ctx, id: &str, human: bool) -> CtlResult {
+async fn watch(ctx: &Ctx, id: &str, human: bool, timeout: Option<Duration>) -> CtlResult {
+    let give_up = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut said_blocked = false;
     let mut conn = ctx.conn();
     let store = ctx.engine.store();
     let mut after: Option<String> = None;
@@ -428,9 +438,29 @@ async fn watch(ctx: &Ctx, id: &str, human: bool) -> CtlResult {
         if wf.status.is_terminal() {
             // Its last entries were stored with that state: one more read.
             ended = Some((wf, v));
-        } else {
-            tokio::time::sleep(WATCH_POLL).await;
+            continue;
         }
+        if human && !said_blocked && wf.status == WorkflowStatus::Blocked {
+            said_blocked = true;
+            println!(
+                "  blocked on a dead letter: replay it (agentctl dlq list TYPE --workflow {id}) \
+                 or abort the workflow; still watching"
+            );
+        }
+        if give_up.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            if !human {
+                ctx.out.print_json(&WorkflowOut {
+                    workflow: &wf,
+                    version: v,
+                });
+            }
+            return Err(ExitStatus::TimedOut(format!(
+                "workflow {id} is still {} after {}",
+                status_str(wf.status),
+                humantime::format_duration(timeout.unwrap_or_default())
+            )));
+        }
+        tokio::time::sleep(WATCH_POLL).await;
     }
 }
 
