@@ -1446,7 +1446,10 @@ async fn dead_letter_requests_are_refused_clearly() {
     let r = post_json(&http, &replay, json!({ "all": true }), 200).await;
     assert_eq!(
         r,
-        json!({ "dry_run": false, "matched": 0, "replayed": 0, "gone": 0, "items": [] })
+        json!({
+            "dry_run": false, "matched": 0, "replayed": 0, "gone": 0, "skipped": 0,
+            "failed": 0, "items": [], "items_left_out": 0
+        })
     );
     let r = post_json(&http, &replay, json!({ "ids": ["1-0"] }), 200).await;
     assert_eq!((&r["matched"], &r["gone"]), (&json!(1), &json!(1)), "{r}");

@@ -50,7 +50,7 @@ pub struct QueuesView {
 pub async fn queues(State(state): State<AppState>) -> ApiResult<Json<QueuesView>> {
     let mut conn = state.conn().await?;
     let keys = state.engine().keys();
-    let types = admin::agent_types(&mut conn, keys).await?;
+    let types = state.agent_types(&mut conn).await?;
     let queues = admin::dlq_summaries(&mut conn, keys, &types).await?;
     Ok(Json(QueuesView { queues }))
 }

@@ -26,6 +26,7 @@ mod workflows;
 
 use crate::engine::Engine;
 use crate::store::Change;
+use agent_sdk::schemas::AgentType;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -56,7 +57,13 @@ struct Inner {
     token: Option<String>,
     changes: broadcast::Sender<Arc<Change>>,
     stop: CancellationToken,
+    /// Agent types found by the last keyspace scan, and when.
+    types: tokio::sync::Mutex<Option<(std::time::Instant, Vec<AgentType>)>>,
 }
+
+/// How long a scan for agent types is reused: the dashboard asks every few
+/// seconds, and a scan walks the whole keyspace.
+const TYPES_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AppState {
     /// State for the router.
@@ -74,6 +81,7 @@ impl AppState {
                 token,
                 changes,
                 stop,
+                types: tokio::sync::Mutex::default(),
             }),
         }
     }
@@ -84,6 +92,32 @@ impl AppState {
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, ApiError> {
         Ok(self.inner.pool.get().await?)
+    }
+
+    /// Every agent type with streams: the last scan (at most
+    /// [`TYPES_FRESH`] old) plus the types this orchestrator dispatches to.
+    async fn agent_types(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> Result<Vec<AgentType>, ApiError> {
+        let mut cached = self.inner.types.lock().await;
+        let scanned = match &*cached {
+            Some((at, types)) if at.elapsed() < TYPES_FRESH => types.clone(),
+            _ => {
+                let types = crate::admin::agent_types(conn, self.engine().keys()).await?;
+                *cached = Some((std::time::Instant::now(), types.clone()));
+                types
+            }
+        };
+        drop(cached);
+        let mut all: std::collections::BTreeMap<String, AgentType> =
+            scanned.into_iter().map(|t| (t.to_string(), t)).collect();
+        for t in self.engine().watched_types() {
+            if let Ok(a) = AgentType::new(&t) {
+                all.entry(t).or_insert(a);
+            }
+        }
+        Ok(all.into_values().collect())
     }
 }
 

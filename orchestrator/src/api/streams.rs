@@ -60,7 +60,7 @@ pub struct StreamsView {
 pub async fn streams(State(state): State<AppState>) -> ApiResult<Json<StreamsView>> {
     let mut conn = state.conn().await?;
     let keys = state.engine().keys();
-    let types = admin::agent_types(&mut conn, keys).await?;
+    let types = state.agent_types(&mut conn).await?;
     let streams = admin::stream_stats(&mut conn, keys, &types).await?;
     Ok(Json(StreamsView { streams }))
 }
