@@ -11,7 +11,7 @@
 use crate::Result;
 use crate::engine::{Engine, Outcome};
 use crate::machine::{Event, StageStatus};
-use crate::store::{ALL_STATUSES, WorkflowStore, status_str};
+use crate::store::{ALL_STATUSES, WorkflowStore, parse_status, status_str};
 use agent_sdk::schemas::{
     AgentType, DeadLetter, DecodeLimits, Keys, TaskEnvelope, WORKERS_GROUP, codec::decode_any,
     fields, names,
@@ -776,38 +776,59 @@ pub struct WorkflowCounts {
 
 /// How many of the newest workflows the ended counts look at.
 pub const RECENT_WINDOW: usize = 1000;
-/// At most this many active workflows are counted (a page of summaries each).
+/// At most this many active workflows are counted.
 const ACTIVE_MAX: usize = 100_000;
+/// Active workflows read per round trip when counting.
+const ACTIVE_PAGE: usize = 1000;
+
+/// Workflows that have not ended, by status (every such status present,
+/// 0 included), from the active index, a page of statuses per round trip,
+/// at most the first 100,000. `/metrics` and `/overview` both use it.
+pub async fn active_counts<C: ConnectionLike + Send>(
+    store: &WorkflowStore,
+    conn: &mut C,
+) -> Result<BTreeMap<String, u64>> {
+    let mut by_status: BTreeMap<String, u64> = ALL_STATUSES
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| (status_str(*s).to_owned(), 0))
+        .collect();
+    let mut offset = 0;
+    while offset < ACTIVE_MAX {
+        let page = store.active_page(conn, offset, ACTIVE_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len();
+        let mut pipe = redis::pipe();
+        for (id, _) in &page {
+            pipe.cmd("HGET")
+                .arg(store.keys().workflow(id)?)
+                .arg("status");
+        }
+        let statuses: Vec<Option<String>> = pipe.query_async(conn).await?;
+        for s in statuses.into_iter().flatten() {
+            if let Some(s) = parse_status(&s)
+                && !s.is_terminal()
+            {
+                *by_status.entry(status_str(s).to_owned()).or_default() += 1;
+            }
+        }
+    }
+    Ok(by_status)
+}
 
 /// Counts workflows by status.
 pub async fn workflow_counts<C: ConnectionLike + Send>(
     store: &WorkflowStore,
     conn: &mut C,
 ) -> Result<WorkflowCounts> {
-    let mut active: BTreeMap<String, u64> = BTreeMap::new();
-    let mut recent_ended: BTreeMap<String, u64> = BTreeMap::new();
-    for s in ALL_STATUSES {
-        let name = status_str(s).to_owned();
-        if s.is_terminal() {
-            recent_ended.insert(name, 0);
-        } else {
-            active.insert(name, 0);
-        }
-    }
-    let mut offset = 0;
-    while offset < ACTIVE_MAX {
-        let page = store.active_page(conn, offset, WALK_PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
-        offset += page.len();
-        let ids: Vec<String> = page.into_iter().map(|(id, _)| id).collect();
-        for s in store.summaries(conn, &ids).await?.into_iter().flatten() {
-            if !s.status.is_terminal() {
-                *active.entry(status_str(s.status).to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let active = active_counts(store, conn).await?;
+    let mut recent_ended: BTreeMap<String, u64> = ALL_STATUSES
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| (status_str(*s).to_owned(), 0))
+        .collect();
     let newest: Vec<String> = redis::cmd("ZREVRANGE")
         .arg(store.keys().workflows_all())
         .arg(0)

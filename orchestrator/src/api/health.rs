@@ -2,19 +2,14 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
-use crate::store::{ALL_STATUSES, parse_status, status_str};
 use agent_sdk::schemas::{AgentType, ORCHESTRATOR_GROUP};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::OnceLock;
-
-/// Most active workflows counted per scrape.
-const MAX_COUNTED: usize = 100_000;
 
 static PROMETHEUS: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
     OnceLock::new();
@@ -151,36 +146,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let store = state.engine().store();
     let keys = state.engine().keys();
 
-    let mut by_status: BTreeMap<&str, u64> = ALL_STATUSES
-        .iter()
-        .filter(|s| !s.is_terminal())
-        .map(|s| (status_str(*s), 0))
-        .collect();
-    let mut offset = 0;
-    while offset < MAX_COUNTED {
-        let page = store.active_page(&mut conn, offset, 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        offset += page.len();
-        let mut pipe = redis::pipe();
-        for (id, _) in &page {
-            pipe.cmd("HGET")
-                .arg(keys.workflow(id).map_err(crate::error::Error::from)?)
-                .arg("status");
-        }
-        let statuses: Vec<Option<String>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(crate::error::Error::from)?;
-        for s in statuses.into_iter().flatten() {
-            if let Some(s) = parse_status(&s)
-                && !s.is_terminal()
-            {
-                *by_status.entry(status_str(s)).or_default() += 1;
-            }
-        }
-    }
+    let by_status = crate::admin::active_counts(store, &mut conn).await?;
     let total: u64 = redis::cmd("ZCARD")
         .arg(keys.workflows_all())
         .query_async(&mut conn)
