@@ -66,6 +66,63 @@ pub enum Outcome {
     NotFound,
 }
 
+/// What an operator does to a workflow (the API's and `agentctl`'s
+/// cancel, abort, approve and reject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Stop dispatching, compensate, end `cancelled`.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+    /// Compensate, end `failed`.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+    /// Let a stage that waits for approval run.
+    Approve {
+        /// The stage.
+        stage: String,
+    },
+    /// Refuse a stage that waits for approval.
+    Reject {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl OperatorAction {
+    fn stage(&self) -> Option<&str> {
+        match self {
+            Self::Approve { stage } | Self::Reject { stage, .. } => Some(stage),
+            Self::Cancel { .. } | Self::Abort { .. } => None,
+        }
+    }
+
+    fn event(&self) -> Event {
+        match self.clone() {
+            Self::Cancel { reason } => Event::Cancelled { reason },
+            Self::Abort { reason } => Event::Aborted { reason },
+            Self::Approve { stage } => Event::Approved { stage },
+            Self::Reject { stage, reason } => Event::Rejected { stage, reason },
+        }
+    }
+
+    /// What an action that changes nothing is told.
+    fn refused(&self) -> String {
+        match self {
+            Self::Cancel { .. } => "nothing to cancel: it has ended or is ending".into(),
+            Self::Abort { .. } => "nothing to abort: it has ended or is ending".into(),
+            Self::Approve { stage } | Self::Reject { stage, .. } => {
+                format!("stage {stage} is not waiting for approval")
+            }
+        }
+    }
+}
+
 /// Where to create a workflow from.
 #[derive(Debug, Clone)]
 pub struct NewWorkflow {
@@ -293,6 +350,40 @@ impl Engine {
             self.remember(&started, 1);
         }
         Ok((started, 1))
+    }
+
+    /// Carries out an operator's `action` on workflow `id`; returns the
+    /// workflow after it. [`Error::NotFound`] for an unknown workflow or
+    /// stage, [`Error::Conflict`] (saying why) when it would change nothing.
+    pub async fn act<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        action: &OperatorAction,
+    ) -> Result<(Workflow, u64)> {
+        let not_found = |what: &'static str, id: &str| Error::NotFound {
+            what,
+            id: id.to_owned(),
+        };
+        let stored = self
+            .store
+            .load(conn, id)
+            .await?
+            .ok_or_else(|| not_found("workflow", id))?;
+        if let Some(stage) = action.stage()
+            && stored.workflow.stage(stage).is_none()
+        {
+            return Err(not_found("stage", stage));
+        }
+        match self.signal(conn, id, &action.event()).await? {
+            Outcome::Applied { workflow, version } => Ok((workflow, version)),
+            Outcome::Unchanged { workflow, .. } => Err(Error::Conflict(format!(
+                "{} (workflow {id} is {})",
+                action.refused(),
+                crate::store::status_str(workflow.status)
+            ))),
+            Outcome::NotFound => Err(not_found("workflow", id)),
+        }
     }
 
     /// Applies `event` to workflow `id`, stores the transition and carries

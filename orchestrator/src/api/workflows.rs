@@ -3,8 +3,8 @@
 use super::AppState;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
-use crate::engine::{NewWorkflow, Outcome};
-use crate::machine::{Event, StageStatus, Workflow};
+use crate::engine::{NewWorkflow, OperatorAction};
+use crate::machine::{StageStatus, Workflow};
 use crate::store::{ListFilter, LogEntry, Page, parse_status};
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
@@ -277,25 +277,11 @@ fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
     Ok(r)
 }
 
-/// Applies an operator event; 409 when it changes nothing.
-async fn act(
-    state: &AppState,
-    id: &str,
-    event: Event,
-    refused: &str,
-) -> ApiResult<Json<WorkflowView>> {
+/// Carries out an operator's action; 404 / 409 as [`Engine::act`] says.
+async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Json<WorkflowView>> {
     let mut conn = state.conn().await?;
-    load(state, &mut conn, id).await?;
-    match state.engine().signal(&mut conn, id, &event).await? {
-        Outcome::Applied { workflow, version } => {
-            Ok(Json(view(state, &mut conn, workflow, version).await?))
-        }
-        Outcome::Unchanged { workflow, .. } => Err(ApiError::conflict(format!(
-            "{refused} (workflow {id} is {})",
-            crate::store::status_str(workflow.status)
-        ))),
-        Outcome::NotFound => Err(ApiError::not_found("workflow", id)),
-    }
+    let (workflow, version) = state.engine().act(&mut conn, id, &action).await?;
+    Ok(Json(view(state, &mut conn, workflow, version).await?))
 }
 
 /// Cancel a workflow
@@ -325,13 +311,7 @@ pub async fn cancel(
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "cancelled by an operator")?;
-    act(
-        &state,
-        &id,
-        Event::Cancelled { reason },
-        "nothing to cancel: it has ended or is ending",
-    )
-    .await
+    act(&state, &id, OperatorAction::Cancel { reason }).await
 }
 
 /// Abort a workflow
@@ -361,13 +341,7 @@ pub async fn abort(
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "aborted by an operator")?;
-    act(
-        &state,
-        &id,
-        Event::Aborted { reason },
-        "nothing to abort: it has ended or is ending",
-    )
-    .await
+    act(&state, &id, OperatorAction::Abort { reason }).await
 }
 
 async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Workflow, u64)> {
@@ -401,16 +375,7 @@ pub async fn approve(
     State(state): State<AppState>,
     Path((id, stage)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkflowView>> {
-    stage_exists(&state, &id, &stage).await?;
-    act(
-        &state,
-        &id,
-        Event::Approved {
-            stage: stage.clone(),
-        },
-        &format!("stage {stage} is not waiting for approval"),
-    )
-    .await
+    act(&state, &id, OperatorAction::Approve { stage }).await
 }
 
 /// Reject a stage
@@ -440,18 +405,8 @@ pub async fn reject(
     Path((id, stage)): Path<(String, String)>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
-    stage_exists(&state, &id, &stage).await?;
     let reason = reason(body, "rejected by an operator")?;
-    act(
-        &state,
-        &id,
-        Event::Rejected {
-            stage: stage.clone(),
-            reason,
-        },
-        &format!("stage {stage} is not waiting for approval"),
-    )
-    .await
+    act(&state, &id, OperatorAction::Reject { stage, reason }).await
 }
 
 /// Replay a dead-lettered stage

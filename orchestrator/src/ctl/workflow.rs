@@ -4,8 +4,8 @@
 
 use super::output::{Table, ago, clip, or_dash, short, time};
 use super::{CtlResult, Ctx, ExitStatus, json_arg};
-use crate::engine::{NewWorkflow, Outcome};
-use crate::machine::{Event, StageStatus, Workflow, WorkflowStatus};
+use crate::engine::{NewWorkflow, OperatorAction};
+use crate::machine::{StageStatus, Workflow, WorkflowStatus};
 use crate::store::{ListFilter, LogEntry, parse_status, status_str};
 use clap::Subcommand;
 use serde::Serialize;
@@ -217,49 +217,18 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
         }
         WorkflowCommand::Cancel { id, reason } => {
             let reason = reason_arg(reason, "cancelled by an operator")?;
-            act(
-                ctx,
-                &id,
-                Event::Cancelled { reason },
-                "nothing to cancel: it has ended or is ending",
-            )
-            .await
+            act(ctx, &id, OperatorAction::Cancel { reason }).await
         }
         WorkflowCommand::Abort { id, reason } => {
             let reason = reason_arg(reason, "aborted by an operator")?;
-            act(
-                ctx,
-                &id,
-                Event::Aborted { reason },
-                "nothing to abort: it has ended or is ending",
-            )
-            .await
+            act(ctx, &id, OperatorAction::Abort { reason }).await
         }
         WorkflowCommand::Approve { id, stage } => {
-            stage_exists(ctx, &id, &stage).await?;
-            act(
-                ctx,
-                &id,
-                Event::Approved {
-                    stage: stage.clone(),
-                },
-                &format!("stage {stage} is not waiting for approval"),
-            )
-            .await
+            act(ctx, &id, OperatorAction::Approve { stage }).await
         }
         WorkflowCommand::Reject { id, stage, reason } => {
-            stage_exists(ctx, &id, &stage).await?;
             let reason = reason_arg(reason, "rejected by an operator")?;
-            act(
-                ctx,
-                &id,
-                Event::Rejected {
-                    stage: stage.clone(),
-                    reason,
-                },
-                &format!("stage {stage} is not waiting for approval"),
-            )
-            .await
+            act(ctx, &id, OperatorAction::Reject { stage, reason }).await
         }
     }
 }
@@ -284,39 +253,21 @@ async fn load(ctx: &Ctx, id: &str) -> CtlResult<(Workflow, u64)> {
     }
 }
 
-async fn stage_exists(ctx: &Ctx, id: &str, stage: &str) -> CtlResult {
-    let (wf, _) = load(ctx, id).await?;
-    if wf.stage(stage).is_none() {
-        let names: Vec<&str> = wf.stages.iter().map(|s| s.name.as_str()).collect();
-        return Err(ExitStatus::NotFound(format!(
-            "workflow {id} has no stage {stage:?}; its stages: {}",
-            names.join(", ")
-        )));
-    }
-    Ok(())
-}
-
-/// Applies an operator event; refused (exit 4) when it changes nothing.
-async fn act(ctx: &Ctx, id: &str, event: Event, refused: &str) -> CtlResult {
-    load(ctx, id).await?;
+/// Carries out an operator's action: exit 3 for an unknown workflow or
+/// stage, 4 when it would change nothing.
+async fn act(ctx: &Ctx, id: &str, action: OperatorAction) -> CtlResult {
+    agent_sdk::schemas::names::validate_workflow_id(id)
+        .map_err(|e| ExitStatus::Usage(e.to_string()))?;
     let mut conn = ctx.conn();
-    match ctx.engine.signal(&mut conn, id, &event).await? {
-        Outcome::Applied { workflow, version } => {
-            ctx.out.show(
-                &WorkflowOut {
-                    workflow: &workflow,
-                    version,
-                },
-                || print_workflow(&workflow),
-            );
-            Ok(())
-        }
-        Outcome::Unchanged { workflow, .. } => Err(ExitStatus::Conflict(format!(
-            "{refused} (workflow {id} is {})",
-            status_str(workflow.status)
-        ))),
-        Outcome::NotFound => Err(ExitStatus::NotFound(format!("no workflow {id}"))),
-    }
+    let (workflow, version) = ctx.engine.act(&mut conn, id, &action).await?;
+    ctx.out.show(
+        &WorkflowOut {
+            workflow: &workflow,
+            version,
+        },
+        || print_workflow(&workflow),
+    );
+    Ok(())
 }
 
 /// A status in words with a sign, readable without colour.
