@@ -849,6 +849,24 @@ pub async fn workflow_counts<C: ConnectionLike + Send>(
     })
 }
 
+/// The filter an operator's words make (the API's query and `agentctl`'s
+/// flags): errors containing a text, one workflow's, failed since (see
+/// [`parse_since`]). The error names what is wrong with `since`.
+pub fn dead_letter_filter(
+    error_contains: Option<String>,
+    workflow: Option<String>,
+    since: Option<&str>,
+) -> std::result::Result<DeadLetterFilter, String> {
+    Ok(DeadLetterFilter {
+        error_contains,
+        workflow_id: workflow,
+        since_ms: since
+            .map(|s| parse_since(s, crate::engine::now_ms()))
+            .transpose()?,
+        ..DeadLetterFilter::default()
+    })
+}
+
 /// Parses a "since" given by an operator: a duration ago (`90m`, `2h`,
 /// `7d`) or an RFC 3339 time (`2026-11-23T10:00:00Z`); returns ms since the
 /// Unix epoch.

@@ -9,7 +9,6 @@ use crate::admin::{
     self, DeadLetterDetail, DeadLetterSummary, DlqSummary, PurgeSelection, ReplayOptions,
     ReplayReport, Selection,
 };
-use crate::engine::now_ms;
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
 use axum::Json;
@@ -97,18 +96,16 @@ impl FilterQuery {
         if limit == 0 || limit > 1000 {
             return Err(ApiError::bad_request("limit must be 1..=1000"));
         }
+        let filter = admin::dead_letter_filter(
+            self.error_contains.clone(),
+            self.workflow.clone(),
+            self.since.as_deref(),
+        )
+        .map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
         Ok(DeadLetterFilter {
-            workflow_id: self.workflow.clone(),
-            error_contains: self.error_contains.clone(),
-            since_ms: self
-                .since
-                .as_deref()
-                .map(|s| admin::parse_since(s, now_ms()))
-                .transpose()
-                .map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
             after: self.after.clone(),
             limit,
-            ..DeadLetterFilter::default()
+            ..filter
         })
     }
 }

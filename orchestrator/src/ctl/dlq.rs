@@ -1,6 +1,6 @@
 //! `agentctl dlq ...`: find, understand, replay, purge and move dead letters.
 
-use super::output::{Table, ago, clean, clip, now_ms, or_dash, time};
+use super::output::{Table, ago, clean, clip, or_dash, time};
 use super::{CtlResult, Ctx, ExitStatus, agent_type_arg};
 use crate::admin::{
     self, DeadLetterDetail, DeadLetterSummary, PurgeSelection, ReplayOptions, ReplayOutcome,
@@ -117,17 +117,12 @@ impl FilterArgs {
     }
 
     fn filter(&self) -> CtlResult<DeadLetterFilter> {
-        Ok(DeadLetterFilter {
-            error_contains: self.error_contains.clone(),
-            workflow_id: self.workflow.clone(),
-            since_ms: self
-                .since
-                .as_deref()
-                .map(|s| admin::parse_since(s, now_ms()))
-                .transpose()
-                .map_err(|e| ExitStatus::Usage(format!("--since: {e}")))?,
-            ..DeadLetterFilter::default()
-        })
+        admin::dead_letter_filter(
+            self.error_contains.clone(),
+            self.workflow.clone(),
+            self.since.as_deref(),
+        )
+        .map_err(|e| ExitStatus::Usage(format!("--since: {e}")))
     }
 }
 
