@@ -30,7 +30,9 @@ pub struct DeadLetterFilter {
 pub struct DeadLetterPage {
     /// The matching dead letters.
     pub items: Vec<DeadLetter>,
-    /// Pass as `after` to get the next page; `None` at the end.
+    /// Pass as `after` to get the next page; `None` at the end. A page can
+    /// be short (even empty) and still have one: a call reads at most
+    /// 10,000 entries looking for matches.
     pub next: Option<String>,
 }
 
@@ -93,11 +95,17 @@ impl DeadLetters {
         };
         let needle = filter.error_contains.as_ref().map(|n| n.to_lowercase());
         let mut page = DeadLetterPage::default();
-        // Filters are applied here, so scan in chunks until the page is full.
+        // Filters are applied here, so scan in chunks until the page is
+        // full, at most SCAN_BUDGET entries per call: a filter that matches
+        // little of a long DLQ returns a short page and a cursor to go on
+        // from, rather than reading the whole stream every time.
         const CHUNK: usize = 500;
+        const SCAN_BUDGET: usize = 10_000;
+        let mut scanned = 0;
         loop {
             let reply = range(&mut conn, &key, &start, "+", Some(CHUNK)).await?;
             let n = reply.len();
+            scanned += n;
             for e in reply {
                 start = format!("({}", e.id);
                 let id = e.id.clone();
@@ -130,6 +138,11 @@ impl DeadLetters {
                 }
             }
             if n < CHUNK {
+                return Ok(page);
+            }
+            if scanned >= SCAN_BUDGET {
+                // `start` is "(<last id scanned>".
+                page.next = Some(start.trim_start_matches('(').to_owned());
                 return Ok(page);
             }
         }

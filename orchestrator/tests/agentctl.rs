@@ -1031,3 +1031,75 @@ async fn an_entry_that_cannot_be_replayed_does_not_stop_the_others() {
     assert!(r.stderr.contains("no raw fields"), "{r:?}");
     assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_reads_a_long_dlq_a_bounded_slice_at_a_time() {
+    // 10,500 dead letters; only the last matches. A list call reads at most
+    // 10,000 entries, so the first page is empty with a cursor, and a walk
+    // (replay) still finds the one.
+    const N: usize = 10_500;
+    let redis = TestRedis::start();
+    let mut c = conn(&redis).await;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let mut d = dead_letter(*i);
+            if *i == N - 1 {
+                d.error = "the needle".into();
+            }
+            let cmd = pipe.cmd("XADD").arg(dlq_key("e2e")).arg("*");
+            for (k, v) in d.to_fields() {
+                cmd.arg(k).arg(v);
+            }
+            cmd.ignore();
+        }
+        let () = pipe.query_async(&mut c).await.unwrap();
+    }
+    let client = agent_sdk::Client::connect(&redis.url(), NS).await.unwrap();
+    let filter = agent_sdk::DeadLetterFilter {
+        error_contains: Some("needle".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let first = client
+        .dead_letters()
+        .list(&agent_type("e2e"), &filter)
+        .await
+        .unwrap();
+    assert!(first.items.is_empty());
+    let next = first.next.expect("a cursor to go on from");
+    let second = client
+        .dead_letters()
+        .list(
+            &agent_type("e2e"),
+            &agent_sdk::DeadLetterFilter {
+                after: Some(next),
+                ..filter.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0].error, "the needle");
+
+    let r = ctl(
+        &redis,
+        &[
+            "dlq",
+            "replay",
+            "e2e",
+            "--error-contains",
+            "needle",
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(
+        (r["matched"].as_u64(), r["replayed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(xlen(&redis, &dlq_key("e2e")).await, (N - 1) as u64);
+    assert_eq!(xlen(&redis, &tasks_key("e2e")).await, 1);
+}

@@ -116,8 +116,10 @@ impl FilterQuery {
 pub struct DeadLetterPageView {
     /// Oldest first.
     items: Vec<DeadLetterSummary>,
-    /// Pass as `after` for the next page; null when this page is not full
-    /// (a full last page is followed by an empty one).
+    /// Pass as `after` for the next page; null at the end. A page can be
+    /// short, even empty, and still have one: a request reads at most
+    /// 10,000 dead letters looking for matches (and a full last page is
+    /// followed by an empty one).
     next: Option<String>,
 }
 
