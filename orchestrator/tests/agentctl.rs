@@ -594,29 +594,20 @@ async fn two_concurrent_replays_move_each_dead_letter_exactly_once() {
     assert_eq!(bodies.len(), N);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaying_a_dead_letter_resumes_its_blocked_workflow() {
-    let redis = TestRedis::start();
-    let agents = Agents::start(&redis, &SDLC);
-    let o = InProcess::start(&redis, &[]).await;
-
+/// Submits an `sdlc` workflow whose e2e stage fails until the lab is
+/// healed, through agentctl; returns its id once it is blocked.
+async fn submit_blocked(redis: &TestRedis) -> String {
+    let input = r#"{"dead_letter":"e2e"}"#;
     let submitted = ctl(
-        &redis,
-        &[
-            "workflow",
-            "submit",
-            "sdlc",
-            "--input",
-            r#"{"dead_letter":"e2e"}"#,
-            "--json",
-        ],
+        redis,
+        &["workflow", "submit", "sdlc", "--input", input, "--json"],
     )
     .await
     .ok()
     .json();
     let id = submitted["id"].as_str().unwrap().to_owned();
     wait_until("workflow blocked", PATIENCE, || {
-        let (redis, id) = (&redis, id.clone());
+        let id = id.clone();
         async move {
             summaries(redis, &[id]).await[0]
                 .as_ref()
@@ -624,6 +615,16 @@ async fn replaying_a_dead_letter_resumes_its_blocked_workflow() {
         }
     })
     .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_dead_letter_resumes_its_blocked_workflow() {
+    let redis = TestRedis::start();
+    let agents = Agents::start(&redis, &SDLC);
+    let o = InProcess::start(&redis, &[]).await;
+
+    let id = submit_blocked(&redis).await;
     let shown = ctl(&redis, &["workflow", "get", &id]).await.ok();
     assert!(shown.stdout.contains("blocked"), "{shown:?}");
     assert!(shown.stdout.contains("dead_lettered"), "{shown:?}");
@@ -889,32 +890,7 @@ async fn dead_letters_of_ended_workflows_stay_unless_forced() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let o = InProcess::start(&redis, &[]).await;
-    let id = ctl(
-        &redis,
-        &[
-            "workflow",
-            "submit",
-            "sdlc",
-            "--input",
-            r#"{"dead_letter":"e2e"}"#,
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_until("workflow blocked", PATIENCE, || {
-        let (redis, id) = (&redis, id.clone());
-        async move {
-            summaries(redis, &[id]).await[0]
-                .as_ref()
-                .is_some_and(|s| s.status == WorkflowStatus::Blocked)
-        }
-    })
-    .await;
+    let id = submit_blocked(&redis).await;
     ctl(&redis, &["workflow", "abort", &id, "--reason", "given up"])
         .await
         .ok();
