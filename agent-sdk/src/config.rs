@@ -1,8 +1,11 @@
-//! Runtime configuration: one `clap` struct every agent binary flattens in.
+//! Runtime configuration: one `clap` struct every agent binary flattens in,
+//! and [`RedisArgs`], the Redis flags every binary of the project shares.
 //!
 //! Every field has a flag, an `AGENTIC_*` environment fallback and a default;
 //! durations are written the human way (`30s`, `2m`, `500ms`).
 
+use crate::connection::Connector;
+use crate::worker::RetryPolicy;
 use crate::{Error, Result};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
@@ -18,22 +21,79 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings of a worker (and of the telemetry of the process that runs it).
-#[derive(Debug, Clone, PartialEq, Args)]
-pub struct RuntimeConfig {
+/// Where Redis is and which namespace to use: the flags of every binary
+/// (agents, `orchestrator serve`, `agentctl`), declared once.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RedisArgs {
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
     #[arg(
-        long,
+        long = "redis-url",
+        global = true,
         env = "AGENTIC_REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
         // `--help` must not print a password taken from the environment.
         hide_env_values = true
     )]
-    pub redis_url: String,
+    pub url: String,
 
     /// Namespace prefixed to every key, so deployments can share one Redis.
-    #[arg(long, env = "AGENTIC_NAMESPACE", default_value = schemas::DEFAULT_NAMESPACE)]
+    #[arg(long, global = true, env = "AGENTIC_NAMESPACE", default_value = schemas::DEFAULT_NAMESPACE)]
     pub namespace: String,
+}
+
+impl Default for RedisArgs {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            namespace: schemas::DEFAULT_NAMESPACE.into(),
+        }
+    }
+}
+
+impl RedisArgs {
+    /// `url` and `namespace`.
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// Rejects a URL of another scheme and a bad namespace, naming the flag
+    /// and never printing a password.
+    pub fn validate(&self) -> Result<()> {
+        schemas::Namespace::new(self.namespace.clone())?;
+        crate::connection::parse_url(&self.url).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("--redis-url: {m}")),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    /// The key names of the namespace.
+    pub fn keys(&self) -> Result<schemas::Keys> {
+        Ok(schemas::Keys::new(schemas::Namespace::new(
+            self.namespace.clone(),
+        )?))
+    }
+
+    /// A connector to the URL.
+    pub fn connector(&self) -> Result<Connector> {
+        Connector::new(&self.url)
+    }
+
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        crate::connection::redact_url(&self.url)
+    }
+}
+
+/// Settings of a worker (and of the telemetry of the process that runs it).
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct RuntimeConfig {
+    /// Redis and namespace.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Agent type to serve; the binary's own type when not given.
     #[arg(long, env = "AGENTIC_AGENT_TYPE")]
@@ -56,25 +116,9 @@ pub struct RuntimeConfig {
     #[arg(long, env = "AGENTIC_READ_BLOCK", default_value = "2s", value_parser = humantime::parse_duration)]
     pub read_block: Duration,
 
-    /// Attempts per task before it is dead-lettered (a task may lower or raise it).
-    #[arg(long, env = "AGENTIC_MAX_ATTEMPTS", default_value_t = 5)]
-    pub max_attempts: u32,
-
-    /// Delay before the first retry.
-    #[arg(long, env = "AGENTIC_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub backoff_initial: Duration,
-
-    /// Longest delay between retries.
-    #[arg(long, env = "AGENTIC_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub backoff_max: Duration,
-
-    /// Factor by which the delay grows per attempt.
-    #[arg(long, env = "AGENTIC_BACKOFF_MULTIPLIER", default_value_t = 2.0)]
-    pub backoff_multiplier: f64,
-
-    /// Random fraction taken off each delay (0 = none, 1 = anywhere in [0, delay]).
-    #[arg(long, env = "AGENTIC_BACKOFF_JITTER", default_value_t = 0.2)]
-    pub backoff_jitter: f64,
+    /// Attempts and backoff.
+    #[command(flatten)]
+    pub retry: RetryPolicy,
 
     /// Handler timeout when the task does not set one; a timeout is a retryable failure.
     #[arg(long, env = "AGENTIC_TASK_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -134,18 +178,13 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            redis_url: "redis://127.0.0.1:6379".into(),
-            namespace: schemas::DEFAULT_NAMESPACE.into(),
+            redis: RedisArgs::default(),
             agent_type: None,
             instance_id: None,
             concurrency: 16,
             batch_size: 64,
             read_block: Duration::from_secs(2),
-            max_attempts: 5,
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            backoff_multiplier: 2.0,
-            backoff_jitter: 0.2,
+            retry: RetryPolicy::default(),
             task_timeout: Duration::from_secs(300),
             claim_idle: Duration::from_secs(60),
             lease_renew: Duration::from_secs(10),
@@ -166,14 +205,14 @@ impl RuntimeConfig {
     /// Rejects inconsistent settings with a message naming the flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        schemas::Namespace::new(self.namespace.clone())?;
+        self.redis.validate()?;
+        self.retry.validate()?;
         if let Some(t) = &self.agent_type {
             schemas::AgentType::new(t.clone())?;
         }
         if let Some(id) = &self.instance_id {
             schemas::names::validate_consumer(id)?;
         }
-        crate::connection::parse_url(&self.redis_url)?;
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return bad(format!(
                 "--concurrency must be 1..=10000, got {}",
@@ -190,20 +229,8 @@ impl RuntimeConfig {
         {
             return bad("--read-block must be between 10ms and 60s".into());
         }
-        if self.max_attempts == 0 {
-            return bad("--max-attempts must be at least 1".into());
-        }
         if self.max_deliveries == 0 {
             return bad("--max-deliveries must be at least 1".into());
-        }
-        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
-            return bad("--backoff-initial must be above 0 and at most --backoff-max".into());
-        }
-        if !(self.backoff_multiplier >= 1.0 && self.backoff_multiplier <= 100.0) {
-            return bad("--backoff-multiplier must be between 1 and 100".into());
-        }
-        if !(0.0..=1.0).contains(&self.backoff_jitter) {
-            return bad("--backoff-jitter must be between 0 and 1".into());
         }
         if self.task_timeout.is_zero() {
             return bad("--task-timeout must be above 0".into());
@@ -231,11 +258,6 @@ impl RuntimeConfig {
             return bad("--max-payload must be between 64 bytes and 512 MiB".into());
         }
         Ok(())
-    }
-
-    /// The Redis URL with any password replaced by `***`, for logs.
-    pub fn redacted_redis_url(&self) -> String {
-        crate::connection::redact_url(&self.redis_url)
     }
 }
 

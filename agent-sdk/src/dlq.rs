@@ -1,7 +1,7 @@
 //! Dead-letter operations: list, get, replay, purge. The operator CLI and the
 //! orchestrator build on these.
 
-use crate::worker::{Entry, parse_entries};
+use crate::stream::{Entry, parse_entries};
 use crate::{Error, Result, scripts};
 use redis::aio::ConnectionManager;
 use schemas::{AgentType, DeadLetter, DeadLetterReason, Keys};

@@ -5,7 +5,9 @@
 //! bounded concurrency, and settles each one exactly once: published and
 //! acknowledged, retried with backoff, or dead-lettered — crash, restart,
 //! pause or poison notwithstanding. [`Client`] enqueues tasks and reads
-//! results; [`DeadLetters`] inspects, replays and purges the DLQ.
+//! results; [`DeadLetters`] inspects, replays and purges the DLQ;
+//! [`stream::GroupReader`] is the consumer-group reader the worker and the
+//! orchestrator's results consumer share.
 //!
 //! ```no_run
 //! use agent_sdk::{Agent, AgentError, TaskContext, Worker, RuntimeConfig};
@@ -33,15 +35,16 @@
 mod agent;
 pub mod artifacts;
 mod client;
-mod clock;
+pub mod clock;
 mod config;
 pub mod connection;
+pub mod daemon;
 mod dlq;
 mod error;
-pub mod fault;
-mod metrics;
+pub mod exit;
 mod scripts;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -50,11 +53,11 @@ mod worker;
 pub use agent::{Agent, AgentError, AgentErrorKind, TaskContext};
 pub use artifacts::{ArtifactLimits, ArtifactRef, Artifacts};
 pub use client::{Client, DEFAULT_IDEMPOTENCY_TTL, EnqueueOptions, Enqueued, PlainFields};
-pub use config::{LogFormat, RuntimeConfig};
+pub use config::{LogFormat, RedisArgs, RuntimeConfig};
 pub use connection::redact_url;
 pub use dlq::{DeadLetterFilter, DeadLetterPage, DeadLetters};
 pub use error::{Error, Result};
-pub use worker::{Worker, WorkerBuilder};
+pub use worker::{RetryPolicy, Worker, WorkerBuilder};
 
 /// The wire protocol crate, re-exported so agents need one dependency.
 pub use schemas;

@@ -29,3 +29,11 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
     });
     Ok(token)
 }
+
+/// Sleeps `d`; `true` if `stop` fired first (the caller should stop).
+pub async fn pause(stop: &CancellationToken, d: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

@@ -1,9 +1,18 @@
-//! Test support: a real `redis-server` per test (feature `test-util`).
+//! Test support (feature `test-util`), shared by the test trees of every
+//! crate of the workspace: a real `redis-server` per test ([`TestRedis`]),
+//! waits with timeouts ([`wait_until`]), worker settings with short timings
+//! ([`worker_config`]), in-process workers ([`RunningWorker`]), real child
+//! processes that tests signal and kill ([`Proc`]), and the exact accounting
+//! of an agent type's tasks that every reliability test ends with
+//! ([`Ledger`]).
 //!
 //! No mock: every behaviour test talks to a real server that it starts on a
 //! free port and that stops when the guard drops. A missing `redis-server`
 //! fails the test, with the command that installs it.
 
+use crate::RedisArgs;
+use schemas::{AgentType, Keys, fields};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +27,8 @@ pub struct TestRedis {
     aof: bool,
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -191,10 +201,12 @@ where
 /// without waiting for backoff).
 pub fn worker_config(redis: &TestRedis, namespace: &str) -> crate::RuntimeConfig {
     crate::RuntimeConfig {
-        redis_url: redis.url(),
-        namespace: namespace.to_owned(),
+        redis: RedisArgs::new(redis.url(), namespace),
         read_block: Duration::from_millis(200),
-        max_attempts: 1,
+        retry: crate::RetryPolicy {
+            max_attempts: 1,
+            ..crate::RetryPolicy::default()
+        },
         ..crate::RuntimeConfig::default()
     }
 }
@@ -204,6 +216,8 @@ pub fn worker_config(redis: &TestRedis, namespace: &str) -> crate::RuntimeConfig
 pub struct RunningWorker {
     stop: tokio_util::sync::CancellationToken,
     handle: tokio::task::JoinHandle<crate::Result<()>>,
+    /// Its instance id (consumer name).
+    pub instance_id: String,
 }
 
 impl RunningWorker {
@@ -219,18 +233,258 @@ impl RunningWorker {
             .config(config)
             .build()
             .expect("worker configuration");
+        let instance_id = worker.instance_id().to_owned();
         let stop = tokio_util::sync::CancellationToken::new();
         let handle = tokio::spawn(worker.run_until(stop.clone()));
-        Self { stop, handle }
+        Self {
+            stop,
+            handle,
+            instance_id,
+        }
     }
 
     /// Stops it and waits for it; panics if it failed or did not stop in 30 s.
-    pub async fn stop(self) {
+    pub async fn shutdown(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
             .expect("worker did not stop within 30 s")
             .expect("worker task panicked")
             .expect("worker failed");
+    }
+}
+
+/// A real child process of a test: its stderr goes to a log file the test
+/// can read; it is killed (`SIGKILL`) when dropped, and its log is printed
+/// when the test fails.
+#[derive(Debug)]
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Its stderr.
+    pub log: PathBuf,
+    /// What the test calls it (in messages).
+    pub name: String,
+}
+
+impl Proc {
+    /// Runs `program args` with a clean environment but for `env`, its
+    /// stderr written to `log`.
+    pub fn spawn(
+        name: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Self {
+        let out = std::fs::File::create(&log).expect("create the log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args).env_clear();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            child,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    /// `kill -<sig>` (`STOP`, `CONT`, `TERM`, …).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {} failed", self.name);
+    }
+
+    /// `kill -9`, like a crash, and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; its exit
+    /// code. Panics, with its log, if it is still running then.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether it has ended.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A stream entry: its id and its fields, sorted by name.
+pub type RawEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// Every entry of stream `key`.
+pub fn entries(conn: &mut redis::Connection, key: &str) -> Vec<RawEntry> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let mut f: Vec<(String, Vec<u8>)> = e
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
+                .collect();
+            f.sort();
+            (e.id, f)
+        })
+        .collect()
+}
+
+/// The text of field `name` of an entry's fields.
+pub fn field<'a>(f: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    f.iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// Everything the system says happened to the tasks of one agent type.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// task id → number of `succeeded` results published.
+    pub succeeded: BTreeMap<String, usize>,
+    /// task id → number of `dead_lettered` results published.
+    pub dead_results: BTreeMap<String, usize>,
+    /// task id (or "-" when unknown) → number of DLQ entries.
+    pub dead_letters: BTreeMap<String, usize>,
+    /// DLQ entries with their fields.
+    pub dlq: Vec<RawEntry>,
+    /// Entries in the task stream.
+    pub stream_len: usize,
+    /// Entries pending in the `workers` group.
+    pub pending: usize,
+    /// Members of the delayed set.
+    pub delayed: usize,
+}
+
+impl Ledger {
+    /// Reads the ledger of agent type `t` of `keys`' namespace.
+    pub fn read(redis: &TestRedis, keys: &Keys, t: &AgentType) -> Self {
+        let mut conn = redis.connection();
+        let mut l = Ledger::default();
+        for (_, f) in entries(&mut conn, &keys.results(t)) {
+            let id = field(&f, fields::TASK_ID).unwrap_or("-").to_owned();
+            match field(&f, fields::STATUS) {
+                Some("succeeded") => *l.succeeded.entry(id).or_default() += 1,
+                Some("dead_lettered") => *l.dead_results.entry(id).or_default() += 1,
+                other => panic!("unknown result status {other:?}"),
+            }
+        }
+        l.dlq = entries(&mut conn, &keys.dlq(t));
+        for (_, f) in &l.dlq {
+            let id = field(f, fields::TASK_ID).unwrap_or("-").to_owned();
+            *l.dead_letters.entry(id).or_default() += 1;
+        }
+        l.stream_len = redis::cmd("XLEN")
+            .arg(keys.tasks(t))
+            .query(&mut conn)
+            .expect("XLEN");
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(keys.tasks(t))
+            .arg(schemas::WORKERS_GROUP)
+            .query(&mut conn)
+            .unwrap_or(redis::Value::Nil);
+        l.pending = match summary {
+            redis::Value::Array(v) => v.first().map_or(0, |n| {
+                redis::from_redis_value::<usize>(n.clone()).unwrap_or(0)
+            }),
+            _ => 0,
+        };
+        l.delayed = redis::cmd("ZCARD")
+            .arg(keys.delayed(t))
+            .query(&mut conn)
+            .expect("ZCARD");
+        l
+    }
+
+    /// Tasks with a final outcome (a success or a dead letter).
+    pub fn settled(&self) -> usize {
+        self.succeeded.len() + self.dead_letters.len()
+    }
+
+    /// The exact accounting every reliability test ends with: each enqueued
+    /// task has exactly one outcome — one `succeeded` result, or one DLQ
+    /// entry plus one `dead_lettered` result — and nothing else is left.
+    pub fn assert_exact(&self, succeeded: &[String], dead: &[String]) {
+        let want_ok: BTreeSet<&String> = succeeded.iter().collect();
+        let want_dead: BTreeSet<&String> = dead.iter().collect();
+        assert_eq!(
+            want_ok.len() + want_dead.len(),
+            succeeded.len() + dead.len(),
+            "duplicate ids in the expectation"
+        );
+        let got_ok: BTreeSet<&String> = self.succeeded.keys().collect();
+        assert_eq!(got_ok, want_ok, "succeeded tasks differ");
+        for (id, n) in &self.succeeded {
+            assert_eq!(*n, 1, "task {id} has {n} success results");
+        }
+        let got_dead: BTreeSet<&String> = self.dead_letters.keys().collect();
+        assert_eq!(got_dead, want_dead, "dead-lettered tasks differ");
+        for (id, n) in &self.dead_letters {
+            assert_eq!(*n, 1, "task {id} has {n} dead letters");
+            // An entry too broken to name its task ("-") cannot be answered.
+            if id != "-" {
+                assert_eq!(
+                    self.dead_results.get(id),
+                    Some(&1),
+                    "task {id} needs exactly one dead_lettered result"
+                );
+            }
+        }
+        let named = self.dead_letters.keys().filter(|id| *id != "-").count();
+        assert_eq!(
+            self.dead_results.len(),
+            named,
+            "dead_lettered results without dead letters"
+        );
+        assert_eq!(self.stream_len, 0, "task stream still holds entries");
+        assert_eq!(self.pending, 0, "entries still pending");
+        assert_eq!(self.delayed, 0, "entries still delayed");
     }
 }

@@ -25,7 +25,7 @@ pub enum DefinitionError {
 /// Result alias of the definition module.
 pub type Result<T, E = DefinitionError> = std::result::Result<T, E>;
 
-/// Errors of the durable shell, the API and the server.
+/// Errors of the durable shell, the loops and the operators' library.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -56,25 +56,22 @@ pub enum Error {
     /// Redis refused a command or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// A pooled connection could not be had in time.
-    #[error("redis connection pool: {0}")]
-    Pool(String),
     /// The SDK client failed (dispatch, results, dead letters).
     #[error(transparent)]
     Sdk(#[from] agent_sdk::Error),
     /// A name broke the wire protocol's rules.
     #[error(transparent)]
     Protocol(#[from] agent_sdk::schemas::Error),
-    /// Listening or serving failed.
+    /// Reading a file (definitions) failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-impl From<deadpool_redis::PoolError> for Error {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        match e {
-            deadpool_redis::PoolError::Backend(e) => Self::Redis(e),
-            other => Self::Pool(other.to_string()),
-        }
+impl Error {
+    /// Whether trying again later may help: Redis, the SDK client's Redis
+    /// calls, a transition that kept losing its version check. Not: an
+    /// unreadable state, an unknown definition, a refused request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Redis(_) | Self::Sdk(_) | Self::Conflict(_))
     }
 }

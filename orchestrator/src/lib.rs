@@ -1,37 +1,33 @@
-//! The orchestrator: durable multi-stage workflows over the agents.
+//! The orchestrator library: durable multi-stage workflows over the agents.
+//! It holds no HTTP stack: `orchestrator-server` serves it, `agentctl`
+//! operates it.
 //!
 //! - [`definition`]: workflow definitions — a DAG of stages — parsed from YAML
 //!   or JSON, validated, planned into parallel levels; the built-in `sdlc`.
 //! - [`machine`]: the workflow state machine as a pure function,
-//!   `apply(state, event) -> (state, commands)`.
+//!   `apply(state, event) -> (state, commands)`, and the event log it
+//!   decides. No I/O.
 //! - [`store`], [`catalog`]: workflows and definitions in Redis.
-//! - [`engine`]: the durable shell — versioned transitions, outbox, dispatch.
-//! - [`results`], [`timers`], [`sweep`], [`changes`]: the loops that feed it.
-//! - [`admin`]: what operators look at and do (dead letters, streams),
-//!   shared by `agentctl` and the API.
-//! - [`ctl`]: `agentctl`, the operators' CLI.
-//! - [`api`], [`server`], [`config`]: the HTTP API and `orchestrator serve`.
+//! - [`engine`]: the durable shell — one transition pipeline (versioned
+//!   store, outbox, dispatch) for one event or a batch.
+//! - [`loops`]: what feeds the engine — results, deadlines, the sweeper —
+//!   and the change feed.
+//! - [`ops`]: what operators look at and do — dead letters, streams,
+//!   counts — for `agentctl` and the API alike.
 
-pub mod admin;
-pub mod api;
-mod batch;
 pub mod catalog;
-pub mod changes;
-pub mod config;
-pub mod ctl;
 pub mod definition;
 pub mod engine;
 mod error;
+pub mod loops;
 pub mod machine;
+pub mod ops;
 pub mod random_dag;
-pub mod results;
 mod scripts;
-pub mod server;
 pub mod store;
-pub mod sweep;
-pub mod timers;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
-pub use config::ServeConfig;
 pub use definition::{Compensation, Definition, Plan, StageDef};
 pub use engine::Engine;
 pub use error::{DefinitionError, Error};

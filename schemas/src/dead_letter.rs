@@ -161,6 +161,24 @@ impl DeadLetter {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
     }
+
+    /// Largest body [`DeadLetter::envelope`] decodes: bodies over a task's
+    /// limit were dead-lettered as malformed and stay readable raw.
+    pub const SHOW_MAX_BODY: usize = 16 * 1024 * 1024;
+
+    /// The task envelope decoded from the raw `body`, or why it cannot be.
+    pub fn envelope(&self) -> std::result::Result<crate::TaskEnvelope, String> {
+        let body = self
+            .raw_field(fields::BODY)
+            .ok_or_else(|| "the entry has no body field".to_owned())?;
+        let limits = crate::DecodeLimits {
+            max_bytes: Self::SHOW_MAX_BODY,
+            ..crate::DecodeLimits::default()
+        };
+        crate::codec::decode_any::<crate::TaskEnvelope>(body, limits)
+            .map(|(env, _)| env)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,16 @@
 //!
 //! Everything that crosses Redis is defined here: key names ([`keys`]), the
 //! entry field names ([`fields`]), the task / result / dead-letter envelopes
-//! ([`envelope`], [`dead_letter`]), the registry record ([`registry`]) and the
-//! codecs ([`codec`]). This crate does no I/O, so any process — an agent, the
+//! ([`envelope`], [`dead_letter`]), the registry record ([`registry`]), the
+//! codecs ([`codec`]), and the contracts between the orchestrator and the
+//! agents: the stage input ([`stage_input`]) and the task-id grammar
+//! ([`task_id`]); plus stream entry ids ([`entry_id`]). This crate does no I/O, so any process — an agent, the
 //! orchestrator, a test, a tool in another language reading `PROTOCOL.md` —
 //! agrees on the same bytes.
 
 pub mod codec;
 pub mod dead_letter;
+pub mod entry_id;
 pub mod envelope;
 mod error;
 pub mod fields;
@@ -16,14 +19,19 @@ pub mod json_schema;
 pub mod keys;
 pub mod names;
 pub mod registry;
+pub mod stage_input;
+pub mod task_id;
 
 pub use codec::{DecodeLimits, Encoding};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use entry_id::EntryId;
 pub use envelope::{ErrorInfo, ErrorKind, ResultEnvelope, TaskEnvelope, TaskStatus};
 pub use error::{Error, Result};
 pub use keys::Keys;
 pub use names::{AgentType, Namespace};
 pub use registry::{AgentRecord, AgentStatus};
+pub use stage_input::{StageInput, TaskInput};
+pub use task_id::{TaskId, TaskKind};
 
 /// The protocol version written into every envelope (`"v": 1`). A reader
 /// rejects any other value: a task of an unknown version is dead-lettered,

@@ -6,9 +6,9 @@
 //! gathers, so under load the batches grow by themselves and the round trips
 //! per task fall.
 
+use super::metrics::WorkerMetrics;
 use super::{Inflight, Settings};
 use crate::connection::Conn;
-use crate::metrics::WorkerMetrics;
 use crate::scripts;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -75,11 +75,8 @@ fn invocation<'a>(settings: &Settings, batch: &[Finished]) -> redis::ScriptInvoc
         .key(&settings.dlq_key)
         .key(&settings.delayed_key);
     // The id range of the batch, for the one ownership lookup: compare ids
-    // as (ms, seq) numbers, not as strings.
-    let id_key = |id: &str| -> (u64, u64) {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    };
+    // as Redis orders them, not as strings.
+    let id_key = |id: &str| schemas::EntryId::parse(id);
     let lowest = batch
         .iter()
         .map(|f| f.stream_id.as_str())

@@ -1,94 +1,9 @@
 //! Turning a raw stream entry into a task to run, or into a reason to dead-letter it.
 
+use crate::stream::Entry;
 use schemas::codec::DecodeLimits;
 use schemas::{Encoding, TaskEnvelope, fields, names};
 use serde::de::{DeserializeOwned, IgnoredAny};
-
-/// A stream entry as read: its id and its fields, byte for byte.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub(crate) id: String,
-    pub(crate) fields: Vec<(String, Vec<u8>)>,
-}
-
-/// Entries of a stream reply, parsed straight from the reply value: one
-/// `[id, [field, value, …]]` pair each, as `XREADGROUP`, `XCLAIM` and
-/// `XRANGE` return them. A nil field list (an entry whose body was deleted
-/// while it was pending) becomes an entry with no fields.
-///
-/// redis-rs's typed `StreamId` builds a `HashMap` per entry; on the hot path
-/// that was a tenth of the worker's time, and it loses the field order.
-pub(crate) fn parse_entries(v: redis::Value) -> Vec<Entry> {
-    let redis::Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let redis::Value::Array(pair) = item else {
-                return None;
-            };
-            let mut pair = pair.into_iter();
-            let id = String::from_utf8(value_bytes(pair.next()?)).ok()?;
-            let fields = match pair.next() {
-                Some(redis::Value::Array(flat)) => {
-                    let mut fields = Vec::with_capacity(flat.len() / 2);
-                    let mut flat = flat.into_iter();
-                    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-                        fields.push((
-                            String::from_utf8_lossy(&value_bytes(k)).into_owned(),
-                            value_bytes(v),
-                        ));
-                    }
-                    fields
-                }
-                _ => Vec::new(),
-            };
-            Some(Entry { id, fields })
-        })
-        .collect()
-}
-
-/// The entries of an `XREADGROUP` reply (nil when the read timed out).
-pub(crate) fn parse_read_reply(v: redis::Value) -> Vec<Entry> {
-    // [[stream key, entries], …] in RESP2; a map of key → entries in RESP3.
-    let streams: Vec<redis::Value> = match v {
-        redis::Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                redis::Value::Array(kv) => kv.into_iter().nth(1),
-                _ => None,
-            })
-            .collect(),
-        redis::Value::Map(kv) => kv.into_iter().map(|(_, v)| v).collect(),
-        _ => Vec::new(),
-    };
-    streams.into_iter().flat_map(parse_entries).collect()
-}
-
-impl Entry {
-    pub(crate) fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
-    fn size(&self) -> usize {
-        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-}
-
-/// The bytes of a stream field value (always a bulk string from Redis; the
-/// other arms only keep odd replies readable instead of failing).
-pub(crate) fn value_bytes(v: redis::Value) -> Vec<u8> {
-    match v {
-        redis::Value::BulkString(b) => b,
-        redis::Value::SimpleString(s) => s.into_bytes(),
-        redis::Value::Int(i) => i.to_string().into_bytes(),
-        other => format!("{other:?}").into_bytes(),
-    }
-}
 
 /// A decoded task, ready for its handler.
 #[derive(Debug)]

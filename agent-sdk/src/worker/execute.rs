@@ -1,11 +1,12 @@
 //! Running one entry: decode, handler under timeout and panic guard, one disposition.
 
 use super::commit::{CommitOp, Fields, Finished, Publish};
-use super::delivery::{self, Delivery, Entry, Parsed};
-use super::disposition::{self, Disposition, Failure};
+use super::delivery::{self, Delivery, Parsed};
+use super::retry::{Disposition, Failure};
 use super::{Settings, Shared};
 use crate::agent::{Agent, AgentErrorKind, TaskContext};
 use crate::clock::now_ms;
+use crate::stream::Entry;
 use futures::FutureExt;
 use schemas::{
     DeadLetterReason, Encoding, ErrorInfo, ErrorKind, ResultEnvelope, TaskStatus, fields,
@@ -179,7 +180,7 @@ async fn run_task<A: Agent>(
         .filter(|ms| *ms > 0)
         .map_or(s.cfg.task_timeout, Duration::from_millis)
         .min(MAX_TASK_TIMEOUT);
-    let max_attempts = envelope.max_attempts.unwrap_or(s.cfg.max_attempts).max(1);
+    let max_attempts = s.cfg.retry.attempts_for(envelope.max_attempts);
     let meta = Meta {
         task_id: Some(envelope.id.clone()),
         workflow_id: envelope.workflow_id.clone(),
@@ -296,13 +297,10 @@ async fn run_task<A: Agent>(
         },
         None => None,
     };
-    let disposition = disposition::decide(
-        failure.as_ref(),
-        attempt,
-        max_attempts,
-        &s.backoff,
-        fastrand::f64(),
-    );
+    let disposition = s
+        .cfg
+        .retry
+        .decide(failure.as_ref(), attempt, max_attempts, fastrand::f64());
     let op = match (disposition, success) {
         (Disposition::Ack, Some(p)) => {
             span.record("outcome", "succeeded");

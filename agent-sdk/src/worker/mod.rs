@@ -6,8 +6,8 @@
 //!
 //! | loop | what it does |
 //! |---|---|
-//! | [`read`] | `XREADGROUP … BLOCK` for as many entries as there are free slots |
-//! | [`reclaim`] | between reads: `XAUTOCLAIM`s tasks abandoned by dead workers; poison → DLQ |
+//! | [`read`] | takes entries through the shared [`GroupReader`], never more than there are free slots |
+//! | [`reclaim`] | the reader's policy for tasks abandoned by dead workers: poison triage |
 //! | [`execute`] | one tokio task per entry: decode, run the handler, decide |
 //! | [`commit`] | batches finished tasks into one fenced `commit.lua` call |
 //! | [`lease`] | renews the claim on running tasks so nobody reclaims them |
@@ -16,21 +16,23 @@
 
 mod commit;
 mod delivery;
-mod disposition;
 mod execute;
 mod heartbeat;
 mod lease;
+mod metrics;
 mod promote;
 mod read;
 mod reclaim;
+mod retry;
 
 use crate::agent::Agent;
 use crate::config::RuntimeConfig;
-use crate::connection::{Conn, Connector};
-use crate::metrics::WorkerMetrics;
+use crate::connection::Connector;
+use crate::stream::{GroupReader, consumer_id};
 use crate::{Error, Result};
+use metrics::WorkerMetrics;
 use schemas::codec::DecodeLimits;
-use schemas::{AgentType, Keys, Namespace};
+use schemas::{AgentType, Keys};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,9 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub(crate) use commit::CommitOp;
-pub(crate) use delivery::{Entry, parse_entries};
-pub(crate) use disposition::Backoff;
+pub use retry::RetryPolicy;
 
 /// Validated settings and the key names derived from them, built once.
 #[derive(Debug)]
@@ -57,7 +57,6 @@ pub(crate) struct Settings {
     pub(crate) result_prefix: String,
     pub(crate) consumer: Arc<str>,
     pub(crate) limits: DecodeLimits,
-    pub(crate) backoff: Backoff,
     pub(crate) version: String,
 }
 
@@ -90,7 +89,7 @@ impl Inflight {
             .remove(id);
     }
 
-    fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -179,13 +178,13 @@ impl<A: Agent> WorkerBuilder<A> {
             .or(self.agent_type)
             .ok_or_else(|| Error::Config("no agent type: pass --agent-type".into()))?;
         let agent_type = AgentType::new(agent_type)?;
-        let keys = Keys::new(Namespace::new(cfg.namespace.clone())?);
+        let keys = cfg.redis.keys()?;
         let consumer: Arc<str> = match &cfg.instance_id {
             Some(id) => id.as_str().into(),
-            None => default_instance_id().into(),
+            None => consumer_id(None).into(),
         };
         schemas::names::validate_consumer(&consumer)?;
-        let connector = Connector::new(&cfg.redis_url)?;
+        let connector = cfg.redis.connector()?;
         let settings = Settings {
             tasks_key: keys.tasks(&agent_type),
             results_key: keys.results(&agent_type),
@@ -195,12 +194,6 @@ impl<A: Agent> WorkerBuilder<A> {
             limits: DecodeLimits {
                 max_bytes: cfg.max_payload,
                 ..DecodeLimits::default()
-            },
-            backoff: Backoff {
-                initial: cfg.backoff_initial,
-                max: cfg.backoff_max,
-                multiplier: cfg.backoff_multiplier,
-                jitter: cfg.backoff_jitter,
             },
             version: self.version,
             consumer,
@@ -230,32 +223,6 @@ impl<A: Agent> WorkerBuilder<A> {
             connector,
         })
     }
-}
-
-/// `host-pid-random`: unique per process, readable in `XINFO CONSUMERS`.
-fn default_instance_id() -> String {
-    let host: String = gethostname::gethostname()
-        .to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(80)
-        .collect();
-    let host = if host.is_empty() {
-        "host".to_owned()
-    } else {
-        host
-    };
-    format!(
-        "{host}-{}-{:06x}",
-        std::process::id(),
-        fastrand::u32(..0x100_0000)
-    )
 }
 
 /// A worker serving one agent type. See the module docs for its loops.
@@ -309,11 +276,20 @@ impl<A: Agent> Worker<A> {
         // Everything but draining stops when the drain is over.
         let stop_all = CancellationToken::new();
 
-        let mut setup = connector.conn("setup", Duration::from_secs(5));
-        if !ensure_group(&mut setup, &s, &shutdown).await {
+        // The reader's response timeout must outlast its BLOCK, or every idle
+        // read would look like a dead connection.
+        let mut read_conn = connector.conn("read", s.cfg.read_block + Duration::from_secs(5));
+        let mut reader = GroupReader::new(
+            s.tasks_key.clone(),
+            schemas::WORKERS_GROUP,
+            s.consumer.clone(),
+            s.cfg.claim_idle,
+            s.cfg.read_block,
+        );
+        // The group first: the other loops have nothing to do without it.
+        if !reader.ensure_group(&mut read_conn, &shutdown).await {
             return Ok(());
         }
-        drop(setup);
         // Agent type, stream and instance are on the enclosing worker span.
         tracing::info!(
             url = %connector.redacted_url(),
@@ -364,10 +340,7 @@ impl<A: Agent> Worker<A> {
             .instrument(shared.span.clone()),
         );
         background.close();
-        // The reader's response timeout must outlast its BLOCK, or every idle
-        // read would look like a dead connection.
-        let read_conn = connector.conn("read", s.cfg.read_block + Duration::from_secs(5));
-        read::run(shared.clone(), tx, read_conn, shutdown.clone()).await;
+        read::run(shared.clone(), tx, reader, read_conn, shutdown.clone()).await;
 
         // Draining.
         status.set_draining();
@@ -403,39 +376,5 @@ impl<A: Agent> Worker<A> {
             "worker stopped"
         );
         Ok(())
-    }
-}
-
-/// `XGROUP CREATE <tasks> workers 0 MKSTREAM`, retried through outages.
-/// `0`, not `$`: entries added before the group existed are work too.
-pub(crate) async fn ensure_group(
-    conn: &mut Conn,
-    s: &Settings,
-    cancel: &CancellationToken,
-) -> bool {
-    loop {
-        let Some(mut c) = conn.get(cancel).await else {
-            return false;
-        };
-        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&s.tasks_key)
-            .arg(schemas::WORKERS_GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut c)
-            .await;
-        match r {
-            Ok(()) => {
-                tracing::info!(stream = %s.tasks_key, "created consumer group");
-                return true;
-            }
-            Err(e) if e.code() == Some("BUSYGROUP") => return true,
-            Err(e) => {
-                if !conn.failed(&e, cancel).await {
-                    return false;
-                }
-            }
-        }
     }
 }

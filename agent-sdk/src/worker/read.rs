@@ -1,29 +1,30 @@
-//! The reader: pulls entries with `XREADGROUP`, never more than there are free
-//! slots, and between reads takes over abandoned ones (see [`reclaim`]).
+//! The reader: pulls entries through the shared [`GroupReader`], never more
+//! than there are free slots, and hands each to its fate (see [`dispatch`]).
+//! Between reads the reader takes over abandoned tasks under the worker's
+//! [`Triage`] policy, and picks up entries of its own that a lost reply
+//! delivered unseen.
 
-use super::delivery::parse_read_reply;
+use super::Shared;
 use super::execute::{Tx, dispatch};
-use super::{Shared, ensure_group, reclaim};
+use super::reclaim::Triage;
 use crate::agent::Agent;
 use crate::connection::Conn;
+use crate::stream::GroupReader;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn run<A: Agent>(
     shared: Arc<Shared<A>>,
     tx: Tx,
+    mut reader: GroupReader,
     mut conn: Conn,
     stop: CancellationToken,
 ) {
     let s = shared.settings.clone();
-    let block_ms = s.cfg.read_block.as_millis() as u64;
-    // Where to resume going through our own pending list, when it may hold
-    // entries we never saw (see `reclaim::recover_own`); "-" is its start.
-    // A new consumer's list is empty, but the check is cheap.
-    let mut backlog: Option<String> = Some("-".into());
-    let reclaim_every = (s.cfg.claim_idle / 4).max(std::time::Duration::from_millis(50));
-    let mut next_reclaim = tokio::time::Instant::now() + reclaim_every;
-    let mut reclaim_cursor = reclaim::Cursor::default();
+    let policy = Triage {
+        inflight: &shared.inflight,
+        max_deliveries: s.cfg.max_deliveries as usize,
+    };
     loop {
         // Wait for at least one free slot, then take every free one up to
         // the batch size: a read never fetches work we cannot start.
@@ -44,76 +45,19 @@ pub(crate) async fn run<A: Agent>(
             permit.merge(p);
         }
         let want = permit.num_permits();
-        let Some(mut c) = conn.get(&stop).await else {
+        let Some(taken) = reader.next(&mut conn, &stop, want, &policy).await else {
             return;
         };
-
-        if tokio::time::Instant::now() >= next_reclaim {
-            next_reclaim = tokio::time::Instant::now() + reclaim_every;
-            match reclaim::reclaim_once(&shared, &tx, &mut c, &mut reclaim_cursor, permit).await {
-                Ok(()) => conn.succeeded(),
-                // NOGROUP: the next read recreates the group.
-                Err(e) if e.code() == Some("NOGROUP") => {}
-                Err(e) => {
-                    if !conn.failed(&e, &stop).await {
-                        return;
-                    }
-                }
-            }
-            continue;
-        }
-
-        if let Some(from) = &backlog {
-            let from = (from != "-").then_some(from.as_str());
-            match reclaim::recover_own(&shared, &tx, &mut c, from, permit).await {
-                Ok(next) => {
-                    conn.succeeded();
-                    backlog = next;
-                }
-                Err(e) if e.code() == Some("NOGROUP") => backlog = None,
-                Err(e) => {
-                    if !conn.failed(&e, &stop).await {
-                        return;
-                    }
-                }
-            }
-            continue;
-        }
-
-        let reply: redis::RedisResult<redis::Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(schemas::WORKERS_GROUP)
-            .arg(&*s.consumer)
-            .arg("COUNT")
-            .arg(want)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&s.tasks_key)
-            .arg(">")
-            .query_async(&mut c)
-            .await;
-        match reply {
-            Ok(reply) => {
-                conn.succeeded();
-                for entry in parse_read_reply(reply) {
-                    let Some(one) = permit.split(1) else { break };
-                    dispatch(&shared, &tx, entry, one, None);
-                }
-            }
-            Err(e) if e.code() == Some("NOGROUP") => {
-                tracing::warn!(stream = %s.tasks_key, "consumer group missing (stream deleted or flushed); recreating it");
-                if !ensure_group(&mut conn, &s, &stop).await {
-                    return;
-                }
-            }
-            Err(e) => {
-                // The read may have run on the server with its reply lost.
-                backlog = Some("-".into());
-                if !conn.failed(&e, &stop).await {
-                    return;
-                }
-            }
+        shared.metrics.vanished.increment(taken.vanished as u64);
+        let reclaimed = taken
+            .entries
+            .iter()
+            .filter(|d| d.deliveries.is_some())
+            .count();
+        shared.metrics.reclaimed.increment(reclaimed as u64);
+        for d in taken.entries {
+            let Some(one) = permit.split(1) else { break };
+            dispatch(&shared, &tx, d.entry, one, d.deliveries);
         }
     }
 }

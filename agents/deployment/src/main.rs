@@ -1,9 +1,10 @@
 //! `deployment-agent`: serves agent type `deployment` (see the library docs).
 
-use agent_sdk::{Client, RuntimeConfig, Worker, shutdown, telemetry};
+use agent_sdk::RuntimeConfig;
 use clap::Parser;
 use deployment_agent::DeploymentAgent;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Installs project artifacts as releases and rolls them back.
 #[derive(Debug, Parser)]
@@ -17,15 +18,15 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.runtime)?;
-    std::fs::create_dir_all(&cli.releases_dir)?;
-    let client = Client::connect(&cli.runtime.redis_url, &cli.runtime.namespace).await?;
-    let worker = Worker::builder(DeploymentAgent::new(client.artifacts(), cli.releases_dir))
-        .agent_type("deployment")
-        .config(cli.runtime)
-        .build()?;
-    worker.run_until(shutdown::on_signals()?).await?;
-    Ok(())
+    let releases = cli.releases_dir;
+    agent_sdk::daemon::run("deployment-agent", "deployment", cli.runtime, async |cfg| {
+        std::fs::create_dir_all(&releases).map_err(|e| {
+            agent_sdk::Error::Config(format!("--releases-dir {}: {e}", releases.display()))
+        })?;
+        let artifacts = agent_sdk::daemon::client(cfg).await?.artifacts();
+        Ok(DeploymentAgent::new(artifacts, releases))
+    })
+    .await
 }

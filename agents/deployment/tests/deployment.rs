@@ -132,5 +132,5 @@ async fn releases_switch_prune_and_roll_back() {
     // Names never choose a path.
     let r = send(json!({ "artifact": bad.sha256, "app": "../../etc" })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
-    worker.stop().await;
+    worker.shutdown().await;
 }

@@ -1,8 +1,9 @@
 //! `e2e-agent`: serves agent type `e2e` (see the library docs).
 
-use agent_sdk::{Client, RuntimeConfig, Worker, shutdown, telemetry};
+use agent_sdk::RuntimeConfig;
 use clap::Parser;
 use e2e_agent::E2eAgent;
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// Runs projects' own test suites in a sandbox.
@@ -17,14 +18,14 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.runtime)?;
-    let client = Client::connect(&cli.runtime.redis_url, &cli.runtime.namespace).await?;
-    let worker = Worker::builder(E2eAgent::new(client.artifacts(), cli.test_timeout))
-        .agent_type("e2e")
-        .config(cli.runtime)
-        .build()?;
-    worker.run_until(shutdown::on_signals()?).await?;
-    Ok(())
+    let timeout = cli.test_timeout;
+    agent_sdk::daemon::run("e2e-agent", "e2e", cli.runtime, async |cfg| {
+        Ok(E2eAgent::new(
+            agent_sdk::daemon::client(cfg).await?.artifacts(),
+            timeout,
+        ))
+    })
+    .await
 }

@@ -90,7 +90,7 @@ async fn suites_pass_fail_and_time_out_as_they_should() {
         (Some(2), Some(1))
     );
     assert!(d["tail"].as_str().unwrap().contains("test_broken"), "{d}");
-    worker.stop().await;
+    worker.shutdown().await;
 
     // A suite that hangs: killed at the timeout, a retryable failure.
     let worker = RunningWorker::spawn(
@@ -103,5 +103,5 @@ async fn suites_pass_fail_and_time_out_as_they_should() {
     let err = r.error.unwrap();
     assert_eq!(err.kind, ErrorKind::Retryable, "{err:?}");
     assert!(err.message.contains("timed out"), "{}", err.message);
-    worker.stop().await;
+    worker.shutdown().await;
 }

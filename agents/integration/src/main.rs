@@ -1,9 +1,10 @@
 //! `integration-agent`: serves agent type `integration` (see the library docs).
 
-use agent_sdk::{Client, RuntimeConfig, Worker, shutdown, telemetry};
+use agent_sdk::RuntimeConfig;
 use clap::Parser;
 use integration_agent::IntegrationAgent;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Commits project artifacts into git repositories and merges them.
 #[derive(Debug, Parser)]
@@ -20,16 +21,20 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.runtime)?;
-    std::fs::create_dir_all(&cli.repos_dir)?;
-    let client = Client::connect(&cli.runtime.redis_url, &cli.runtime.namespace).await?;
-    let agent = IntegrationAgent::new(client.artifacts(), cli.repos_dir, cli.main_branch);
-    let worker = Worker::builder(agent)
-        .agent_type("integration")
-        .config(cli.runtime)
-        .build()?;
-    worker.run_until(shutdown::on_signals()?).await?;
-    Ok(())
+    let (repos, branch) = (cli.repos_dir, cli.main_branch);
+    agent_sdk::daemon::run(
+        "integration-agent",
+        "integration",
+        cli.runtime,
+        async |cfg| {
+            std::fs::create_dir_all(&repos).map_err(|e| {
+                agent_sdk::Error::Config(format!("--repos-dir {}: {e}", repos.display()))
+            })?;
+            let artifacts = agent_sdk::daemon::client(cfg).await?.artifacts();
+            Ok(IntegrationAgent::new(artifacts, repos, branch))
+        },
+    )
+    .await
 }

@@ -151,5 +151,5 @@ async fn artifacts_are_committed_merged_and_republished() {
         "{}",
         err.message
     );
-    worker.stop().await;
+    worker.shutdown().await;
 }

@@ -1,8 +1,9 @@
 //! `scaffold-agent`: serves agent type `scaffold` (see the library docs).
 
-use agent_sdk::{Client, RuntimeConfig, Worker, shutdown, telemetry};
+use agent_sdk::RuntimeConfig;
 use clap::Parser;
 use scaffold_agent::ScaffoldAgent;
+use std::process::ExitCode;
 
 /// Generates projects from built-in templates and publishes them as artifacts.
 #[derive(Debug, Parser)]
@@ -13,14 +14,12 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.runtime)?;
-    let client = Client::connect(&cli.runtime.redis_url, &cli.runtime.namespace).await?;
-    let worker = Worker::builder(ScaffoldAgent::new(client.artifacts()))
-        .agent_type("scaffold")
-        .config(cli.runtime)
-        .build()?;
-    worker.run_until(shutdown::on_signals()?).await?;
-    Ok(())
+    agent_sdk::daemon::run("scaffold-agent", "scaffold", cli.runtime, async |cfg| {
+        Ok(ScaffoldAgent::new(
+            agent_sdk::daemon::client(cfg).await?.artifacts(),
+        ))
+    })
+    .await
 }

@@ -170,5 +170,5 @@ async fn the_same_request_gives_the_same_artifact_and_bad_ones_say_why() {
             err.message
         );
     }
-    worker.stop().await;
+    worker.shutdown().await;
 }

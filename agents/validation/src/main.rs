@@ -1,7 +1,8 @@
 //! `validation-agent`: serves agent type `validation` (see the library docs).
 
-use agent_sdk::{Client, RuntimeConfig, Worker, shutdown, telemetry};
+use agent_sdk::RuntimeConfig;
 use clap::Parser;
+use std::process::ExitCode;
 use validation_agent::ValidationAgent;
 
 /// Checks generated projects: manifest, files, names, sizes, secrets, syntax.
@@ -13,14 +14,12 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.runtime)?;
-    let client = Client::connect(&cli.runtime.redis_url, &cli.runtime.namespace).await?;
-    let worker = Worker::builder(ValidationAgent::new(client.artifacts()))
-        .agent_type("validation")
-        .config(cli.runtime)
-        .build()?;
-    worker.run_until(shutdown::on_signals()?).await?;
-    Ok(())
+    agent_sdk::daemon::run("validation-agent", "validation", cli.runtime, async |cfg| {
+        Ok(ValidationAgent::new(
+            agent_sdk::daemon::client(cfg).await?.artifacts(),
+        ))
+    })
+    .await
 }

@@ -176,5 +176,5 @@ async fn the_agent_fails_permanently_with_its_findings() {
     assert!(r.error.unwrap().message.contains("not found"));
     let r = run(json!({ "nothing": 1 })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
-    worker.stop().await;
+    worker.shutdown().await;
 }

@@ -1,0 +1,549 @@
+//! The one consumer-group reader: everything either side of a stream does
+//! to take entries from a group — the worker on `…:tasks`, the
+//! orchestrator on `…:results` — so the edge cases are handled once.
+//!
+//! A [`GroupReader`] makes one step per [`GroupReader::next`] call:
+//!
+//! 1. creates the group if it is missing (`XGROUP CREATE … 0 MKSTREAM`:
+//!    from the start, so entries added before the first reader are work
+//!    too; `BUSYGROUP` is success; `NOGROUP` at run time — the stream was
+//!    deleted or flushed — means "create it again and go on");
+//! 2. every [`reclaim_interval`] of `claim_idle`, takes over entries idle
+//!    that long at other consumers (dead ones): `XPENDING … IDLE` lists
+//!    them with their delivery counts, the caller's [`ReadPolicy`] picks,
+//!    and `claim.lua` claims them by id, acknowledging those whose body is
+//!    gone (a trimmed or deleted entry would otherwise vanish unseen);
+//! 3. goes through its own pending list when it may hold entries this
+//!    process never saw — at start (a restart under the same name), and
+//!    after any failed call (a read whose reply was lost may still have
+//!    delivered on the server). Listing with `XPENDING` counts no delivery;
+//!    only entries the caller does not hold are claimed;
+//! 4. otherwise reads new entries with `XREADGROUP … BLOCK`.
+//!
+//! Connection failures go through [`Conn`]'s backoff. The reader never
+//! acknowledges: what an entry's handling means — a worker's fenced commit,
+//! the orchestrator's apply-then-ack — is the caller's.
+
+use crate::connection::Conn;
+use crate::scripts;
+use redis::aio::ConnectionLike;
+use redis::streams::StreamPendingCountReply;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Abandoned entries looked at per reclaim pass (`XPENDING … IDLE` count).
+pub const RECLAIM_SCAN: usize = 200;
+
+/// How often a reader looks for abandoned entries: a quarter of the idle
+/// time after which they count as abandoned (at least 50 ms), so one is
+/// taken over at most `claim_idle × 1.25` after its consumer stopped.
+pub fn reclaim_interval(claim_idle: Duration) -> Duration {
+    (claim_idle / 4).max(Duration::from_millis(50))
+}
+
+/// A consumer name unique per process: `[role-]host-pid-random`, readable in
+/// `XINFO CONSUMERS` and valid as a consumer name.
+pub fn consumer_id(role: Option<&str>) -> String {
+    let host: String = gethostname::gethostname()
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let host = if host.is_empty() {
+        "host".to_owned()
+    } else {
+        host
+    };
+    let id = format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        fastrand::u32(..0x100_0000)
+    );
+    match role {
+        Some(role) => format!("{role}-{id}"),
+        None => id,
+    }
+}
+
+/// A stream entry as read: its id and its fields, byte for byte, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry id.
+    pub id: String,
+    /// Field names and values.
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The value of field `name`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The value of field `name` as text, when it is UTF-8.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.field(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Bytes of every field name and value.
+    pub fn size(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+/// Entries of a stream reply, parsed straight from the reply value: one
+/// `[id, [field, value, …]]` pair each, as `XREADGROUP`, `XCLAIM` and
+/// `XRANGE` return them. A nil field list (an entry whose body was deleted
+/// while it was pending) becomes an entry with no fields.
+///
+/// redis-rs's typed `StreamId` builds a `HashMap` per entry; on the hot path
+/// that was a tenth of the worker's time, and it loses the field order.
+pub(crate) fn parse_entries(v: redis::Value) -> Vec<Entry> {
+    let redis::Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let redis::Value::Array(pair) = item else {
+                return None;
+            };
+            let mut pair = pair.into_iter();
+            let id = String::from_utf8(value_bytes(pair.next()?)).ok()?;
+            let fields = match pair.next() {
+                Some(redis::Value::Array(flat)) => {
+                    let mut fields = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                        fields.push((
+                            String::from_utf8_lossy(&value_bytes(k)).into_owned(),
+                            value_bytes(v),
+                        ));
+                    }
+                    fields
+                }
+                _ => Vec::new(),
+            };
+            Some(Entry { id, fields })
+        })
+        .collect()
+}
+
+/// The entries of an `XREADGROUP` reply (nil when the read timed out).
+fn parse_read_reply(v: redis::Value) -> Vec<Entry> {
+    // [[stream key, entries], …] in RESP2; a map of key → entries in RESP3.
+    let streams: Vec<redis::Value> = match v {
+        redis::Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                redis::Value::Array(kv) => kv.into_iter().nth(1),
+                _ => None,
+            })
+            .collect(),
+        redis::Value::Map(kv) => kv.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    streams.into_iter().flat_map(parse_entries).collect()
+}
+
+/// The bytes of a stream field value (always a bulk string from Redis; the
+/// other arms only keep odd replies readable instead of failing).
+fn value_bytes(v: redis::Value) -> Vec<u8> {
+    match v {
+        redis::Value::BulkString(b) => b,
+        redis::Value::SimpleString(s) => s.into_bytes(),
+        redis::Value::Int(i) => i.to_string().into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+/// A pending entry of another consumer, idle long enough to be taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abandoned {
+    /// The entry id.
+    pub id: String,
+    /// Deliveries so far (before the claim that would take it).
+    pub deliveries: usize,
+}
+
+/// What a reader's caller decides about entries.
+pub trait ReadPolicy {
+    /// Whether this process holds `id` already (it is running it): such an
+    /// entry is never claimed again by its own process.
+    fn holds(&self, _id: &str) -> bool {
+        false
+    }
+
+    /// Which of `abandoned` (none of them held) to claim, at most `budget`:
+    /// their indices. All of them, by default.
+    fn choose(&self, abandoned: &[Abandoned], budget: usize) -> Vec<usize> {
+        (0..abandoned.len().min(budget)).collect()
+    }
+}
+
+/// Claims every abandoned entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TakeAll;
+
+impl ReadPolicy for TakeAll {}
+
+/// One entry a reader took.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The entry.
+    pub entry: Entry,
+    /// For an entry taken over from another consumer: its deliveries
+    /// including this claim. `None` for a new entry or one of our own.
+    pub deliveries: Option<u32>,
+}
+
+/// What one step took.
+#[derive(Debug, Clone, Default)]
+pub struct Taken {
+    /// The entries, each to be handled by the caller.
+    pub entries: Vec<Delivered>,
+    /// Pending entries found without a body (trimmed or deleted by someone
+    /// else before anyone handled them): acknowledged, and logged.
+    pub vanished: usize,
+}
+
+/// The reader of one consumer in one group of one stream; see the module docs.
+#[derive(Debug)]
+pub struct GroupReader {
+    stream: String,
+    group: String,
+    consumer: Arc<str>,
+    claim_idle: Duration,
+    block: Duration,
+    group_ready: bool,
+    /// Our own pending list may hold entries we never saw: where to go on
+    /// through it (`Some(None)`: from its start).
+    own: Option<Option<String>>,
+    next_reclaim: Instant,
+    reclaim_cursor: Option<String>,
+}
+
+/// What one step did.
+enum Step {
+    Reclaim,
+    Own(Option<String>),
+    New,
+}
+
+impl GroupReader {
+    /// A reader of `group` on `stream` as `consumer`. Entries idle
+    /// `claim_idle` at another consumer are taken over; a read blocks for
+    /// at most `block` (its connection's response timeout must be longer).
+    pub fn new(
+        stream: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<Arc<str>>,
+        claim_idle: Duration,
+        block: Duration,
+    ) -> Self {
+        Self {
+            stream: stream.into(),
+            group: group.into(),
+            consumer: consumer.into(),
+            claim_idle,
+            block,
+            group_ready: false,
+            own: Some(None),
+            next_reclaim: Instant::now() + reclaim_interval(claim_idle),
+            reclaim_cursor: None,
+        }
+    }
+
+    /// The stream read.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Our own pending list may hold entries the caller has not handled (a
+    /// failed call, entries it could not handle yet): go through it again.
+    pub fn reread_own(&mut self) {
+        self.own = Some(None);
+    }
+
+    /// Creates the group, retrying through outages; `false` once `stop`
+    /// fired first.
+    pub async fn ensure_group(&mut self, conn: &mut Conn, stop: &CancellationToken) -> bool {
+        while !self.group_ready {
+            let Some(mut c) = conn.get(stop).await else {
+                return false;
+            };
+            match self.create_group(&mut c).await {
+                Ok(()) => conn.succeeded(),
+                Err(e) => {
+                    if !conn.failed(&e, stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// One step (see the module docs): what it took, for `want` free
+    /// slots. `None` once `stop` fired.
+    pub async fn next<P: ReadPolicy>(
+        &mut self,
+        conn: &mut Conn,
+        stop: &CancellationToken,
+        want: usize,
+        policy: &P,
+    ) -> Option<Taken> {
+        let want = want.max(1);
+        loop {
+            if !self.ensure_group(conn, stop).await {
+                return None;
+            }
+            let mut c = conn.get(stop).await?;
+            let step = if Instant::now() >= self.next_reclaim {
+                self.next_reclaim = Instant::now() + reclaim_interval(self.claim_idle);
+                Step::Reclaim
+            } else if let Some(from) = self.own.clone() {
+                Step::Own(from)
+            } else {
+                Step::New
+            };
+            let r = match step {
+                Step::Reclaim => self.reclaim(&mut c, want, policy).await,
+                Step::Own(from) => self.recover_own(&mut c, from, want, policy).await,
+                Step::New => self.read_new(&mut c, want).await,
+            };
+            match r {
+                Ok(taken) => {
+                    conn.succeeded();
+                    return Some(taken);
+                }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    tracing::warn!(stream = %self.stream, group = %self.group, "consumer group missing (stream deleted or flushed); recreating it");
+                    self.group_ready = false;
+                    self.own = None;
+                }
+                Err(e) => {
+                    // The call may have run on the server with its reply lost.
+                    self.own = Some(None);
+                    if !conn.failed(&e, stop).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn create_group<C: ConnectionLike + Send>(
+        &mut self,
+        c: &mut C,
+    ) -> redis::RedisResult<()> {
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(c)
+            .await;
+        match r {
+            Ok(()) => {
+                tracing::info!(stream = %self.stream, group = %self.group, "created consumer group");
+                self.group_ready = true;
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => {
+                self.group_ready = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_new<C: ConnectionLike + Send>(
+        &mut self,
+        c: &mut C,
+        want: usize,
+    ) -> redis::RedisResult<Taken> {
+        let reply: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&*self.consumer)
+            .arg("COUNT")
+            .arg(want)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(c)
+            .await?;
+        Ok(Taken {
+            entries: parse_read_reply(reply)
+                .into_iter()
+                .map(|entry| Delivered {
+                    entry,
+                    deliveries: None,
+                })
+                .collect(),
+            vanished: 0,
+        })
+    }
+
+    /// A page of our own pending list from `from`; the entries the caller
+    /// does not hold are claimed (without waiting for them to be idle).
+    async fn recover_own<C: ConnectionLike + Send, P: ReadPolicy>(
+        &mut self,
+        c: &mut C,
+        from: Option<String>,
+        want: usize,
+        policy: &P,
+    ) -> redis::RedisResult<Taken> {
+        let start = from.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let own: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(start)
+            .arg("+")
+            .arg(want)
+            .arg(&*self.consumer)
+            .query_async(c)
+            .await?;
+        self.own = match own.ids.last() {
+            Some(last) if own.ids.len() == want => Some(Some(last.id.clone())),
+            _ => None,
+        };
+        let unseen: Vec<String> = own
+            .ids
+            .into_iter()
+            .map(|p| p.id)
+            .filter(|id| !policy.holds(id))
+            .collect();
+        if unseen.is_empty() {
+            return Ok(Taken::default());
+        }
+        tracing::info!(
+            stream = %self.stream,
+            count = unseen.len(),
+            "picking up entries delivered to this consumer that it never handled (a lost reply, or a restart)"
+        );
+        let (claimed, vanished) = self.claim(c, &unseen, 0).await?;
+        Ok(Taken {
+            entries: claimed
+                .into_iter()
+                .map(|entry| Delivered {
+                    entry,
+                    deliveries: None,
+                })
+                .collect(),
+            vanished,
+        })
+    }
+
+    /// One pass over entries idle `claim_idle` at other consumers.
+    async fn reclaim<C: ConnectionLike + Send, P: ReadPolicy>(
+        &mut self,
+        c: &mut C,
+        want: usize,
+        policy: &P,
+    ) -> redis::RedisResult<Taken> {
+        let start = self
+            .reclaim_cursor
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let idle_ms = self.claim_idle.as_millis() as u64;
+        let idle: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("IDLE")
+            .arg(idle_ms)
+            .arg(start)
+            .arg("+")
+            .arg(RECLAIM_SCAN)
+            .query_async(c)
+            .await?;
+        self.reclaim_cursor = if idle.ids.len() < RECLAIM_SCAN {
+            None // wrapped: the next pass starts from the beginning
+        } else {
+            idle.ids.last().map(|p| p.id.clone())
+        };
+        let abandoned: Vec<Abandoned> = idle
+            .ids
+            .into_iter()
+            .filter(|p| !policy.holds(&p.id))
+            .map(|p| Abandoned {
+                id: p.id,
+                deliveries: p.times_delivered,
+            })
+            .collect();
+        let chosen: Vec<&Abandoned> = policy
+            .choose(&abandoned, want)
+            .into_iter()
+            .filter_map(|i| abandoned.get(i))
+            .take(want)
+            .collect();
+        if chosen.is_empty() {
+            return Ok(Taken::default());
+        }
+        let ids: Vec<String> = chosen.iter().map(|a| a.id.clone()).collect();
+        let (claimed, vanished) = self.claim(c, &ids, idle_ms).await?;
+        if !claimed.is_empty() {
+            tracing::info!(
+                stream = %self.stream,
+                count = claimed.len(),
+                "reclaimed entries abandoned by other consumers"
+            );
+        }
+        let entries = claimed
+            .into_iter()
+            .map(|entry| {
+                let deliveries = chosen
+                    .iter()
+                    .find(|a| a.id == entry.id)
+                    .map_or(u32::MAX, |a| {
+                        u32::try_from(a.deliveries + 1).unwrap_or(u32::MAX)
+                    });
+                Delivered {
+                    entry,
+                    deliveries: Some(deliveries),
+                }
+            })
+            .collect();
+        Ok(Taken { entries, vanished })
+    }
+
+    /// Claims `ids` for this consumer if still idle `min_idle_ms`
+    /// (`claim.lua`). Entries whose body is gone are acknowledged, logged
+    /// and counted (the second of the pair).
+    async fn claim<C: ConnectionLike + Send>(
+        &self,
+        c: &mut C,
+        ids: &[String],
+        min_idle_ms: u64,
+    ) -> redis::RedisResult<(Vec<Entry>, usize)> {
+        let mut inv = scripts::CLAIM.prepare_invoke();
+        inv.key(&self.stream)
+            .arg(&self.group)
+            .arg(&*self.consumer)
+            .arg(min_idle_ms);
+        for id in ids {
+            inv.arg(id);
+        }
+        let (claimed, vanished): (redis::Value, Vec<String>) = inv.invoke_async(c).await?;
+        if !vanished.is_empty() {
+            tracing::error!(stream = %self.stream, count = vanished.len(), ids = ?vanished, "pending entries vanished from the stream before they were handled (trimmed or deleted by someone else)");
+        }
+        Ok((parse_entries(claimed), vanished.len()))
+    }
+}

@@ -1,0 +1,192 @@
+//! The OpenAPI document's own parts: what no handler says (title, tags,
+//! the bearer scheme, the schemas only events carry), the marking of the
+//! operations behind the token, and `GET /api/v1/openapi.json`.
+//!
+//! The operations themselves come from the handlers' `#[utoipa::path]`
+//! annotations, collected by the router as it registers them (see
+//! [`super::router`]).
+
+use super::error::ApiErrorBody;
+use axum::Extension;
+use axum::body::Bytes;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
+
+/// Name of the bearer security scheme in the document.
+pub const BEARER: &str = "bearer";
+
+/// What the document says besides the operations.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "agentic orchestrator",
+        description = "Durable multi-stage workflows over agent workers on Redis Streams.\n\n\
+            JSON under `/api/v1`. Errors are `{\"error\": {\"code\", \"message\"}}` \
+            (`ApiErrorBody`) with a stable `code`. When the server runs with \
+            `--api-token`, every `/api/v1` operation but this document needs \
+            `Authorization: Bearer <token>`; `/health`, `/ready` and `/metrics` \
+            stay open for probes. An unknown path answers 404 `no_route`, a \
+            known path with another method 405 `method_not_allowed`.",
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(ApiErrorBody, orchestrator::store::Change, orchestrator::store::LogEntry)),
+    tags(
+        (name = "workflows", description = "Start, read, list workflows; operator actions; the event log"),
+        (name = "definitions", description = "Workflow definitions (a DAG of stages), versioned"),
+        (name = "tasks", description = "Standalone tasks to an agent type, and their results"),
+        (name = "agents", description = "Live agent instances, and agent types needed with none live"),
+        (name = "dlq", description = "Dead letters per agent type: list, show, replay, purge"),
+        (name = "streams", description = "Queues per agent type, and workflows by status"),
+        (name = "events", description = "Server-sent events: workflow changes, live"),
+        (name = "health", description = "Probes, metrics and this document: no token needed"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme.
+#[derive(Debug)]
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The server's `--api-token` (`AGENTIC_API_TOKEN`); needed only \
+                         when the server has one",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Marks every operation of `doc` as needing the bearer token and as
+/// answering 401 without it. Called on exactly the routes the server puts
+/// behind the token, so the document says what the server does.
+pub fn require_token(doc: &mut utoipa::openapi::OpenApi) {
+    let unauthorized = ResponseBuilder::new()
+        .description(
+            "`unauthorized`: the server has a token and the request has none, or another one",
+        )
+        .header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(<String as utoipa::PartialSchema>::schema())
+                .description(Some("`Bearer`"))
+                .build(),
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ApiErrorBody")))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            op.responses
+                .responses
+                .insert("401".to_owned(), RefOr::T(unauthorized.clone()));
+        }
+    }
+}
+
+/// Opens up the closed schemas that a `#[serde(flatten)]` composes: a type
+/// with `deny_unknown_fields` gets `additionalProperties: false`, and as an
+/// `allOf` part of a larger answer (`DefinitionView` flattens `Definition`
+/// and adds `levels`) that would forbid the other parts' properties. Such a
+/// part is inlined without it; the type itself stays closed where it is a
+/// request body.
+pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let closed: std::collections::BTreeMap<String, Schema> = components
+        .schemas
+        .iter()
+        .filter_map(|(name, schema)| match schema {
+            RefOr::T(Schema::Object(o))
+                if matches!(
+                    o.additional_properties.as_deref(),
+                    Some(AdditionalProperties::FreeForm(false))
+                ) =>
+            {
+                let mut open = o.clone();
+                open.additional_properties = None;
+                Some((format!("#/components/schemas/{name}"), Schema::Object(open)))
+            }
+            _ => None,
+        })
+        .collect();
+    for schema in components.schemas.values_mut() {
+        if let RefOr::T(Schema::AllOf(all)) = schema {
+            for part in &mut all.items {
+                if let RefOr::Ref(r) = part
+                    && let Some(open) = closed.get(&r.ref_location)
+                {
+                    *part = RefOr::T(open.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The operations of a path item, whatever their methods.
+pub fn operations(
+    item: &mut utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// The document as served, encoded once.
+#[derive(Debug, Clone)]
+pub struct Document(Bytes);
+
+impl Document {
+    /// Encodes `doc`.
+    pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
+        // Serializing a tree of strings, maps and numbers cannot fail.
+        Self(Bytes::from(doc.to_json().unwrap_or_default()))
+    }
+}
+
+/// The OpenAPI document
+///
+/// `GET /api/v1/openapi.json` — this document (OpenAPI 3.1), generated
+/// from the handlers. Served without the token: it holds no data.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub async fn serve(Extension(doc): Extension<Document>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0).into_response()
+}
+
+/// The document as pretty JSON, for `orchestrator openapi`.
+pub fn openapi_json() -> String {
+    super::openapi().to_pretty_json().unwrap_or_default()
+}

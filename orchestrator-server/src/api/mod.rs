@@ -1,0 +1,231 @@
+//! The HTTP API (axum), JSON under `/api/v1`, plus `/health`, `/ready` and
+//! `/metrics`. See `orchestrator/README.md` for every route with curl
+//! examples.
+//!
+//! Every route but the dashboard's `/` is registered through utoipa-axum's
+//! [`OpenApiRouter`] from a handler annotated with `#[utoipa::path]`, so
+//! the router and its OpenAPI document ([`openapi`], served at
+//! `/api/v1/openapi.json`) are built by the same code and cannot drift: a
+//! route cannot be served without being described.
+//!
+//! Handlers take pooled connections (deadpool-redis, with a checkout
+//! timeout); dispatch goes through the engine's own long-lived connection.
+
+mod agents;
+mod dashboard;
+mod definitions;
+mod dlq;
+pub mod dlq_view;
+mod doc;
+pub mod error;
+mod events;
+mod extract;
+mod health;
+mod streams;
+mod tasks;
+mod workflows;
+
+use agent_sdk::schemas::AgentType;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+pub use doc::openapi_json;
+use error::ApiError;
+pub use health::install_metrics;
+use orchestrator::Engine;
+use orchestrator::store::Change;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Arc<Engine>,
+    pool: deadpool_redis::Pool,
+    token: Option<String>,
+    changes: broadcast::Sender<Arc<Change>>,
+    stop: CancellationToken,
+    /// Agent types found by the last keyspace scan, and when.
+    types: tokio::sync::Mutex<Option<(std::time::Instant, Vec<AgentType>)>>,
+}
+
+/// How long a scan for agent types is reused: the dashboard asks every few
+/// seconds, and a scan walks the whole keyspace.
+const TYPES_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AppState {
+    /// State for the router.
+    pub fn new(
+        engine: Arc<Engine>,
+        pool: deadpool_redis::Pool,
+        token: Option<String>,
+        changes: broadcast::Sender<Arc<Change>>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                pool,
+                token,
+                changes,
+                stop,
+                types: tokio::sync::Mutex::default(),
+            }),
+        }
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ApiError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    /// Every agent type with streams: the last scan (at most
+    /// [`TYPES_FRESH`] old) plus the types this orchestrator dispatches to.
+    async fn agent_types(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> Result<Vec<AgentType>, ApiError> {
+        let mut cached = self.inner.types.lock().await;
+        let scanned = match &*cached {
+            Some((at, types)) if at.elapsed() < TYPES_FRESH => types.clone(),
+            _ => {
+                let types =
+                    orchestrator::ops::streams::agent_types(conn, self.engine().keys()).await?;
+                *cached = Some((std::time::Instant::now(), types.clone()));
+                types
+            }
+        };
+        drop(cached);
+        let mut all: std::collections::BTreeMap<String, AgentType> =
+            scanned.into_iter().map(|t| (t.to_string(), t)).collect();
+        for t in self.engine().watched_types() {
+            if let Ok(a) = AgentType::new(&t) {
+                all.entry(t).or_insert(a);
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+}
+
+/// The whole router: `/api/v1/...` (behind the token when one is set, but
+/// for `/api/v1/openapi.json`), `/health`, `/ready`, `/metrics`, and the
+/// dashboard at `/`. Bodies over `max_body` bytes get 413.
+pub fn router(state: AppState, max_body: usize) -> Router {
+    let auth = middleware::from_fn_with_state(state.clone(), auth);
+    let (routes, document) = parts(|api| api.route_layer(auth));
+    let document = doc::Document::new(&document);
+    routes
+        // Not part of the API: an HTML page, left out of the document.
+        .route("/", get(dashboard::page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(Extension(document))
+        .with_state(state)
+}
+
+/// The OpenAPI document of the API: what `/api/v1/openapi.json` serves and
+/// `orchestrator openapi` prints. Built by the same code as the router.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts(|api| api).1
+}
+
+/// The routes and their document, built together. `protect` is applied to
+/// the `/api/v1` routes that need the token (the server passes the auth
+/// `route_layer`); every operation registered before it is marked in the
+/// document as needing the bearer token, the ones after it are not.
+fn parts(
+    protect: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut api = OpenApiRouter::new()
+        .routes(routes!(workflows::create, workflows::list))
+        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::log))
+        .routes(routes!(events::workflow))
+        .routes(routes!(workflows::cancel))
+        .routes(routes!(workflows::abort))
+        .routes(routes!(workflows::approve))
+        .routes(routes!(workflows::reject))
+        .routes(routes!(workflows::replay))
+        .routes(routes!(events::all))
+        .routes(routes!(definitions::create, definitions::list))
+        .routes(routes!(definitions::get))
+        .routes(routes!(tasks::submit))
+        .routes(routes!(tasks::result))
+        .routes(routes!(agents::list))
+        .routes(routes!(streams::overview))
+        .routes(routes!(streams::streams))
+        .routes(routes!(dlq::queues))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay))
+        .routes(routes!(dlq::purge))
+        .routes(routes!(dlq::show));
+    doc::require_token(api.get_openapi_mut());
+    let api = protect(api).routes(routes!(doc::serve));
+    let (routes, mut document) = OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    doc::open_flattened(&mut document);
+    (routes, document)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// Bearer-token check, in constant time, when a token is configured.
+async fn auth(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.inner.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
+        if !ok {
+            let message = if given.is_none() {
+                "missing bearer token: send Authorization: Bearer <token>"
+            } else {
+                "wrong bearer token"
+            };
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                message,
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}

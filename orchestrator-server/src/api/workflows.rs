@@ -1,0 +1,570 @@
+//! `/api/v1/workflows...`: create, read, list, operator actions, event log.
+
+use super::AppState;
+use super::error::{ApiError, ApiErrorBody, ApiResult};
+use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use agent_sdk::DeadLetterFilter;
+use agent_sdk::schemas::AgentType;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orchestrator::engine::{NewWorkflow, OperatorAction};
+use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
+use orchestrator::store::{ListFilter, LogEntry, Page};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Body of `POST /workflows`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Definition name.
+    definition: String,
+    /// Definition version (the latest when absent).
+    #[serde(default)]
+    version: Option<u32>,
+    /// Workflow input, passed to every stage (null when absent).
+    #[serde(default)]
+    input: Value,
+    /// Workflow id (1–48 of `A-Z a-z 0-9 - _ .`); generated when absent.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// A workflow as the API shows it: its state, plus `version`, `progress`
+/// and `stage_details`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowView {
+    #[serde(flatten)]
+    workflow: Workflow,
+    /// Transitions stored.
+    version: u64,
+    /// Completed stages in percent.
+    progress: u8,
+    /// Per stage: the agent that runs it and how long it took.
+    stage_details: Vec<StageDetail>,
+}
+
+/// One stage of a workflow, as its definition says.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StageDetail {
+    /// Stage name.
+    name: String,
+    /// Agent type that runs it.
+    agent: String,
+    /// Stages that must complete first.
+    depends_on: Vec<String>,
+    /// Dispatch number of the current run (1 = first; a replay keeps it).
+    attempt: u32,
+    /// From its last dispatch to its end, once it has ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+}
+
+/// Builds the view on the caller's connection: a handler never holds two
+/// pooled connections at once (that deadlocks a busy pool).
+async fn view(
+    state: &AppState,
+    conn: &mut deadpool_redis::Connection,
+    workflow: Workflow,
+    version: u64,
+) -> ApiResult<WorkflowView> {
+    let def = state
+        .engine()
+        .catalog()
+        .get(
+            conn,
+            &workflow.definition,
+            Some(workflow.definition_version),
+        )
+        .await?;
+    let stage_details = workflow
+        .stages
+        .iter()
+        .map(|s| {
+            let sd = def.stage(&s.name);
+            StageDetail {
+                name: s.name.clone(),
+                agent: sd.map(|d| d.agent.clone()).unwrap_or_default(),
+                depends_on: sd.map(|d| d.depends_on.clone()).unwrap_or_default(),
+                attempt: s.dispatches,
+                duration_ms: s
+                    .started_at_ms
+                    .zip(s.finished_at_ms)
+                    .map(|(a, b)| b.saturating_sub(a)),
+            }
+        })
+        .collect();
+    Ok(WorkflowView {
+        progress: workflow.progress(),
+        workflow,
+        version,
+        stage_details,
+    })
+}
+
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("/api/v1/workflows/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/api/v1/workflows"))
+}
+
+/// Start a workflow
+///
+/// `POST /workflows` — 201 with the workflow and its `Location`.
+#[utoipa::path(
+    post,
+    path = "/workflows",
+    tag = "workflows",
+    operation_id = "create_workflow",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created and started", body = WorkflowView,
+            headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: a workflow with this id exists", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateRequest>,
+) -> ApiResult<Response> {
+    let mut conn = state.conn().await?;
+    let (workflow, version) = state
+        .engine()
+        .create(
+            &mut conn,
+            NewWorkflow {
+                definition: req.definition,
+                version: req.version,
+                input: req.input,
+                id: req.id,
+            },
+        )
+        .await?;
+    let loc = location(&workflow.id);
+    let body = view(&state, &mut conn, workflow, version).await?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
+}
+
+async fn load(
+    state: &AppState,
+    conn: &mut deadpool_redis::Connection,
+    id: &str,
+) -> ApiResult<(Workflow, u64)> {
+    agent_sdk::schemas::names::validate_workflow_id(id)
+        .map_err(|_| ApiError::not_found("workflow", id))?;
+    match state.engine().store().load(conn, id).await? {
+        Some(s) => Ok((s.workflow, s.version)),
+        None => Err(ApiError::not_found("workflow", id)),
+    }
+}
+
+/// One workflow
+///
+/// `GET /workflows/{id}`: status, progress, every stage (status, attempt,
+/// times, duration, output or error, compensation).
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}",
+    tag = "workflows",
+    operation_id = "get_workflow",
+    params(("id" = String, Path, description = "Workflow id")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    let mut conn = state.conn().await?;
+    let (wf, v) = load(&state, &mut conn, &id).await?;
+    Ok(Json(view(&state, &mut conn, wf, v).await?))
+}
+
+/// Query of `GET /workflows`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only workflows with this status: pending, running, awaiting_approval,
+    /// blocked, compensating, completed, failed, cancelled.
+    status: Option<String>,
+    /// Only workflows of this definition.
+    definition: Option<String>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1–1000 (50 by default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// List workflows
+///
+/// `GET /workflows?status=&definition=&limit=&cursor=` — newest first;
+/// `next` is the cursor of the next page.
+#[utoipa::path(
+    get,
+    path = "/workflows",
+    tag = "workflows",
+    operation_id = "list_workflows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of workflows, newest first", body = orchestrator::store::Page),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: an unknown status or a limit out of range", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page>> {
+    let status = match &q.status {
+        Some(s) => Some(WorkflowStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status {s:?}: one of pending, running, awaiting_approval, blocked, \
+                 compensating, completed, failed, cancelled"
+            ))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be 1..=1000"));
+    }
+    let mut conn = state.conn().await?;
+    let page = state
+        .engine()
+        .store()
+        .list(
+            &mut conn,
+            &ListFilter {
+                status,
+                definition: q.definition,
+                cursor: q.cursor,
+                limit,
+            },
+        )
+        .await?;
+    Ok(Json(page))
+}
+
+/// Body of cancel / abort / reject (optional: an empty body is `{}`).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    /// Why, for the log (at most 1024 bytes).
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
+    let r = r.reason.unwrap_or_else(|| default.to_owned());
+    if r.len() > 1024 {
+        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
+    }
+    Ok(r)
+}
+
+/// Carries out an operator's action; 404 / 409 as [`Engine::act`] says.
+async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Json<WorkflowView>> {
+    let mut conn = state.conn().await?;
+    let (workflow, version) = state.engine().act(&mut conn, id, &action).await?;
+    Ok(Json(view(state, &mut conn, workflow, version).await?))
+}
+
+/// Cancel a workflow
+///
+/// `POST /workflows/{id}/cancel` — stop dispatching, compensate, end `cancelled`.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/cancel",
+    tag = "workflows",
+    operation_id = "cancel_workflow",
+    params(("id" = String, Path, description = "Workflow id")),
+    request_body = Option<ReasonRequest>,
+    responses(
+        (status = 200, description = "Cancelling: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> ApiResult<Json<WorkflowView>> {
+    let reason = reason(body, "cancelled by an operator")?;
+    act(&state, &id, OperatorAction::Cancel { reason }).await
+}
+
+/// Abort a workflow
+///
+/// `POST /workflows/{id}/abort` — compensate, end `failed` (for a blocked workflow).
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/abort",
+    tag = "workflows",
+    operation_id = "abort_workflow",
+    params(("id" = String, Path, description = "Workflow id")),
+    request_body = Option<ReasonRequest>,
+    responses(
+        (status = 200, description = "Aborting: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn abort(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> ApiResult<Json<WorkflowView>> {
+    let reason = reason(body, "aborted by an operator")?;
+    act(&state, &id, OperatorAction::Abort { reason }).await
+}
+
+async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Workflow, u64)> {
+    let mut conn = state.conn().await?;
+    let (wf, v) = load(state, &mut conn, id).await?;
+    if wf.stage(stage).is_none() {
+        return Err(ApiError::not_found("stage", stage));
+    }
+    Ok((wf, v))
+}
+
+/// Approve a stage
+///
+/// `POST /workflows/{id}/stages/{stage}/approve` — an approval stage that
+/// waits is dispatched.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/stages/{stage}/approve",
+    tag = "workflows",
+    operation_id = "approve_stage",
+    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    responses(
+        (status = 200, description = "Approved: the workflow after the transition", body = WorkflowView),
+        (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn approve(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(String, String)>,
+) -> ApiResult<Json<WorkflowView>> {
+    act(&state, &id, OperatorAction::Approve { stage }).await
+}
+
+/// Reject a stage
+///
+/// `POST /workflows/{id}/stages/{stage}/reject` — an approval stage that
+/// waits fails, and the workflow is compensated.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/stages/{stage}/reject",
+    tag = "workflows",
+    operation_id = "reject_stage",
+    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    request_body = Option<ReasonRequest>,
+    responses(
+        (status = 200, description = "Rejected: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn reject(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(String, String)>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> ApiResult<Json<WorkflowView>> {
+    let reason = reason(body, "rejected by an operator")?;
+    act(&state, &id, OperatorAction::Reject { stage, reason }).await
+}
+
+/// Replay a dead-lettered stage
+///
+/// `POST /workflows/{id}/stages/{stage}/replay` — replays the dead letter of
+/// a dead-lettered stage; the workflow resumes when its result comes.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/stages/{stage}/replay",
+    tag = "workflows",
+    operation_id = "replay_stage",
+    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    responses(
+        (status = 200, description = "Replayed: the workflow after the transition", body = WorkflowView),
+        (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the stage is not dead-lettered, or its dead letter is gone", body = ApiErrorBody),
+        (status = 422, description = "`invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn replay(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(String, String)>,
+) -> ApiResult<Json<WorkflowView>> {
+    let (wf, _) = stage_exists(&state, &id, &stage).await?;
+    let s = wf
+        .stage(&stage)
+        .ok_or_else(|| ApiError::not_found("stage", &stage))?;
+    if s.status != StageStatus::DeadLettered {
+        return Err(ApiError::conflict(format!(
+            "stage {stage} is not dead-lettered"
+        )));
+    }
+    let task_id = s.task_id.clone().unwrap_or_default();
+    let mut conn = state.conn().await?;
+    let def = state
+        .engine()
+        .catalog()
+        .get(&mut conn, &wf.definition, Some(wf.definition_version))
+        .await?;
+    let agent = def
+        .stage(&stage)
+        .map(|d| d.agent.clone())
+        .ok_or_else(|| ApiError::not_found("stage", &stage))?;
+    let agent = AgentType::new(agent).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let dlq = state.engine().client().dead_letters();
+    let page = dlq
+        .list(
+            &agent,
+            &DeadLetterFilter {
+                task_id: Some(task_id.clone()),
+                limit: 10,
+                ..DeadLetterFilter::default()
+            },
+        )
+        .await?;
+    let Some(entry) = page.items.first() else {
+        return Err(ApiError::conflict(format!(
+            "no dead letter of task {task_id} in {agent}'s DLQ (replayed or purged already?)"
+        )));
+    };
+    // Through the same replay as the DLQ routes and agentctl: recorded in
+    // the workflow before the move (see `ops::dlq::replay`).
+    let report = orchestrator::ops::dlq::replay(
+        state.engine(),
+        &mut conn,
+        &agent,
+        &orchestrator::ops::dlq::Selection::Ids(vec![entry.id.clone()]),
+        &orchestrator::ops::dlq::ReplayOptions::default(),
+        |_| {},
+    )
+    .await?;
+    if report.replayed != 1 {
+        let why = report
+            .items
+            .first()
+            .and_then(|i| i.error.clone())
+            .unwrap_or_else(|| "it was replayed or purged meanwhile".into());
+        return Err(ApiError::conflict(format!(
+            "dead letter {} was not replayed: {why}",
+            entry.id
+        )));
+    }
+    let (workflow, version) = load(&state, &mut conn, &id).await?;
+    Ok(Json(view(&state, &mut conn, workflow, version).await?))
+}
+
+/// Query of `GET /workflows/{id}/log`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only entries after this entry id (the `next` of the previous page).
+    #[param(example = "1700000000000-0")]
+    after: Option<String>,
+    /// Page size, 1–10000 (1000 by default).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<usize>,
+}
+
+/// A page of the event log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogPage {
+    /// Oldest first.
+    items: Vec<LogEntry>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Whether `s` is a stream entry id (`ms-seq`).
+pub(super) fn is_entry_id(s: &str) -> bool {
+    agent_sdk::schemas::EntryId::parse(s).is_some()
+}
+
+/// A workflow's event log
+///
+/// `GET /workflows/{id}/log?after=&limit=` — the event log, oldest first.
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}/log",
+    tag = "workflows",
+    operation_id = "workflow_log",
+    params(("id" = String, Path, description = "Workflow id"), LogQuery),
+    responses(
+        (status = 200, description = "A page of the log, oldest first", body = LogPage),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: `after` is not an entry id or `limit` is out of range", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+    )
+)]
+pub async fn log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> ApiResult<Json<LogPage>> {
+    let mut conn = state.conn().await?;
+    load(&state, &mut conn, &id).await?;
+    if let Some(a) = &q.after
+        && !is_entry_id(a)
+    {
+        return Err(ApiError::bad_request(format!(
+            "after must be an entry id like 1700000000000-0, got {a:?}"
+        )));
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be 1..=10000"));
+    }
+    let items = state
+        .engine()
+        .store()
+        .log(&mut conn, &id, q.after.as_deref(), limit)
+        .await?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(LogPage { items, next }))
+}

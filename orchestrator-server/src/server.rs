@@ -1,0 +1,228 @@
+//! `orchestrator serve`: the engine's loops and the HTTP API in one process.
+//!
+//! [`serve`] takes a bound listener and a shutdown token, so tests run the
+//! real server on port 0 in-process, and the binary is a thin wrapper.
+
+use crate::api::{self, AppState};
+use crate::config::ServeConfig;
+use crate::error::{Error, Result};
+use agent_sdk::Client;
+use agent_sdk::connection::{Connector, redis_backoff};
+use agent_sdk::shutdown::pause;
+use agent_sdk::stream::consumer_id;
+use orchestrator::loops::results::{self, ConsumerSettings};
+use orchestrator::loops::sweep::{self, SweepSettings};
+use orchestrator::loops::{changes, timers};
+use orchestrator::{Definition, Engine};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Reads `*.yaml`, `*.yml` and `*.json` definitions from `dir`.
+pub fn read_definitions(dir: &std::path::Path) -> Result<Vec<Definition>> {
+    let mut out = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Config(format!("--definitions {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    paths.sort();
+    for p in paths {
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+        let def =
+            Definition::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+        def.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+        out.push(def);
+    }
+    Ok(out)
+}
+
+async fn connect_manager(
+    connector: &Connector,
+    stop: &CancellationToken,
+) -> Result<Option<ConnectionManager>> {
+    let mut backoff = redis_backoff();
+    loop {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_pipeline_buffer_size(4096);
+        match ConnectionManager::new_with_config(connector.client().clone(), config).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(url = %connector.redacted_url(), error = %e, "cannot connect to redis yet; retrying");
+                if pause(stop, backoff.next().unwrap_or(Duration::from_secs(5))).await {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the orchestrator on `listener` until `stop` fires, then drains.
+pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationToken) -> Result<()> {
+    cfg.validate()?;
+    api::install_metrics();
+    let connector = cfg.redis.connector()?;
+    let Some(mut conn) = connect_manager(&connector, &stop).await? else {
+        return Ok(());
+    };
+    let client = loop {
+        match Client::connect(&cfg.redis.url, &cfg.redis.namespace).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect the dispatch client yet; retrying");
+                if pause(&stop, Duration::from_secs(1)).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let (engine, mut watch_rx) = Engine::new(client);
+    let engine = Arc::new(engine);
+
+    // The built-in `sdlc` only when none is registered (an operator's own
+    // `sdlc` is not overwritten at every restart); configured definitions
+    // always (registering an unchanged one is a no-op).
+    let mut defs = Vec::new();
+    match engine.catalog().get(&mut conn, "sdlc", None).await {
+        Err(orchestrator::Error::NotFound { .. }) => defs.push(Definition::sdlc()),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    if let Some(dir) = &cfg.definitions {
+        defs.extend(read_definitions(dir)?);
+    }
+    for d in &defs {
+        let (stored, created) = engine.catalog().register(&mut conn, d).await?;
+        if created {
+            tracing::info!(definition = %stored.name, version = stored.version, "registered definition");
+        }
+    }
+    for d in engine.catalog().latest_all(&mut conn).await? {
+        engine.watch_definition(&d);
+    }
+    for t in &cfg.watch {
+        engine.watch(t);
+    }
+
+    let pool = deadpool_redis::Pool::builder(
+        deadpool_redis::Manager::new_with_config(
+            connector.client().get_connection_info().clone(),
+            redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .map_err(Error::Redis)?,
+    )
+    .max_size(cfg.pool_size)
+    .wait_timeout(Some(cfg.pool_wait))
+    .create_timeout(Some(cfg.pool_wait))
+    .recycle_timeout(Some(cfg.pool_wait))
+    .runtime(deadpool_redis::Runtime::Tokio1)
+    .build()
+    .map_err(|e| Error::Config(format!("redis pool: {e}")))?;
+
+    let consumer = cfg
+        .consumer
+        .clone()
+        .unwrap_or_else(|| consumer_id(Some("orchestrator")));
+    let settings = ConsumerSettings {
+        consumer: consumer.clone(),
+        batch: cfg.result_batch,
+        block: Duration::from_secs(2),
+        claim_idle: cfg.claim_idle,
+        parallelism: cfg.parallelism,
+    };
+    let tracker = TaskTracker::new();
+    // Loops stop on their own token: the HTTP server drains first.
+    let loops_stop = CancellationToken::new();
+    {
+        let engine = engine.clone();
+        let conn = conn.clone();
+        let connector = connector.clone();
+        let loops_stop = loops_stop.clone();
+        let t2 = tracker.clone();
+        tracker.spawn(async move {
+            loop {
+                let t = tokio::select! {
+                    _ = loops_stop.cancelled() => return,
+                    t = watch_rx.recv() => match t { Some(t) => t, None => return },
+                };
+                let reader = connector.conn("results", settings.block + Duration::from_secs(5));
+                t2.spawn(results::consume(
+                    engine.clone(),
+                    conn.clone(),
+                    reader,
+                    t,
+                    settings.clone(),
+                    loops_stop.clone(),
+                ));
+            }
+        });
+    }
+    tracker.spawn(timers::run(
+        engine.clone(),
+        conn.clone(),
+        cfg.timer_tick,
+        loops_stop.clone(),
+    ));
+    tracker.spawn(sweep::run(
+        engine.clone(),
+        conn.clone(),
+        SweepSettings {
+            interval: cfg.sweep_interval,
+            grace: cfg.sweep_grace,
+        },
+        loops_stop.clone(),
+    ));
+    let (changes_tx, _) = broadcast::channel(1024);
+    tracker.spawn(changes::run(
+        connector.client().clone(),
+        engine.keys().workflow_changes(),
+        changes_tx.clone(),
+        loops_stop.clone(),
+    ));
+
+    let state = AppState::new(
+        engine.clone(),
+        pool,
+        cfg.api_token.clone(),
+        changes_tx,
+        stop.clone(),
+    );
+    let app = api::router(state, cfg.max_body);
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        redis = %connector.redacted_url(),
+        namespace = %cfg.redis.namespace,
+        consumer = %consumer,
+        auth = cfg.api_token.is_some(),
+        "orchestrator serving"
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await;
+    tracing::info!("HTTP server stopped; draining the loops");
+    loops_stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?cfg.shutdown_grace, "loops still busy after the grace period; exiting (unacknowledged results are read again by the next orchestrator)");
+    }
+    served?;
+    Ok(())
+}

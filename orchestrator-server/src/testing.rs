@@ -1,0 +1,107 @@
+//! Test kit of the server (feature `test-util`), for this crate's tests and
+//! `agentctl`'s: the real server in-process on a free port, and its flags
+//! with short timings.
+
+use crate::ServeConfig;
+use agent_sdk::CancellationToken;
+use agent_sdk::testing::TestRedis;
+use clap::Parser;
+use orchestrator::testing::{NS, wait_until};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+struct ServeCli {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+/// Flags of a test orchestrator: short timings so recovery happens within a
+/// test's patience.
+pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--redis-url",
+        &redis.url(),
+        "--namespace",
+        NS,
+        "--listen",
+        listen,
+        "--claim-idle",
+        "1s",
+        "--sweep-interval",
+        "500ms",
+        "--sweep-grace",
+        "1s",
+        "--timer-tick",
+        "50ms",
+        "--shutdown-grace",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `args` parsed as `orchestrator serve` would.
+pub fn serve_config(args: &[String]) -> ServeConfig {
+    ServeCli::try_parse_from(
+        std::iter::once("orchestrator".to_string()).chain(args.iter().cloned()),
+    )
+    .expect("serve flags")
+    .serve
+}
+
+/// The orchestrator running inside the test process on a free port.
+#[derive(Debug)]
+pub struct InProcess {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Stops it.
+    pub stop: CancellationToken,
+    /// Its task.
+    pub handle: tokio::task::JoinHandle<crate::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts it with the test flags plus `extra`, and waits until it is ready.
+    pub async fn start(redis: &TestRedis, extra: &[&str]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("local address");
+        let cfg = serve_config(&serve_flags(redis, &addr.to_string(), extra));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(crate::server::serve(cfg, listener, stop.clone()));
+        let url = format!("http://{addr}");
+        wait_ready(&url).await;
+        Self { url, stop, handle }
+    }
+
+    /// Stops it and waits for it; panics if it failed or did not stop in 30 s.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("orchestrator did not stop within 30s")
+            .expect("orchestrator task panicked")
+            .expect("orchestrator failed");
+    }
+
+    /// The URL of API path `path` (`/workflows`, …).
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+}
+
+/// Waits until the orchestrator at `url` answers `/ready`.
+pub async fn wait_ready(url: &str) {
+    let http = reqwest::Client::new();
+    wait_until("orchestrator /ready", Duration::from_secs(30), || async {
+        http.get(format!("{url}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}

@@ -1,0 +1,205 @@
+//! Carrying out: the script calls that dispatch tasks, arm and cancel
+//! deadlines, and clear outboxes — for one transition or for a batch, in one
+//! pipelined round trip per kind.
+
+use super::{DISPATCH_IDEMPOTENCY_TTL, Engine, Result};
+use crate::definition::Definition;
+use crate::machine::Command;
+use crate::scripts;
+use agent_sdk::EnqueueOptions;
+use agent_sdk::schemas::AgentType;
+use redis::aio::ConnectionLike;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Deadline operations: task id, and the delay to arm it with (`None`: cancel).
+type TimerOps = Vec<(String, Option<Duration>)>;
+
+/// The script calls that carry out one transition's commands: dispatches
+/// (each arming its deadline) and the remaining deadline operations, one
+/// call per agent type.
+#[derive(Default)]
+pub(super) struct CarryOut {
+    dispatches: Vec<redis::ScriptInvocation<'static>>,
+    timers: Vec<redis::ScriptInvocation<'static>>,
+}
+
+impl Engine {
+    /// The script calls that carry `commands` out (see [`Engine::carry_out`]).
+    pub(super) fn plan(
+        &self,
+        def: &Definition,
+        id: &str,
+        commands: &[Command],
+        settled: Option<&str>,
+    ) -> Result<CarryOut> {
+        let dispatched: HashSet<&str> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Dispatch { task_id, .. } => Some(task_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let deadline_of = |task: &str| {
+            commands.iter().find_map(|c| match c {
+                Command::ArmTimer { task_id, after } if task_id == task => Some(*after),
+                _ => None,
+            })
+        };
+        let mut plan = CarryOut::default();
+        for c in commands {
+            if let Command::Dispatch {
+                stage,
+                task_id,
+                agent,
+                input,
+                timeout,
+                max_attempts,
+                ..
+            } = c
+            {
+                plan.dispatches.push(self.dispatch_invocation(
+                    Dispatch {
+                        workflow: id,
+                        stage,
+                        task_id,
+                        agent,
+                        input,
+                        timeout: *timeout,
+                        max_attempts: *max_attempts,
+                    },
+                    deadline_of(task_id),
+                )?);
+            }
+        }
+        // The other timer operations, by the agent type whose slot holds them.
+        let mut by_agent: Vec<(AgentType, TimerOps)> = Vec::new();
+        for c in commands {
+            let (task_id, op) = match c {
+                Command::ArmTimer { task_id, after } if !dispatched.contains(task_id.as_str()) => {
+                    (task_id, Some(*after))
+                }
+                Command::CancelTimer { task_id } if settled != Some(task_id.as_str()) => {
+                    (task_id, None)
+                }
+                _ => continue,
+            };
+            let Some(agent) = super::task_agent(def, task_id).and_then(|a| AgentType::new(a).ok())
+            else {
+                tracing::warn!(workflow = id, task = %task_id, "no agent type for a deadline; skipped");
+                continue;
+            };
+            match by_agent.iter_mut().find(|(a, _)| *a == agent) {
+                Some((_, ops)) => ops.push((task_id.clone(), op)),
+                None => by_agent.push((agent, vec![(task_id.clone(), op)])),
+            }
+        }
+        plan.timers = by_agent
+            .iter()
+            .map(|(agent, ops)| self.store().timers_invocation(agent, ops))
+            .collect();
+        Ok(plan)
+    }
+
+    fn dispatch_invocation(
+        &self,
+        d: Dispatch<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<redis::ScriptInvocation<'static>> {
+        let agent_type = AgentType::new(d.agent)?;
+        self.watch(d.agent);
+        let (task_id, fields) = self.client().task_entry(
+            d.input,
+            &EnqueueOptions {
+                task_id: Some(d.task_id.to_owned()),
+                workflow_id: Some(d.workflow.to_owned()),
+                stage: Some(d.stage.to_owned()),
+                trace_id: Some(d.workflow.to_owned()),
+                timeout: d.timeout,
+                max_attempts: d.max_attempts,
+                ..EnqueueOptions::default()
+            },
+        )?;
+        let keys = self.keys();
+        let mut inv = scripts::DISPATCH.prepare_invoke();
+        inv.key(keys.tasks(&agent_type))
+            .key(keys.idempotency(&agent_type, &task_id)?)
+            .key(keys.deadlines(&agent_type))
+            .arg(&task_id)
+            .arg(DISPATCH_IDEMPOTENCY_TTL.as_millis() as u64)
+            .arg(deadline.map_or(0, |d| d.as_millis() as u64))
+            .arg(&fields);
+        Ok(inv)
+    }
+
+    /// Carries out `plans` — dispatches on the client's connection, deadline
+    /// operations on `conn`, side by side (their order does not matter) —
+    /// then clears each outbox of `(workflow, version, ended)` if its version
+    /// has not moved on, and takes ended workflows out of the active index.
+    /// Returns, per outbox, whether it was cleared.
+    pub(super) async fn carry_out_all<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        plans: &[CarryOut],
+        outboxes: &[(&str, u64, bool)],
+    ) -> Result<Vec<bool>> {
+        let mut dispatches = redis::pipe();
+        dispatches.load_script(&scripts::DISPATCH).ignore();
+        let mut timers = redis::pipe();
+        timers.load_script(&scripts::TIMERS).ignore();
+        let (mut n_dispatch, mut n_timers) = (0, 0);
+        for plan in plans {
+            for inv in &plan.dispatches {
+                dispatches.invoke_script(inv);
+                n_dispatch += 1;
+            }
+            for inv in &plan.timers {
+                timers.invoke_script(inv).ignore();
+                n_timers += 1;
+            }
+        }
+        let mut client_conn = self.client().connection();
+        let run_dispatches = async {
+            if n_dispatch == 0 {
+                return Ok(Vec::new());
+            }
+            dispatches.query_async::<Vec<i64>>(&mut client_conn).await
+        };
+        let run_timers = async {
+            if n_timers == 0 {
+                return Ok(());
+            }
+            timers.query_async::<()>(conn).await
+        };
+        let (added, timed) = tokio::join!(run_dispatches, run_timers);
+        let added = added?;
+        timed?;
+        metrics::counter!("orchestrator_dispatches_total")
+            .increment(added.iter().filter(|a| **a == 1).count() as u64);
+
+        let mut clears = redis::pipe();
+        clears.load_script(&scripts::CLEAR_OUTBOX).ignore();
+        for (id, version, _) in outboxes {
+            clears.invoke_script(&self.store().clear_outbox_invocation(id, *version)?);
+        }
+        for (id, _, ended) in outboxes {
+            if *ended {
+                clears.zrem(self.keys().workflows_active(), *id).ignore();
+            }
+        }
+        let cleared: Vec<i64> = clears.query_async(conn).await?;
+        Ok(cleared.into_iter().map(|c| c == 1).collect())
+    }
+}
+
+/// One dispatch command's parts.
+struct Dispatch<'a> {
+    workflow: &'a str,
+    stage: &'a str,
+    task_id: &'a str,
+    agent: &'a str,
+    input: &'a Value,
+    timeout: Option<Duration>,
+    max_attempts: Option<u32>,
+}

@@ -1,0 +1,434 @@
+//! The durable shell around [`machine::apply`](crate::machine::apply).
+//!
+//! One transition: read the workflow (state, version, outbox), apply the
+//! event, store the new state with its event-log entry and the new commands
+//! appended to the outbox, in one script that checks the version (a
+//! concurrent transition makes it retry from a fresh read). Then carry out
+//! the outbox — dispatch tasks with the task id as idempotency key, each
+//! arming its stage deadline, and cancel deadlines — and clear it if no
+//! transition came in meanwhile. [`transition`] is the one place that does
+//! this, for one event or for a batch of them.
+//!
+//! A crash anywhere leaves a consistent state: before the store, nothing
+//! happened (the result is still pending and is read again); after it, the
+//! outbox says what remains to be done, and whoever next touches the
+//! workflow, or the sweeper, carries it out. Carrying a command out twice is
+//! harmless, so the outbox is at-least-once and its effects exactly-once.
+
+mod dispatch;
+mod transition;
+
+use crate::catalog::Catalog;
+use crate::definition::Definition;
+use crate::error::Error;
+use crate::machine::log::log_entry;
+use crate::machine::{self, Command, Event, Workflow};
+use crate::scripts;
+use crate::store::WorkflowStore;
+use agent_sdk::Client;
+use agent_sdk::clock::now_ms;
+use agent_sdk::schemas::{AgentType, Keys, TaskId, TaskKind, names};
+use redis::aio::ConnectionLike;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use transition::Item;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long a dispatched task's idempotency key is kept. An outbox is
+/// normally cleared milliseconds after its dispatches, and one left by a
+/// crash is carried out again within a sweep interval by any live replica,
+/// so this only has to outlast every orchestrator being down at once. Each
+/// key costs Redis about 100 bytes for this long, one per dispatch.
+pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Most workflow states kept in memory (see [`Engine::signal`]).
+const STATE_CACHE_CAP: usize = 100_000;
+
+/// What an event did to a workflow.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A transition was stored; the workflow after it.
+    Applied {
+        /// The new state.
+        workflow: Workflow,
+        /// Its version.
+        version: u64,
+    },
+    /// The event changed nothing (duplicate, stale, or after the end).
+    Unchanged {
+        /// The current state.
+        workflow: Workflow,
+        /// Its version.
+        version: u64,
+    },
+    /// No such workflow.
+    NotFound,
+}
+
+/// What an operator does to a workflow (the API's and `agentctl`'s
+/// cancel, abort, approve and reject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Stop dispatching, compensate, end `cancelled`.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+    /// Compensate, end `failed`.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+    /// Let a stage that waits for approval run.
+    Approve {
+        /// The stage.
+        stage: String,
+    },
+    /// Refuse a stage that waits for approval.
+    Reject {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl OperatorAction {
+    fn stage(&self) -> Option<&str> {
+        match self {
+            Self::Approve { stage } | Self::Reject { stage, .. } => Some(stage),
+            Self::Cancel { .. } | Self::Abort { .. } => None,
+        }
+    }
+
+    fn event(&self) -> Event {
+        match self.clone() {
+            Self::Cancel { reason } => Event::Cancelled { reason },
+            Self::Abort { reason } => Event::Aborted { reason },
+            Self::Approve { stage } => Event::Approved { stage },
+            Self::Reject { stage, reason } => Event::Rejected { stage, reason },
+        }
+    }
+
+    /// What an action that changes nothing is told.
+    fn refused(&self) -> String {
+        match self {
+            Self::Cancel { .. } => "nothing to cancel: it has ended or is ending".into(),
+            Self::Abort { .. } => "nothing to abort: it has ended or is ending".into(),
+            Self::Approve { stage } | Self::Reject { stage, .. } => {
+                format!("stage {stage} is not waiting for approval")
+            }
+        }
+    }
+}
+
+/// Where to create a workflow from.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    /// Definition name.
+    pub definition: String,
+    /// Definition version (the latest when `None`).
+    pub version: Option<u32>,
+    /// Workflow input.
+    pub input: Value,
+    /// Workflow id (a fresh UUIDv7 when `None`).
+    pub id: Option<String>,
+}
+
+/// The shell: shared by the result consumers, the timer loop, the sweeper and
+/// the HTTP handlers.
+#[derive(Debug)]
+pub struct Engine {
+    store: WorkflowStore,
+    catalog: Catalog,
+    client: Client,
+    watched: RwLock<HashSet<String>>,
+    watch_tx: mpsc::UnboundedSender<AgentType>,
+    /// States this process stored last, with their version (outbox empty).
+    cache: Mutex<HashMap<String, (Workflow, u64)>>,
+}
+
+impl Engine {
+    /// An engine over `client`'s Redis and namespace. Agent types it starts
+    /// dispatching to are announced on the returned channel, so their result
+    /// streams get a consumer.
+    pub fn new(client: Client) -> (Self, mpsc::UnboundedReceiver<AgentType>) {
+        let keys = client.keys().clone();
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                store: WorkflowStore::new(keys.clone()),
+                catalog: Catalog::new(keys),
+                client,
+                watched: RwLock::default(),
+                watch_tx,
+                cache: Mutex::default(),
+            },
+            watch_rx,
+        )
+    }
+
+    /// The workflow store.
+    pub fn store(&self) -> &WorkflowStore {
+        &self.store
+    }
+
+    /// The definition catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The SDK client (dispatch, results, dead letters).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Key names.
+    pub fn keys(&self) -> &Keys {
+        self.store.keys()
+    }
+
+    /// Makes sure the results of `agent` are consumed.
+    pub fn watch(&self, agent: &str) {
+        let known = self.watched.read().is_ok_and(|w| w.contains(agent));
+        if known {
+            return;
+        }
+        if let Ok(t) = AgentType::new(agent)
+            && let Ok(mut w) = self.watched.write()
+            && w.insert(agent.to_owned())
+        {
+            let _ = self.watch_tx.send(t);
+        }
+    }
+
+    /// Agent types whose results are consumed, sorted.
+    pub fn watched_types(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .watched
+            .read()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Watches every agent type `def` dispatches to.
+    pub fn watch_definition(&self, def: &Definition) {
+        for s in &def.stages {
+            self.watch(&s.agent);
+            if let Some(c) = &s.compensate
+                && let Some(a) = &c.agent
+            {
+                self.watch(a);
+            }
+        }
+    }
+
+    /// Creates and starts a workflow; returns it as stored.
+    pub async fn create<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        req: NewWorkflow,
+    ) -> Result<(Workflow, u64)> {
+        let id = match req.id {
+            Some(id) => {
+                names::validate_workflow_id(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+                id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let def = self.catalog.get(conn, &req.definition, req.version).await?;
+        let now = now_ms();
+        let fresh = Workflow::new(id.clone(), &def, req.input, now);
+        let Some((started, commands)) = machine::apply(&fresh, &def, &Event::Started, now) else {
+            return Err(Error::Invalid(format!(
+                "definition {} v{} cannot start",
+                def.name, def.version
+            )));
+        };
+        self.watch_definition(&def);
+        let entry = log_entry(&fresh, &Event::Started, &commands);
+        // One round trip: indexed first (a crash in between leaves an index
+        // entry without a workflow, which is skipped and pruned, never a
+        // workflow nobody can find), then stored if the id is free.
+        let save = self.store.save_invocation(0, &started, &commands, &entry)?;
+        let mut pipe = redis::pipe();
+        pipe.load_script(&scripts::TRANSITION).ignore();
+        self.store.add_index_commands(&mut pipe, &id, now);
+        pipe.invoke_script(&save);
+        let (stored,): (i64,) = pipe.query_async(conn).await?;
+        if stored != 1 {
+            return Err(Error::Conflict(format!("workflow {id:?} exists already")));
+        }
+        metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
+        metrics::counter!("orchestrator_workflows_created_total").increment(1);
+        if self.carry_out(conn, &def, &id, 1, &commands, None).await? {
+            self.remember(&started, 1);
+        }
+        Ok((started, 1))
+    }
+
+    /// Carries out an operator's `action` on workflow `id`; returns the
+    /// workflow after it. [`Error::NotFound`] for an unknown workflow or
+    /// stage, [`Error::Conflict`] (saying why) when it would change nothing.
+    pub async fn act<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        action: &OperatorAction,
+    ) -> Result<(Workflow, u64)> {
+        let not_found = |what: &'static str, id: &str| Error::NotFound {
+            what,
+            id: id.to_owned(),
+        };
+        let stored = self
+            .store
+            .load(conn, id)
+            .await?
+            .ok_or_else(|| not_found("workflow", id))?;
+        if let Some(stage) = action.stage()
+            && stored.workflow.stage(stage).is_none()
+        {
+            return Err(not_found("stage", stage));
+        }
+        match self.signal(conn, id, &action.event()).await? {
+            Outcome::Applied { workflow, version } => Ok((workflow, version)),
+            Outcome::Unchanged { workflow, .. } => Err(Error::Conflict(format!(
+                "{} (workflow {id} is {})",
+                action.refused(),
+                workflow.status.as_str()
+            ))),
+            Outcome::NotFound => Err(not_found("workflow", id)),
+        }
+    }
+
+    /// Applies `event` to workflow `id`, stores the transition and carries
+    /// out its commands. Retries from a fresh read when another transition
+    /// wins the race.
+    ///
+    /// The state this process stored last is tried first (no read, no
+    /// parse): the version check of the store catches a copy another
+    /// replica made stale. A copy is only trusted for storing, never to
+    /// conclude that an event changes nothing: that is decided on a fresh
+    /// read.
+    pub async fn signal<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        event: &Event,
+    ) -> Result<Outcome> {
+        self.one(conn, Item::signal(id, event)).await
+    }
+
+    /// [`Engine::signal`] for a result read from a results stream, which
+    /// the caller acknowledges afterwards (clearing its task's deadline).
+    pub async fn signal_result<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        event: &Event,
+    ) -> Result<Outcome> {
+        self.one(conn, Item::result(id, event)).await
+    }
+
+    /// Applies result events to distinct workflows (`items`: workflow id,
+    /// event) in a few round trips for all of them; returns one outcome per
+    /// item, in order. The caller acknowledges the results whose outcome is
+    /// `Ok`.
+    pub async fn signal_results<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        items: &[(String, Event)],
+    ) -> Vec<Result<Outcome>> {
+        let items: Vec<Item<'_>> = items.iter().map(|(id, e)| Item::result(id, e)).collect();
+        self.transition(conn, &items)
+            .await
+            .into_iter()
+            .map(|r| r.map(|done| done.outcome))
+            .collect()
+    }
+
+    /// Carries out the outbox of workflow `id` if it has one (the sweeper
+    /// calls this for workflows whose orchestrator died mid-way). Returns
+    /// whether there was one.
+    pub async fn resume<C: ConnectionLike + Send>(&self, conn: &mut C, id: &str) -> Result<bool> {
+        let mut done = self.transition(conn, &[Item::resume(id)]).await;
+        Ok(done
+            .pop()
+            .unwrap_or(Ok(transition::Done::not_found()))?
+            .carried_out)
+    }
+
+    async fn one<C: ConnectionLike + Send>(&self, conn: &mut C, item: Item<'_>) -> Result<Outcome> {
+        let mut done = self.transition(conn, &[item]).await;
+        done.pop()
+            .unwrap_or(Ok(transition::Done::not_found()))
+            .map(|d| d.outcome)
+    }
+
+    /// Dispatches, arms and cancels what `commands` say, then clears the
+    /// outbox of version `version`. Returns whether it was cleared (false: a
+    /// later transition came in, and its orchestrator clears it).
+    ///
+    /// A dispatch arms its task's deadline in the same script. `settled`
+    /// names a task whose result the caller is about to acknowledge: the
+    /// acknowledgement clears its deadline, so its `CancelTimer` is skipped
+    /// here (if the caller dies first, the result is read again and
+    /// acknowledged then).
+    pub async fn carry_out<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        def: &Definition,
+        id: &str,
+        version: u64,
+        commands: &[Command],
+        settled: Option<&str>,
+    ) -> Result<bool> {
+        let plan = self.plan(def, id, commands, settled)?;
+        let cleared = self
+            .carry_out_all(conn, &[plan], &[(id, version, false)])
+            .await?;
+        Ok(cleared.first().copied().unwrap_or(false))
+    }
+
+    fn cached(&self, id: &str) -> Option<(Workflow, u64)> {
+        self.cache.lock().ok()?.get(id).cloned()
+    }
+
+    /// Keeps a copy of a state stored by this process whose outbox is empty.
+    fn remember(&self, wf: &Workflow, version: u64) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= STATE_CACHE_CAP && !c.contains_key(&wf.id) {
+                // Crude but bounded: start over rather than track recency.
+                c.clear();
+            }
+            c.insert(wf.id.clone(), (wf.clone(), version));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(id);
+        }
+    }
+}
+
+/// The agent type that runs `task_id` (a stage's task or its compensation)
+/// in `def`.
+pub fn task_agent<'d>(def: &'d Definition, task_id: &str) -> Option<&'d str> {
+    let t = TaskId::parse(task_id)?;
+    let sd = def.stage(t.stage())?;
+    match t.kind() {
+        TaskKind::Undo => {
+            let c = sd.compensate.as_ref()?;
+            Some(c.agent.as_deref().unwrap_or(&sd.agent))
+        }
+        // An approval timer lives with the stage's agent type, like its task.
+        TaskKind::Run(_) | TaskKind::Approval => Some(&sd.agent),
+    }
+}

@@ -1,0 +1,13 @@
+//! The loops of an orchestrator process, each on its own connection:
+//!
+//! | loop | what it does |
+//! |---|---|
+//! | [`results`] | one per agent type: results → workflow events, applied in batches, then acknowledged |
+//! | [`timers`] | fires stage deadlines and approval waits (Redis clock) |
+//! | [`sweep`] | carries out outboxes left by interrupted transitions; prunes the active index |
+//! | [`changes`] | fans the change channel out to this process's live views |
+
+pub mod changes;
+pub mod results;
+pub mod sweep;
+pub mod timers;

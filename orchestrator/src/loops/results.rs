@@ -1,0 +1,366 @@
+//! Consumes one agent type's results stream through the `orchestrator`
+//! consumer group and turns each result into a workflow event.
+//!
+//! Reading is the SDK's [`GroupReader`] — the same reader the workers use,
+//! with the same reclaim cadence — so a restart under the same consumer name
+//! picks up its own pending results, and results pending at a dead replica
+//! are taken over after `claim_idle`. What is this consumer's own is the
+//! policy: apply, then acknowledge. A result is acknowledged (and deleted)
+//! only after its transition is stored: a crash in between leaves it
+//! pending, and it is read again. Applying it a second time changes nothing
+//! (the stage no longer waits for that task id), and carries out the outbox
+//! the crash may have left.
+//!
+//! Results of tasks that belong to no workflow (standalone tasks) are
+//! acknowledged at once.
+
+use crate::engine::{Engine, Outcome};
+use crate::machine::Event;
+use agent_sdk::clock::now_ms;
+use agent_sdk::connection::Conn;
+use agent_sdk::schemas::codec::{DecodeLimits, decode_any};
+use agent_sdk::schemas::{
+    AgentType, ErrorKind, ORCHESTRATOR_GROUP, ResultEnvelope, TaskStatus, fields,
+};
+use agent_sdk::shutdown::pause;
+use agent_sdk::stream::{Entry, GroupReader, TakeAll};
+use redis::aio::ConnectionManager;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the result consumers.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// This orchestrator's consumer name.
+    pub consumer: String,
+    /// Results read per call.
+    pub batch: usize,
+    /// How long a read blocks.
+    pub block: Duration,
+    /// A result pending this long at another consumer is taken over.
+    pub claim_idle: Duration,
+    /// Workflows transitioned at once.
+    pub parallelism: usize,
+}
+
+/// Largest result body decoded (agent outputs can exceed a task's limit).
+const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The workflow event a result means, if it belongs to a workflow.
+pub fn result_event(result: &ResultEnvelope) -> Event {
+    let task_id = result.task_id.clone();
+    match result.status {
+        TaskStatus::Succeeded => Event::TaskSucceeded {
+            task_id,
+            output: result.output.clone().unwrap_or(serde_json::Value::Null),
+        },
+        TaskStatus::DeadLettered => {
+            let (kind, message) = result
+                .error
+                .as_ref()
+                .map(|e| (Some(e.kind), e.message.clone()))
+                .unwrap_or((None, "dead-lettered".to_owned()));
+            match kind {
+                // The agent said no attempt will succeed: the stage failed.
+                Some(ErrorKind::Permanent | ErrorKind::InvalidInput) => Event::TaskFailed {
+                    task_id,
+                    error: message,
+                },
+                // Retries used up, poison, malformed: a person decides.
+                _ => Event::TaskDeadLettered {
+                    task_id,
+                    error: message,
+                },
+            }
+        }
+    }
+}
+
+/// What to do with one results entry.
+enum Parsed {
+    /// Acknowledge without a transition.
+    Skip,
+    /// Apply this event to this workflow.
+    Apply {
+        workflow: String,
+        event: Event,
+        finished_at_ms: u64,
+    },
+}
+
+fn parse(stream: &str, e: &Entry) -> Parsed {
+    let Some(wf) = e.text(fields::WORKFLOW).map(str::to_owned) else {
+        return Parsed::Skip;
+    };
+    let Some(body) = e.field(fields::BODY) else {
+        tracing::error!(stream, entry = %e.id, workflow = %wf, "result entry without a body; its workflow will time the stage out");
+        return Parsed::Skip;
+    };
+    let limits = DecodeLimits {
+        max_bytes: MAX_RESULT_BYTES,
+        ..DecodeLimits::default()
+    };
+    match decode_any::<ResultEnvelope>(body, limits) {
+        Ok((r, _)) => Parsed::Apply {
+            workflow: wf,
+            event: result_event(&r),
+            finished_at_ms: r.finished_at_ms,
+        },
+        Err(err) => {
+            tracing::error!(stream, entry = %e.id, workflow = %wf, error = %err, "undecodable result; its workflow will time the stage out");
+            Parsed::Skip
+        }
+    }
+}
+
+/// The plain `task_id` field of a results entry ('' when it has none).
+fn task_of(e: &Entry) -> String {
+    e.text(fields::TASK_ID).unwrap_or_default().to_owned()
+}
+
+/// Applies a batch of results; returns the (entry id, task id) pairs that
+/// may be acknowledged.
+async fn apply_batch(
+    engine: &Engine,
+    conn: &ConnectionManager,
+    stream: &str,
+    entries: &[Entry],
+    parallelism: usize,
+) -> Vec<(String, String)> {
+    let mut done = Vec::with_capacity(entries.len());
+    let mut work = Vec::new();
+    for e in entries {
+        match parse(stream, e) {
+            Parsed::Skip => done.push((e.id.clone(), task_of(e))),
+            Parsed::Apply {
+                workflow,
+                event,
+                finished_at_ms,
+            } => work.push((
+                workflow,
+                ((e.id.clone(), task_of(e)), event, finished_at_ms),
+            )),
+        }
+    }
+    // One workflow's results in order, different workflows side by side:
+    // round k applies the k-th result of every workflow in the batch, in
+    // pipelined chunks of `parallelism` workflows (see `batch.rs`).
+    let mut groups: Vec<(String, VecDeque<_>)> = group_by_workflow(work);
+    while !groups.is_empty() {
+        let round: Vec<(String, (Settled, Event, u64))> = groups
+            .iter_mut()
+            .filter_map(|(wf, q)| q.pop_front().map(|item| (wf.clone(), item)))
+            .collect();
+        let chunks = round.chunks(parallelism.max(1)).map(|chunk| {
+            let mut conn = conn.clone();
+            async move {
+                let items: Vec<(String, Event)> = chunk
+                    .iter()
+                    .map(|(wf, (_, event, _))| (wf.clone(), event.clone()))
+                    .collect();
+                let outcomes = engine.signal_results(&mut conn, &items).await;
+                chunk
+                    .iter()
+                    .zip(outcomes)
+                    .map(|((wf, (entry, _, finished)), o)| {
+                        (wf.clone(), entry.clone(), *finished, o)
+                    })
+                    .collect::<Vec<_>>()
+            }
+        });
+        let mut failed: Vec<String> = Vec::new();
+        for (wf, entry, finished_at_ms, outcome) in futures::future::join_all(chunks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            match outcome {
+                Ok(outcome) => {
+                    let what = match outcome {
+                        Outcome::Applied { .. } => {
+                            // Worker and orchestrator clocks: a figure for
+                            // people, never for logic.
+                            metrics::histogram!("orchestrator_result_to_transition_seconds")
+                                .record(now_ms().saturating_sub(finished_at_ms) as f64 / 1000.0);
+                            "applied"
+                        }
+                        Outcome::Unchanged { .. } => {
+                            tracing::debug!(workflow = %wf, entry = %entry.0, "duplicate or stale result: nothing changes");
+                            "unchanged"
+                        }
+                        Outcome::NotFound => {
+                            tracing::warn!(workflow = %wf, entry = %entry.0, "result for an unknown workflow; dropped");
+                            "unknown_workflow"
+                        }
+                    };
+                    metrics::counter!("orchestrator_results_total", "outcome" => what).increment(1);
+                    done.push(entry);
+                }
+                Err(err) if err.is_transient() => {
+                    // Left pending with the rest of its workflow's results:
+                    // read again after a pause.
+                    tracing::warn!(workflow = %wf, entry = %entry.0, error = %err, "cannot apply result yet; will retry");
+                    failed.push(wf);
+                }
+                Err(err) => {
+                    // Retrying cannot help (unreadable state, unknown
+                    // definition): keep the result in the log, move on.
+                    tracing::error!(workflow = %wf, entry = %entry.0, error = %err, "result cannot be applied; acknowledged without a transition");
+                    metrics::counter!("orchestrator_results_total", "outcome" => "unapplicable")
+                        .increment(1);
+                    done.push(entry);
+                }
+            }
+        }
+        groups.retain(|(wf, q)| !q.is_empty() && !failed.contains(wf));
+    }
+    done
+}
+
+/// A results entry to acknowledge: its id and its task id.
+type Settled = (String, String);
+
+/// Groups items by workflow, keeping the order within each and the order
+/// in which workflows first appear.
+fn group_by_workflow<T>(items: Vec<(String, T)>) -> Vec<(String, VecDeque<T>)> {
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<(String, VecDeque<T>)> = Vec::new();
+    for (wf, item) in items {
+        match at.get(&wf) {
+            Some(&i) => groups[i].1.push_back(item),
+            None => {
+                at.insert(wf.clone(), groups.len());
+                groups.push((wf, VecDeque::from([item])));
+            }
+        }
+    }
+    groups
+}
+
+/// Acknowledges and deletes applied results and clears their tasks' deadlines.
+async fn ack(
+    conn: &ConnectionManager,
+    stream: &str,
+    deadlines: &str,
+    done: &[(String, String)],
+) -> redis::RedisResult<()> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let mut c = conn.clone();
+    let mut inv = crate::scripts::ACK_RESULTS.prepare_invoke();
+    inv.key(stream).key(deadlines).arg(ORCHESTRATOR_GROUP);
+    for (id, task) in done {
+        inv.arg(id).arg(task);
+    }
+    let _: i64 = inv.invoke_async(&mut c).await?;
+    Ok(())
+}
+
+/// Consumes `agent_type`'s results until `stop`.
+pub async fn consume(
+    engine: Arc<Engine>,
+    conn: ConnectionManager,
+    mut reader_conn: Conn,
+    agent_type: AgentType,
+    s: ConsumerSettings,
+    stop: CancellationToken,
+) {
+    let stream = engine.keys().results(&agent_type);
+    let deadlines = engine.keys().deadlines(&agent_type);
+    let mut reader = GroupReader::new(
+        stream.clone(),
+        ORCHESTRATOR_GROUP,
+        s.consumer.as_str(),
+        s.claim_idle,
+        s.block,
+    );
+    tracing::info!(stream = %stream, "consuming results");
+    while let Some(taken) = reader
+        .next(&mut reader_conn, &stop, s.batch, &TakeAll)
+        .await
+    {
+        let entries: Vec<Entry> = taken.entries.into_iter().map(|d| d.entry).collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let done = apply_batch(&engine, &conn, &stream, &entries, s.parallelism).await;
+        if done.len() < entries.len() {
+            // Something could not be applied: read our pending entries
+            // again after a pause rather than spin on them.
+            reader.reread_own();
+            if pause(&stop, Duration::from_millis(500)).await {
+                return;
+            }
+        }
+        if let Err(e) = ack(&conn, &stream, &deadlines, &done).await {
+            tracing::warn!(stream = %stream, error = %e, "cannot acknowledge results; they will be applied again (no effect)");
+            reader.reread_own();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sdk::schemas::ErrorInfo;
+
+    fn dead(kind: ErrorKind) -> ResultEnvelope {
+        ResultEnvelope {
+            v: 1,
+            task_id: "w:a:1".into(),
+            agent_type: "a".into(),
+            status: TaskStatus::DeadLettered,
+            output: None,
+            error: Some(ErrorInfo {
+                kind,
+                message: "m".into(),
+                details: None,
+            }),
+            attempt: 1,
+            worker: "x".into(),
+            workflow_id: Some("w".into()),
+            stage: Some("a".into()),
+            trace_id: None,
+            finished_at_ms: 0,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn grouping_keeps_order() {
+        let g = group_by_workflow(vec![
+            ("b".to_string(), 1),
+            ("a".to_string(), 2),
+            ("b".to_string(), 3),
+        ]);
+        assert_eq!(
+            g,
+            vec![
+                ("b".to_string(), VecDeque::from([1, 3])),
+                ("a".to_string(), VecDeque::from([2]))
+            ]
+        );
+    }
+
+    #[test]
+    fn permanent_failures_fail_the_stage_others_block_it() {
+        for k in [ErrorKind::Permanent, ErrorKind::InvalidInput] {
+            assert!(matches!(result_event(&dead(k)), Event::TaskFailed { .. }));
+        }
+        for k in [
+            ErrorKind::Retryable,
+            ErrorKind::Timeout,
+            ErrorKind::Panic,
+            ErrorKind::Malformed,
+            ErrorKind::MaxDeliveries,
+        ] {
+            assert!(matches!(
+                result_event(&dead(k)),
+                Event::TaskDeadLettered { .. }
+            ));
+        }
+    }
+}
