@@ -307,6 +307,10 @@ impl GroupReader {
     ) -> Option<Taken> {
         let want = want.max(1);
         loop {
+            // A live connection is handed out even after `stop`: look first.
+            if stop.is_cancelled() {
+                return None;
+            }
             if !self.ensure_group(conn, stop).await {
                 return None;
             }

@@ -5,11 +5,11 @@
 
 mod common;
 
-use agent_sdk::fault::{FailMode, FaultInput, FaultOutput};
 use agent_sdk::schemas::{DeadLetterReason, TaskStatus};
 use agent_sdk::testing::TestRedis;
 use agent_sdk::{Agent, AgentError, DeadLetterFilter, EnqueueOptions, TaskContext};
 use common::*;
+use fault_agent::{FailMode, FaultInput, FaultOutput};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -322,7 +322,7 @@ async fn delayed_tasks_wait_in_the_delayed_set() {
         .await
         .unwrap()
         .task_id;
-    let l = Ledger::read(&redis, &fault_type());
+    let l = ledger(&redis);
     assert_eq!(
         (l.delayed, l.settled()),
         (1, 0),
@@ -431,7 +431,7 @@ async fn dead_letters_list_replay_once_and_purge() {
         .map(|d| d.task_id.clone().unwrap())
         .collect();
     wait_until(WAIT, "replayed tasks succeed", || async {
-        Ledger::read(&redis, &t).succeeded.len() == 3
+        ledger(&redis).succeeded.len() == 3
     })
     .await;
     assert_eq!(runs.load(Ordering::SeqCst), 9, "6 first runs + 3 replays");
@@ -457,7 +457,7 @@ async fn dead_letters_list_replay_once_and_purge() {
     );
     worker.shutdown().await;
 
-    let l = Ledger::read(&redis, &t);
+    let l = ledger(&redis);
     let replayed_set: std::collections::BTreeSet<_> = replayed.iter().collect();
     assert_eq!(
         l.succeeded
@@ -537,7 +537,7 @@ async fn registry_heartbeat_and_clean_deregistration() {
         consumers.is_empty(),
         "a consumer with nothing pending leaves the group"
     );
-    Ledger::read(&redis, &fault_type()).assert_exact(&ids, &[]);
+    ledger(&redis).assert_exact(&ids, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,7 +576,7 @@ async fn out_of_memory_commits_wait_and_publish_once() {
     let worker = start_fault(cfg);
     let ids = enqueue_n(&client, 10, &sleep_input(1_000)).await;
     wait_until(WAIT, "all ten running", || async {
-        Ledger::read(&redis, &fault_type()).pending == 10
+        ledger(&redis).pending == 10
     })
     .await;
     // Full Redis: every write that may grow memory is refused from now on.
@@ -589,7 +589,7 @@ async fn out_of_memory_commits_wait_and_publish_once() {
         .unwrap();
     // The handlers finish meanwhile; their commits are refused and retried.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let stuck = Ledger::read(&redis, &fault_type());
+    let stuck = ledger(&redis);
     assert_eq!(
         (stuck.settled(), stuck.pending),
         (0, 10),
@@ -640,7 +640,7 @@ async fn long_tasks_keep_their_claim_while_they_run() {
     .await;
     let a = start(CountingSleeper(runs.clone()), cfg.clone());
     wait_until(WAIT, "all three running", || async {
-        Ledger::read(&redis, &fault_type()).pending == 3
+        ledger(&redis).pending == 3
     })
     .await;
     let b = start(CountingSleeper(runs.clone()), cfg);

@@ -3,12 +3,11 @@
 //! letters and tasks exactly, before and after.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use agent_sdk::schemas::{DeadLetter, DeadLetterReason, Encoding, TaskEnvelope};
 use agent_sdk::testing::TestRedis;
-use common::*;
 use orchestrator::machine::WorkflowStatus;
+use orchestrator::testing::*;
+use orchestrator_server::testing::InProcess;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
@@ -823,7 +822,7 @@ async fn bad_arguments_get_a_clear_message_and_a_non_zero_exit() {
     assert_eq!(r.code, 3);
     assert_eq!(r.json()["error"]["exit_code"], 3);
     // Redis down: exit 69, and a password in the URL is never printed.
-    let port = free_port();
+    let port = agent_sdk::testing::free_port();
     let url = format!("redis://:hunter2@127.0.0.1:{port}");
     let r = ctl_in(&url, NS, &["streams"], None).await;
     assert_eq!(r.code, 69, "{r:?}");
@@ -856,11 +855,11 @@ async fn a_replay_does_not_meet_the_dead_letters_it_causes() {
         .unwrap();
     let mut n = 1_000_000;
     let mut conn = conn(&redis).await;
-    let report = orchestrator::admin::replay(
+    let report = orchestrator::ops::dlq::replay(
         &engine,
         &mut conn,
         &e2e,
-        &orchestrator::admin::Selection::Matching(Default::default()),
+        &orchestrator::ops::dlq::Selection::Matching(Default::default()),
         &Default::default(),
         |_| {
             // The replayed task "fails again" at once.

@@ -65,8 +65,7 @@ async fn agents(args: &Args) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for t in STAGES {
         let cfg = RuntimeConfig {
-            redis_url: args.redis_url.clone(),
-            namespace: args.namespace.clone(),
+            redis: agent_sdk::RedisArgs::new(args.redis_url.clone(), args.namespace.clone()),
             agent_type: Some(t.into()),
             concurrency: 512,
             batch_size: 256,
@@ -95,7 +94,7 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
         #[derive(Parser)]
         struct Cli {
             #[command(flatten)]
-            serve: orchestrator::ServeConfig,
+            serve: orchestrator_server::ServeConfig,
         }
         Cli::try_parse_from([
             "orchestrator",
@@ -109,7 +108,11 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
         .serve
     };
     let stop = CancellationToken::new();
-    let server = tokio::spawn(orchestrator::server::serve(cfg, listener, stop.clone()));
+    let server = tokio::spawn(orchestrator_server::server::serve(
+        cfg,
+        listener,
+        stop.clone(),
+    ));
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let ready = Instant::now();

@@ -66,11 +66,21 @@ pub struct InProcess {
 impl InProcess {
     /// Starts it with the test flags plus `extra`, and waits until it is ready.
     pub async fn start(redis: &TestRedis, extra: &[&str]) -> Self {
+        Self::start_as(redis, &redis.url(), extra).await
+    }
+
+    /// [`InProcess::start`] connecting to Redis through `redis_url` (the
+    /// same server, as another user).
+    pub async fn start_as(redis: &TestRedis, redis_url: &str, extra: &[&str]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("local address");
-        let cfg = serve_config(&serve_flags(redis, &addr.to_string(), extra));
+        let mut flags = serve_flags(redis, &addr.to_string(), extra);
+        if let Some(at) = flags.iter().position(|f| f == "--redis-url") {
+            flags[at + 1] = redis_url.to_owned();
+        }
+        let cfg = serve_config(&flags);
         let stop = CancellationToken::new();
         let handle = tokio::spawn(crate::server::serve(cfg, listener, stop.clone()));
         let url = format!("http://{addr}");

@@ -5,7 +5,7 @@
 
 use crate::machine::WorkflowStatus;
 use crate::store::{LogEntry, Summary, WorkflowStore};
-use agent_sdk::schemas::{AgentType, Keys, Namespace, StageInput, TaskId};
+use agent_sdk::schemas::{AgentType, Keys, Namespace, StageInput, TaskId, TaskInput};
 use agent_sdk::testing::{RunningWorker, TestRedis};
 use agent_sdk::{Agent, AgentError, RedisArgs, RetryPolicy, RuntimeConfig, TaskContext};
 use serde_json::{Value, json};
@@ -100,10 +100,16 @@ pub struct StageAgent {
 }
 
 impl Agent for StageAgent {
-    type Input = StageInput;
+    /// A stage's input; a direct task (`POST /tasks/{type}`) may name its
+    /// `stage` itself and runs for no workflow.
+    type Input = TaskInput<Value>;
     type Output = Value;
 
-    async fn handle(&self, ctx: &TaskContext, input: StageInput) -> Result<Value, AgentError> {
+    async fn handle(
+        &self,
+        ctx: &TaskContext,
+        input: TaskInput<Value>,
+    ) -> Result<Value, AgentError> {
         let started = Instant::now();
         let undo = TaskId::parse(ctx.task_id()).is_some_and(|t| t.is_undo());
         let StageInput {
@@ -112,7 +118,19 @@ impl Agent for StageAgent {
             input: wf_input,
             deps,
             ..
-        } = input;
+        } = match input {
+            TaskInput::Stage(s) => s,
+            // A standalone task shaped like a stage's, for tests that send
+            // one by hand: `{"stage": …, "input": {…}}`.
+            TaskInput::Direct(v) => StageInput {
+                workflow_id: String::new(),
+                stage: v["stage"].as_str().unwrap_or_default().to_owned(),
+                input: v["input"].clone(),
+                deps: Default::default(),
+                output: None,
+                extra: Default::default(),
+            },
+        };
         if let Some(ms) = wf_input["sleep_ms"][&stage].as_u64()
             && !undo
         {

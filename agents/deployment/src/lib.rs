@@ -5,16 +5,22 @@
 //! releases. Action `rollback` (the compensation of the `sdlc` definition)
 //! switches `current` back to the release before it.
 //!
-//! Input: the artifact (directly, or from the stage it depends on — the
-//! integration stage's output, whose `commit` labels the release), the app
-//! name (`app`, `project` or `name`, or the manifest's), and `action`
-//! (`deploy`, the default, or `rollback`). Only the agent's configuration
-//! chooses a directory; the app name must pass the name rules.
+//! Input ([`Request`]): the artifact (directly, or from the stage it depends
+//! on — the integration stage's output, whose `commit` labels the release),
+//! the app name (`app`, `project` or `name`), and `action` (`deploy`, the
+//! default, or `rollback`). As a workflow stage, each field is read from the
+//! stage input's own fields (a compensation's, e.g. `"action": "rollback"`),
+//! else the workflow input, else the outputs of the stages it depends on
+//! (see [`asked`]). Only the agent's configuration chooses a directory; the
+//! app name must pass the name rules.
 
+use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{Language, artifact_of, check_project_name, run, unpack_private};
+use agent_toolkit::{
+    ArtifactField, Checked, Language, Loose, NamesArtifact, artifact_of, check_project_name,
+    dep_outputs, extra_as, loose, run, unpack_private,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,15 +52,79 @@ fn check_app(name: &str) -> Result<(), AgentError> {
     check_project_name("app", name)
 }
 
-/// A field of the input, its workflow input, or a dependency's output.
-fn lookup<'a>(input: &'a Value, keys: &[&str]) -> Option<&'a str> {
-    let mut places = vec![input, &input["input"]];
-    if let Some(deps) = input.get("deps").and_then(Value::as_object) {
-        places.extend(deps.values());
+/// What a deployment task says, sent directly; and how its fields are read
+/// from each place of a stage input (see [`asked`]). A field of another
+/// type reads as absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Request {
+    /// The artifact to deploy (direct inputs; see [`artifact_of`]).
+    #[serde(default, deserialize_with = "loose")]
+    pub artifact: Option<ArtifactField>,
+    /// `deploy` (the default) or `rollback`.
+    #[serde(default, deserialize_with = "loose")]
+    pub action: Option<String>,
+    /// The app.
+    #[serde(default, deserialize_with = "loose")]
+    pub app: Option<String>,
+    /// The app, when `app` is not given.
+    #[serde(default, deserialize_with = "loose")]
+    pub project: Option<String>,
+    /// The app, when neither `app` nor `project` is given.
+    #[serde(default, deserialize_with = "loose")]
+    pub name: Option<String>,
+    /// The commit labelling the release (the integration's output has it).
+    #[serde(default, deserialize_with = "loose")]
+    pub commit: Option<String>,
+}
+
+impl Request {
+    fn app(&self) -> Option<&str> {
+        self.app
+            .as_deref()
+            .or(self.project.as_deref())
+            .or(self.name.as_deref())
     }
-    places
-        .into_iter()
-        .find_map(|v| keys.iter().find_map(|k| v.get(*k).and_then(Value::as_str)))
+}
+
+impl NamesArtifact for Request {
+    fn artifact(&self) -> Option<&ArtifactField> {
+        self.artifact.as_ref()
+    }
+}
+
+/// A deployment task's input.
+pub type Input = TaskInput<Request, Loose<Request>>;
+
+/// What a task asks for, its artifact aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The action, `deploy` when none is given.
+    pub action: String,
+    /// The app name, unchecked.
+    pub app: Option<String>,
+    /// The commit to label the release with.
+    pub commit: Option<String>,
+}
+
+/// What `input` asks for. Each field comes from the first place that has
+/// it: a direct input; for a stage, its own fields (a compensation's), the
+/// workflow input, then the outputs of the stages it depends on, by name.
+pub fn asked(input: &Input) -> Asked {
+    let places: Vec<Request> = match input {
+        TaskInput::Direct(req) => vec![req.clone()],
+        TaskInput::Stage(s) => extra_as::<Request, _>(s)
+            .into_iter()
+            .chain([s.input.0.clone()])
+            .chain(dep_outputs::<Request, _>(s))
+            .collect(),
+    };
+    let first =
+        |pick: fn(&Request) -> Option<&str>| places.iter().find_map(|p| pick(p).map(str::to_owned));
+    Asked {
+        action: first(|p| p.action.as_deref()).unwrap_or_else(|| "deploy".into()),
+        app: first(Request::app),
+        commit: first(|p| p.commit.as_deref()),
+    }
 }
 
 /// One app's releases directory.
@@ -291,36 +361,40 @@ impl DeploymentAgent {
 }
 
 impl Agent for DeploymentAgent {
-    type Input = Value;
+    type Input = Checked<Input>;
     type Output = Deployed;
 
-    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Deployed, AgentError> {
-        let action = lookup(&input, &["action"]).unwrap_or("deploy").to_owned();
+    async fn handle(
+        &self,
+        _ctx: &TaskContext,
+        input: Checked<Input>,
+    ) -> Result<Deployed, AgentError> {
+        let input = input.into_result("bad input")?;
+        let asked = asked(&input);
         let releases = self.releases.clone();
-        if action == "rollback" {
-            let name = lookup(&input, &["app", "project", "name"])
-                .ok_or_else(|| AgentError::invalid_input("rollback needs the app name"))?
-                .to_owned();
+        if asked.action == "rollback" {
+            let name = asked
+                .app
+                .ok_or_else(|| AgentError::invalid_input("rollback needs the app name"))?;
             check_app(&name)?;
             return tokio::task::spawn_blocking(move || rollback(&App::new(&releases, &name)))
                 .await
                 .map_err(|e| AgentError::retryable(format!("rollback stopped: {e}")))?;
         }
-        if action != "deploy" {
+        if asked.action != "deploy" {
             return Err(AgentError::invalid_input(format!(
                 "unknown action {:?}: deploy or rollback",
-                action.chars().take(40).collect::<String>()
+                asked.action.chars().take(40).collect::<String>()
             )));
         }
         let sha = artifact_of(&input)?;
         let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
-        let name = match lookup(&input, &["app", "project", "name"]) {
-            Some(n) => n.to_owned(),
-            None => return Err(AgentError::invalid_input("no app name: give \"app\"")),
+        let Some(name) = asked.app else {
+            return Err(AgentError::invalid_input("no app name: give \"app\""));
         };
         check_app(&name)?;
         // Labelled with the integration's commit when there is one.
-        let label = lookup(&input, &["commit"]).unwrap_or(&sha);
+        let label = asked.commit.as_deref().unwrap_or(&sha);
         let id: String = label
             .chars()
             .filter(char::is_ascii_alphanumeric)
@@ -329,5 +403,88 @@ impl Agent for DeploymentAgent {
         tokio::task::spawn_blocking(move || deploy(&App::new(&releases, &name), &tree, &id))
             .await
             .map_err(|e| AgentError::retryable(format!("deployment stopped: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sdk::AgentErrorKind;
+    use serde_json::{Value, json};
+
+    fn read(v: Value) -> Result<Input, AgentError> {
+        serde_json::from_value::<Checked<Input>>(v)
+            .unwrap()
+            .into_result("bad input")
+    }
+
+    fn asked_of(v: Value) -> Asked {
+        asked(&read(v).unwrap())
+    }
+
+    #[test]
+    fn a_direct_input_says_it_all() {
+        let sha = "f".repeat(64);
+        let i = read(json!({ "artifact": sha, "app": "shop", "name": "other" })).unwrap();
+        assert_eq!(artifact_of(&i).unwrap(), sha);
+        assert_eq!(
+            asked(&i),
+            Asked {
+                action: "deploy".into(),
+                app: Some("shop".into()),
+                commit: None
+            }
+        );
+        let a = asked_of(json!({ "action": "rollback", "project": "shop", "commit": 7 }));
+        assert_eq!(
+            (a.action.as_str(), a.app.as_deref(), a.commit),
+            ("rollback", Some("shop"), None)
+        );
+        assert_eq!(asked_of(json!({ "action": "explode" })).action, "explode");
+        let e = read(json!("shop")).unwrap_err();
+        assert_eq!(e.kind(), AgentErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_stage_reads_its_fields_then_the_workflow_input_then_its_dependencies() {
+        let sha = "f".repeat(64);
+        let staged = json!({ "workflow_id": "w1", "stage": "deployment", "input": { "name": "shop" },
+            "deps": { "integration": { "artifact": { "sha256": sha }, "commit": "aaaaaaaaaaaaaaaa1111",
+                                       "project": "other", "branch": "wf/w1" } } });
+        let i = read(staged).unwrap();
+        assert_eq!(artifact_of(&i).unwrap(), sha);
+        assert_eq!(
+            asked(&i),
+            Asked {
+                action: "deploy".into(),
+                app: Some("shop".into()),
+                commit: Some("aaaaaaaaaaaaaaaa1111".into())
+            }
+        );
+        // Without a workflow input the dependency's project names the app.
+        let a = asked_of(
+            json!({ "workflow_id": "w1", "stage": "deployment", "input": null,
+            "deps": { "a": { "findings": [] }, "integration": { "artifact": sha, "project": "shop" } } }),
+        );
+        assert_eq!(a.app.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn a_compensation_rolls_back_with_its_own_fields_first() {
+        // As the sdlc's compensation sends it.
+        let undo = json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
+            "input": { "name": "shop" }, "deps": {}, "output": { "action": "deploy", "app": "old" } });
+        let a = asked_of(undo);
+        assert_eq!(
+            (a.action.as_str(), a.app.as_deref()),
+            ("rollback", Some("shop"))
+        );
+        let undo = json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
+            "app": "shop-2", "input": { "name": "shop" }, "deps": {}, "output": {} });
+        assert_eq!(asked_of(undo).app.as_deref(), Some("shop-2"));
+        // The output of the stage undone is not a place fields are read from.
+        let undo = json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
+            "input": {}, "deps": {}, "output": { "app": "shop" } });
+        assert_eq!(asked_of(undo).app, None);
     }
 }

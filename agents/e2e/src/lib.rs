@@ -4,14 +4,19 @@
 //! the pass/fail counts parsed from the runner's output.
 //!
 //! Input: `{"artifact": "<sha256>"}`, or as a workflow stage the artifact of
-//! the stage it depends on. Failing tests are a permanent failure carrying
-//! the counts and the output's tail; a timeout is retryable.
+//! the stage it depends on (see [`agent_toolkit::artifact_of`]); an input
+//! that is neither is refused as invalid input. Failing tests are a
+//! permanent failure carrying the counts and the output's tail; a timeout is
+//! retryable.
 
+use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{Language, RunOutput, artifact_of, run, unpack_private};
+use agent_toolkit::{
+    ArtifactRequest, Checked, Language, RunOutput, Unread, artifact_of, run, unpack_private,
+};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -152,11 +157,11 @@ impl E2eAgent {
 }
 
 impl Agent for E2eAgent {
-    type Input = Value;
+    type Input = Checked<TaskInput<ArtifactRequest, Unread>>;
     type Output = Outcome;
 
-    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Outcome, AgentError> {
-        let sha = artifact_of(&input)?;
+    async fn handle(&self, _ctx: &TaskContext, input: Self::Input) -> Result<Outcome, AgentError> {
+        let sha = artifact_of(&input.into_result("bad input")?)?;
         let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
         let timeout = self.timeout;
         let started = Instant::now();
@@ -200,6 +205,34 @@ impl Agent for E2eAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_sdk::AgentErrorKind;
+    use serde_json::Value;
+
+    /// The artifact the agent would test for `input`.
+    fn artifact(input: Value) -> Result<String, AgentError> {
+        let input: <E2eAgent as Agent>::Input = serde_json::from_value(input).unwrap();
+        artifact_of(&input.into_result("bad input")?)
+    }
+
+    #[test]
+    fn the_artifact_comes_from_the_input_or_the_stage_depended_on() {
+        let sha = "d".repeat(64);
+        assert_eq!(artifact(json!({ "artifact": sha })).unwrap(), sha);
+        let staged = json!({ "workflow_id": "w", "stage": "e2e", "input": {},
+                             "deps": { "validation": { "artifact": sha, "findings": [] } } });
+        assert_eq!(artifact(staged).unwrap(), sha);
+        let undo = json!({ "workflow_id": "w", "stage": "e2e", "input": {}, "deps": {},
+                           "output": { "passed": 1 }, "artifact": { "sha256": sha } });
+        assert_eq!(artifact(undo).unwrap(), sha);
+        for refused in [
+            json!({ "artifact": 1 }),
+            json!("x"),
+            json!({ "workflow_id": "w", "stage": "e2e", "input": {}, "deps": { "v": { "findings": [] } } }),
+        ] {
+            let e = artifact(refused.clone()).unwrap_err();
+            assert_eq!(e.kind(), AgentErrorKind::InvalidInput, "{refused}");
+        }
+    }
 
     #[test]
     fn counts_are_read_from_each_runner() {

@@ -1,7 +1,7 @@
 //! Benchmark driver: enqueue rate, end-to-end throughput through one worker
 //! process, and enqueue-to-handler-start latency at a steady rate.
 //!
-//! Build:  cargo build --release -p agent-sdk --example bench --bin fault-agent
+//! Build:  cargo build --release -p fault-agent --example bench --bin fault-agent
 //! Run:    target/release/examples/bench --redis-url redis://127.0.0.1:6390
 //! (or `scripts/bench.sh`, which starts a private Redis first).
 //!
@@ -22,7 +22,6 @@
 //!    warm-up, one task every 1/`--rate` s for `--seconds`, each stamped with
 //!    its enqueue time; the handler reports how late it started.
 
-use agent_sdk::fault::{FaultInput, FaultOutput, now_us};
 use agent_sdk::schemas::codec::{DecodeLimits, decode_any};
 use agent_sdk::schemas::{
     AgentType, Encoding, Keys, ResultEnvelope, TaskStatus, WORKERS_GROUP, fields,
@@ -30,6 +29,7 @@ use agent_sdk::schemas::{
 use agent_sdk::{Client, EnqueueOptions};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use fault_agent::{FaultInput, FaultOutput, now_us};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamPendingReply, StreamRangeReply};
 use serde_json::{Map, Value, json};

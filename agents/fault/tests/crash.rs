@@ -7,10 +7,10 @@
 mod common;
 
 use agent_sdk::DeadLetterFilter;
-use agent_sdk::fault::FaultInput;
 use agent_sdk::schemas::DeadLetterReason;
 use agent_sdk::testing::TestRedis;
 use common::*;
+use fault_agent::FaultInput;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -46,7 +46,7 @@ async fn killed_worker_tasks_are_completed_by_another() {
     let mut cfg = config(&redis);
     cfg.concurrency = 4;
     let ids = enqueue_n(&client, 12, &sleep_input(400)).await;
-    let mut a = Proc::spawn(&cfg, "worker-a");
+    let mut a = daemon(&cfg, "worker-a");
     let held = wait_pending_by(&redis, "worker-a", 4).await;
     assert!(
         client
@@ -71,7 +71,7 @@ async fn killed_worker_tasks_are_completed_by_another() {
             .all(|r| r.instance_id != "worker-a")
     })
     .await;
-    let _b = Proc::spawn(&cfg, "worker-b");
+    let _b = daemon(&cfg, "worker-b");
     let ledger = settle(&redis, ids.len()).await;
     ledger.assert_exact(&ids, &[]);
     let mut by_b = 0;
@@ -98,10 +98,10 @@ async fn paused_worker_loses_its_task(zombie_lease: Option<Duration>, task_ms: u
         zombie.claim_idle = renew * 3;
     }
     let ids = enqueue_n(&client, 1, &sleep_input(task_ms)).await;
-    let a = Proc::spawn(&zombie, "worker-a");
+    let a = daemon(&zombie, "worker-a");
     let held = wait_pending_by(&redis, "worker-a", 1).await;
     a.signal("STOP");
-    let _b = Proc::spawn(&cfg, "worker-b");
+    let _b = daemon(&cfg, "worker-b");
     wait_until(WAIT, "worker-b reclaims the task", || async {
         owner_of(&redis, &held[0]).as_deref() == Some("worker-b")
     })
@@ -167,11 +167,11 @@ async fn poison_message_is_dead_lettered_after_max_deliveries() {
     let mut crashes = 0;
     let t = fault_type();
     let deadline = std::time::Instant::now() + WAIT;
-    while Ledger::read(&redis, &t).settled() < 6 {
+    while ledger(&redis).settled() < 6 {
         assert!(
             std::time::Instant::now() < deadline,
             "not settled: {:#?}",
-            Ledger::read(&redis, &t)
+            ledger(&redis)
         );
         for p in &mut procs {
             if p.exited() {
@@ -186,7 +186,7 @@ async fn poison_message_is_dead_lettered_after_max_deliveries() {
         procs.retain_mut(|p| !p.exited());
         while procs.len() < 2 {
             started += 1;
-            procs.push(Proc::spawn(&cfg, &format!("worker-{started}")));
+            procs.push(daemon(&cfg, &format!("worker-{started}")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -212,10 +212,9 @@ async fn worker_reconnects_after_redis_restarts() {
     let client = client(&redis).await;
     let cfg = config(&redis);
     let ids = enqueue_n(&client, 300, &sleep_input(30)).await;
-    let a = Proc::spawn(&cfg, "worker-a");
-    let t = fault_type();
+    let a = daemon(&cfg, "worker-a");
     wait_until(WAIT, "a third of the tasks done", || async {
-        Ledger::read(&redis, &t).settled() >= 100
+        ledger(&redis).settled() >= 100
     })
     .await;
     redis.restart();
@@ -235,22 +234,26 @@ async fn graceful_shutdown_finishes_in_flight_tasks() {
     let mut cfg = config(&redis);
     cfg.concurrency = 4;
     let ids = enqueue_n(&client, 8, &sleep_input(2_000)).await;
-    let mut a = Proc::spawn(&cfg, "worker-a");
+    let mut a = daemon(&cfg, "worker-a");
     wait_until(WAIT, "worker-a registered", || async {
         client.agents().await.unwrap().len() == 1
     })
     .await;
     wait_pending_by(&redis, "worker-a", 4).await;
     a.signal("TERM");
-    assert_eq!(a.wait(Duration::from_secs(10)).await, Some(0), "clean exit");
-    let l = Ledger::read(&redis, &fault_type());
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "clean exit"
+    );
+    let l = ledger(&redis);
     assert_eq!(
         (l.succeeded.len(), l.pending, l.stream_len),
         (4, 0, 4),
         "in-flight finished and acked; the rest untouched"
     );
     assert!(client.agents().await.unwrap().is_empty(), "deregistered");
-    let _b = Proc::spawn(&cfg, "worker-b");
+    let _b = daemon(&cfg, "worker-b");
     settle(&redis, 8).await.assert_exact(&ids, &[]);
 }
 
@@ -263,10 +266,10 @@ async fn shutdown_past_grace_leaves_tasks_pending_for_another_worker() {
     let mut hasty = cfg.clone();
     hasty.shutdown_grace = Duration::from_millis(300);
     let ids = enqueue_n(&client, 2, &sleep_input(4_000)).await;
-    let mut a = Proc::spawn(&hasty, "worker-a");
+    let mut a = daemon(&hasty, "worker-a");
     let held = wait_pending_by(&redis, "worker-a", 2).await;
     a.signal("TERM");
-    assert_eq!(a.wait(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(a.wait_exit(Duration::from_secs(10)).await, Some(0));
     for id in &held {
         assert_eq!(
             owner_of(&redis, id).as_deref(),
@@ -274,8 +277,8 @@ async fn shutdown_past_grace_leaves_tasks_pending_for_another_worker() {
             "unfinished work is never acked"
         );
     }
-    assert_eq!(Ledger::read(&redis, &fault_type()).settled(), 0);
-    let _b = Proc::spawn(&cfg, "worker-b");
+    assert_eq!(ledger(&redis).settled(), 0);
+    let _b = daemon(&cfg, "worker-b");
     let ledger = settle(&redis, 2).await;
     ledger.assert_exact(&ids, &[]);
     for id in &ids {
@@ -288,7 +291,7 @@ async fn worker_started_before_redis_waits_for_it() {
     let mut redis = TestRedis::start();
     let cfg = config(&redis);
     redis.kill();
-    let a = Proc::spawn(&cfg, "worker-a");
+    let a = daemon(&cfg, "worker-a");
     wait_until(WAIT, "worker-a says it cannot connect", || async {
         a.log_text().contains("cannot connect to redis; retrying")
     })

@@ -5,9 +5,9 @@
 
 mod common;
 
-use agent_sdk::fault::{FailMode, FaultInput};
 use agent_sdk::testing::TestRedis;
 use common::*;
+use fault_agent::{FailMode, FaultInput};
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
@@ -113,12 +113,12 @@ async fn metrics_json_logs_and_vanished_tasks() {
         WAIT,
         "5 tasks settled and the ghost's pending entry cleared",
         || async {
-            let l = Ledger::read(&redis, &t);
+            let l = ledger(&redis);
             l.settled() == 5 && l.pending == 0
         },
     )
     .await;
-    let ledger = Ledger::read(&redis, &t);
+    let ledger = ledger(&redis);
     ledger.assert_exact(&ok, &bad);
     assert!(!ledger.succeeded.contains_key(&ghost) && !ledger.dead_letters.contains_key(&ghost));
 

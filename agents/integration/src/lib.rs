@@ -6,14 +6,23 @@
 //! Only the agent's configuration chooses a directory: the task gives an
 //! artifact and, at most, a project name that must pass the name rules.
 //!
+//! Input ([`Request`]): `{"artifact": …, "project": "shop"}` (or `"name"`),
+//! or as a workflow stage the artifact of the stage it depends on (see
+//! [`agent_toolkit::artifact_of`]) and the project named by the stage
+//! input's own fields or the workflow input; else the manifest's name.
+//!
 //! Output: the merge commit on the main branch, the branch, and the
 //! artifact of the committed tree, so the next stage needs no access to the
 //! repository. Repositories of one repos directory are written by one
 //! process at a time (an in-process lock per repository); run one
 //! integration agent per repos directory.
 
+use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{artifact_of, check_project_name, unpack_private};
+use agent_toolkit::{
+    ArtifactField, Checked, Loose, NamesArtifact, artifact_of, check_project_name, extra_as, loose,
+    unpack_private,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -32,6 +41,48 @@ pub struct Integrated {
     pub commit: String,
     /// The committed tree of the main branch, as an artifact.
     pub artifact: agent_sdk::ArtifactRef,
+}
+
+/// What an integration task says: sent directly, or read from a stage
+/// input's own fields and from the workflow input. A field of another type
+/// reads as absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Request {
+    /// The artifact to commit (direct inputs; see [`artifact_of`]).
+    #[serde(default, deserialize_with = "loose")]
+    pub artifact: Option<ArtifactField>,
+    /// The project.
+    #[serde(default, deserialize_with = "loose")]
+    pub project: Option<String>,
+    /// The project, when `project` is not given.
+    #[serde(default, deserialize_with = "loose")]
+    pub name: Option<String>,
+}
+
+impl Request {
+    fn project(&self) -> Option<&str> {
+        self.project.as_deref().or(self.name.as_deref())
+    }
+}
+
+impl NamesArtifact for Request {
+    fn artifact(&self) -> Option<&ArtifactField> {
+        self.artifact.as_ref()
+    }
+}
+
+/// An integration task's input.
+pub type Input = TaskInput<Request, Loose<Request>>;
+
+/// The project a task names: the direct input's; for a stage, its own
+/// fields' (a compensation's), else the workflow input's.
+pub fn project_named(input: &Input) -> Option<String> {
+    match input {
+        TaskInput::Direct(req) => req.project().map(str::to_owned),
+        TaskInput::Stage(s) => extra_as::<Request, _>(s)
+            .and_then(|own| own.project().map(str::to_owned))
+            .or_else(|| s.input.project().map(str::to_owned)),
+    }
 }
 
 /// A git failure: the command and what it printed.
@@ -91,16 +142,10 @@ pub fn branch_for(ctx_workflow: Option<&str>, task_id: &str) -> String {
     }
 }
 
-/// The project name: the request's (`name` or `project`, directly or in the
-/// workflow input), else the one the artifact's manifest gives.
-fn project_of(input: &Value, tree: &Path) -> Result<String, AgentError> {
-    let from_input = [input, &input["input"]].into_iter().find_map(|v| {
-        v.get("project")
-            .or_else(|| v.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    let name = match from_input {
+/// The project name: the one the task names (see [`project_named`]), else
+/// the one the artifact's manifest gives.
+fn project_of(input: &Input, tree: &Path) -> Result<String, AgentError> {
+    let name = match project_named(input) {
         Some(n) => n,
         None => manifest_name(tree).ok_or_else(|| {
             AgentError::invalid_input("no project name: give \"project\" or a manifest with a name")
@@ -256,10 +301,15 @@ impl IntegrationAgent {
 }
 
 impl Agent for IntegrationAgent {
-    type Input = Value;
+    type Input = Checked<Input>;
     type Output = Integrated;
 
-    async fn handle(&self, ctx: &TaskContext, input: Value) -> Result<Integrated, AgentError> {
+    async fn handle(
+        &self,
+        ctx: &TaskContext,
+        input: Checked<Input>,
+    ) -> Result<Integrated, AgentError> {
+        let input = input.into_result("bad input")?;
         let sha = artifact_of(&input)?;
         let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
         let project = project_of(&input, &tree)?;
@@ -290,5 +340,60 @@ impl Agent for IntegrationAgent {
             commit,
             artifact,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sdk::AgentErrorKind;
+    use serde_json::json;
+
+    fn read(v: Value) -> Result<Input, AgentError> {
+        serde_json::from_value::<Checked<Input>>(v)
+            .unwrap()
+            .into_result("bad input")
+    }
+
+    #[test]
+    fn a_direct_input_names_the_artifact_and_maybe_the_project() {
+        let sha = "e".repeat(64);
+        let i = read(json!({ "artifact": sha, "project": "shop", "name": "other" })).unwrap();
+        assert_eq!(artifact_of(&i).unwrap(), sha);
+        assert_eq!(project_named(&i).as_deref(), Some("shop"));
+        let i = read(json!({ "artifact": { "sha256": sha }, "name": "shop" })).unwrap();
+        assert_eq!(project_named(&i).as_deref(), Some("shop"));
+        // Not a string: as if not given (the manifest's name is used).
+        let i = read(json!({ "artifact": sha, "project": 5 })).unwrap();
+        assert_eq!(project_named(&i), None);
+        let e = read(json!("x")).unwrap_err();
+        assert_eq!(e.kind(), AgentErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_stage_takes_the_project_from_its_own_fields_or_the_workflow_input() {
+        let sha = "e".repeat(64);
+        let staged = json!({ "workflow_id": "wf-1", "stage": "integration",
+                             "input": { "name": "shop", "template": "python-package" },
+                             "deps": { "e2e": { "artifact": sha, "passed": 2, "project": "no" } } });
+        let i = read(staged).unwrap();
+        assert_eq!(artifact_of(&i).unwrap(), sha);
+        assert_eq!(project_named(&i).as_deref(), Some("shop"));
+        // A compensation's own fields come first.
+        let undo = json!({ "workflow_id": "wf-1", "stage": "integration", "input": { "name": "shop" },
+                           "deps": { "e2e": { "artifact": sha } }, "output": { "commit": "c" },
+                           "project": "shop-undo" });
+        assert_eq!(
+            project_named(&read(undo).unwrap()).as_deref(),
+            Some("shop-undo")
+        );
+        // No workflow input, or one of another shape: no name from it.
+        for input in [json!(null), json!("shop"), json!({ "name": 1 })] {
+            let i = read(json!({ "workflow_id": "w", "stage": "s", "input": input,
+                                 "deps": { "e2e": { "artifact": sha } } }))
+            .unwrap();
+            assert_eq!(project_named(&i), None);
+            assert_eq!(artifact_of(&i).unwrap(), sha);
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! publishes it as an artifact (see `agent_sdk::artifacts`), so the next
 //! stages need no shared filesystem.
 //!
-//! Input (directly, or as a workflow's input when run as a stage):
+//! Input (directly, or as a workflow's input when run as a stage; see
+//! [`Input`]):
 //!
 //! ```json
 //! {"name": "hello-svc", "template": "node-service", "description": "Says hello",
@@ -16,8 +17,9 @@
 
 pub mod templates;
 
+use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, ArtifactRef, Artifacts, TaskContext};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
@@ -56,23 +58,65 @@ pub struct Output {
     pub files: Vec<String>,
 }
 
-/// The request in a task's input: the input itself, or a workflow stage's
-/// workflow input (`{"workflow_id", "stage", "input", "deps"}`).
-pub fn request_of(input: &Value) -> Result<Request, AgentError> {
-    let req = if input.get("workflow_id").is_some() && input.get("stage").is_some() {
-        input.get("input").cloned().unwrap_or(Value::Null)
-    } else {
-        input.clone()
-    };
-    // A workflow input may carry more than the scaffold reads.
-    let req = match req {
-        Value::Object(mut m) if input.get("workflow_id").is_some() => {
-            m.retain(|k, _| matches!(k.as_str(), "name" | "template" | "description" | "extras"));
-            Value::Object(m)
+/// The scaffold's fields of a workflow input. A workflow input may carry
+/// more than the scaffold reads (other stages' fields): those are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WorkflowRequest {
+    /// See [`Request::name`].
+    pub name: String,
+    /// See [`Request::template`].
+    pub template: String,
+    /// See [`Request::description`].
+    #[serde(default)]
+    pub description: Option<String>,
+    /// See [`Request::extras`].
+    #[serde(default)]
+    pub extras: BTreeMap<String, String>,
+}
+
+impl From<WorkflowRequest> for Request {
+    fn from(w: WorkflowRequest) -> Self {
+        Self {
+            name: w.name,
+            template: w.template,
+            description: w.description,
+            extras: w.extras,
         }
-        other => other,
-    };
-    serde_json::from_value(req).map_err(|e| AgentError::invalid_input(format!("bad request: {e}")))
+    }
+}
+
+/// A scaffold task's input: a [`Request`] sent directly (no unknown field
+/// allowed), or a workflow stage's input whose workflow input holds a
+/// [`WorkflowRequest`]; or why it is neither, which [`Input::request`]
+/// refuses as invalid input (decoding an `Input` never fails, so the
+/// runtime never calls such an input malformed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input(Result<TaskInput<Request, WorkflowRequest>, String>);
+
+impl Input {
+    /// The request to generate, or an invalid-input error saying why the
+    /// input holds none.
+    pub fn request(self) -> Result<Request, AgentError> {
+        match self.0 {
+            Ok(TaskInput::Direct(req)) => Ok(req),
+            Ok(TaskInput::Stage(stage)) => Ok(stage.input.into()),
+            Err(why) => Err(AgentError::invalid_input(format!("bad request: {why}"))),
+        }
+    }
+}
+
+impl From<TaskInput<Request, WorkflowRequest>> for Input {
+    fn from(input: TaskInput<Request, WorkflowRequest>) -> Self {
+        Self(Ok(input))
+    }
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Any well-formed value is read; only then typed.
+        let v = Value::deserialize(d)?;
+        Ok(Self(serde_json::from_value(v).map_err(|e| e.to_string())))
+    }
 }
 
 fn check_name(name: &str) -> Result<(), AgentError> {
@@ -188,11 +232,11 @@ impl ScaffoldAgent {
 }
 
 impl Agent for ScaffoldAgent {
-    type Input = Value;
+    type Input = Input;
     type Output = Output;
 
-    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Output, AgentError> {
-        let req = request_of(&input)?;
+    async fn handle(&self, _ctx: &TaskContext, input: Input) -> Result<Output, AgentError> {
+        let req = input.request()?;
         let dir = tempfile::tempdir()
             .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
         let files = generate(&req, dir.path())?;
@@ -209,5 +253,77 @@ impl Agent for ScaffoldAgent {
             template: req.template,
             files,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sdk::AgentErrorKind;
+    use agent_sdk::schemas::{DecodeLimits, Encoding};
+    use serde_json::json;
+
+    fn request(v: Value) -> Result<Request, AgentError> {
+        serde_json::from_value::<Input>(v)
+            .expect("an Input always decodes")
+            .request()
+    }
+
+    fn refused(v: Value, needle: &str) {
+        let e = request(v.clone()).unwrap_err();
+        assert_eq!(e.kind(), AgentErrorKind::InvalidInput, "{v}");
+        assert!(e.message().contains(needle), "{needle:?} not in {e}");
+    }
+
+    fn wanted() -> Request {
+        Request {
+            name: "hello-svc".into(),
+            template: "node-service".into(),
+            description: None,
+            extras: BTreeMap::from([("a.md".into(), "x".into())]),
+        }
+    }
+
+    #[test]
+    fn a_direct_input_is_the_request_and_nothing_else() {
+        let direct =
+            json!({ "name": "hello-svc", "template": "node-service", "extras": { "a.md": "x" } });
+        assert_eq!(request(direct.clone()).unwrap(), wanted());
+        // As the runtime sends it.
+        let bytes = Encoding::MsgPack.encode(&direct).unwrap();
+        let input: Input = Encoding::MsgPack
+            .decode(&bytes, DecodeLimits::default())
+            .unwrap();
+        assert_eq!(input.request().unwrap(), wanted());
+        refused(
+            json!({ "name": "hello-svc", "template": "node-service", "faults": {} }),
+            "bad request: unknown field `faults`",
+        );
+        refused(json!({ "name": "ok" }), "missing field `template`");
+        refused(json!("hello-svc"), "bad request");
+    }
+
+    #[test]
+    fn a_stage_reads_its_fields_of_the_workflow_input() {
+        let staged = json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {},
+            "input": { "name": "hello-svc", "template": "node-service", "extras": { "a.md": "x" },
+                       "faults": {}, "app": "shop" } });
+        assert_eq!(request(staged).unwrap(), wanted());
+        refused(
+            json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {}, "input": { "name": "x" } }),
+            "stage input: missing field `template`",
+        );
+        refused(
+            json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {}, "input": null }),
+            "bad request: stage input",
+        );
+    }
+
+    #[test]
+    fn a_compensation_shaped_input_is_a_stage_input_too() {
+        let undo = json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {},
+            "input": { "name": "hello-svc", "template": "node-service", "extras": { "a.md": "x" } },
+            "output": { "files": [] }, "action": "rollback" });
+        assert_eq!(request(undo).unwrap(), wanted());
     }
 }

@@ -1,5 +1,8 @@
 //! What the reference agents share.
 //!
+//! - [`input`]: a task's input as types — [`Checked`] (refuse what does not
+//!   fit as invalid input), [`Loose`], the outputs of the stages depended on
+//!   ([`dep_outputs`]), how an artifact is named ([`ArtifactField`]).
 //! - [`artifact_of`]: the artifact a task is about — given directly, or
 //!   output by the stage it depends on.
 //! - [`unpack_private`]: that artifact, unpacked where no one else looks.
@@ -7,40 +10,37 @@
 //! - [`run`]: a program run in a project directory with a scrubbed
 //!   environment, resource limits and a timeout.
 
+pub mod input;
+
+pub use input::{
+    ArtifactField, ArtifactRequest, Checked, Loose, NamesArtifact, Unread, WithArtifact,
+    dep_outputs, extra_as, loose,
+};
+
+use agent_sdk::schemas::TaskInput;
 use agent_sdk::{AgentError, Artifacts};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The artifact digest of a task's input: `{"artifact": "<sha256>"}` or
-/// `{"artifact": {"sha256": ...}}`, or, as a workflow stage, the artifact
-/// (either form) of the first stage it depends on that output one.
-pub fn artifact_of(input: &Value) -> Result<String, AgentError> {
-    match input.get("artifact") {
-        Some(Value::String(s)) => return Ok(s.clone()),
-        Some(v) => {
-            if let Some(s) = v.get("sha256").and_then(Value::as_str) {
-                return Ok(s.to_owned());
-            }
-        }
-        None => {}
-    }
-    if let Some(deps) = input.get("deps").and_then(Value::as_object) {
-        for out in deps.values() {
-            let a = out
-                .pointer("/artifact/sha256")
-                .or_else(|| out.get("artifact"))
-                .and_then(Value::as_str);
-            if let Some(a) = a {
-                return Ok(a.to_owned());
-            }
-        }
-    }
-    Err(AgentError::invalid_input(
-        "no artifact: give {\"artifact\": \"<sha256>\"} or depend on a stage that outputs one",
-    ))
+/// The artifact digest a task is about: the one its direct input names
+/// (`{"artifact": "<sha256>"}` or `{"artifact": {"sha256": ...}}`), or, for
+/// a workflow stage, the one its own fields name (a compensation's), else
+/// the artifact (either form) of the first stage, by name, it depends on
+/// that output one.
+pub fn artifact_of<D: NamesArtifact, W>(task: &TaskInput<D, W>) -> Result<String, AgentError> {
+    let found = match task {
+        TaskInput::Direct(d) => d.artifact().cloned(),
+        TaskInput::Stage(s) => extra_as::<ArtifactRequest, _>(s)
+            .and_then(|own| own.artifact)
+            .or_else(|| dep_outputs::<WithArtifact, _>(s).next().map(|o| o.artifact)),
+    };
+    found.map(ArtifactField::into_sha256).ok_or_else(|| {
+        AgentError::invalid_input(
+            "no artifact: give {\"artifact\": \"<sha256>\"} or depend on a stage that outputs one",
+        )
+    })
 }
 
 /// Fetches artifact `sha256` and unpacks it into a private temporary
@@ -212,7 +212,13 @@ fn installed(program: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn artifact_in(input: Value) -> Result<String, AgentError> {
+        let task: Checked<TaskInput<ArtifactRequest, Unread>> =
+            serde_json::from_value(input).unwrap();
+        artifact_of(&task.into_result("bad input")?)
+    }
 
     #[test]
     fn finds_the_artifact_in_every_form() {
@@ -220,11 +226,41 @@ mod tests {
         for input in [
             json!({ "artifact": sha }),
             json!({ "artifact": { "sha256": sha } }),
-            json!({ "deps": { "scaffold": { "artifact": { "sha256": sha, "files": 3 } } } }),
-            json!({ "deps": { "validation": { "artifact": sha, "findings": [] } } }),
+            json!({ "workflow_id": "w", "stage": "e2e", "input": {},
+                    "deps": { "scaffold": { "artifact": { "sha256": sha, "files": 3 } } } }),
+            json!({ "workflow_id": "w", "stage": "e2e", "input": {},
+                    "deps": { "validation": { "artifact": sha, "findings": [] } } }),
         ] {
-            assert_eq!(artifact_of(&input).unwrap(), sha, "{input}");
+            assert_eq!(artifact_in(input.clone()).unwrap(), sha, "{input}");
         }
-        assert!(artifact_of(&json!({ "deps": { "x": { "y": 1 } } })).is_err());
+        assert!(
+            artifact_in(json!({ "workflow_id": "w", "stage": "e2e", "input": {},
+                                "deps": { "x": { "y": 1 } } }))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_stage_takes_its_own_artifact_then_the_first_dependency_with_one() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        // Stages in name order; one without an artifact is passed over.
+        let staged = json!({ "workflow_id": "w", "stage": "d", "input": { "artifact": "no" },
+                             "deps": { "a": { "artifact": 7 }, "b": { "artifact": b }, "c": { "artifact": a } } });
+        assert_eq!(artifact_in(staged).unwrap(), b);
+        // A compensation's own fields come first.
+        let undo = json!({ "workflow_id": "w", "stage": "d", "input": {}, "output": {},
+                           "artifact": { "sha256": a }, "deps": { "b": { "artifact": b } } });
+        assert_eq!(artifact_in(undo).unwrap(), a);
+        for none in [
+            json!({ "nothing": 1 }),
+            json!({ "artifact": 5 }),
+            json!({ "workflow_id": "w", "stage": "d", "input": { "artifact": a } }),
+        ] {
+            let e = artifact_in(none.clone()).unwrap_err();
+            assert_eq!(e.kind(), agent_sdk::AgentErrorKind::InvalidInput, "{none}");
+            assert!(e.message().starts_with("no artifact"), "{e}");
+        }
+        let e = artifact_in(json!("text")).unwrap_err();
+        assert_eq!(e.kind(), agent_sdk::AgentErrorKind::InvalidInput);
     }
 }

@@ -3,14 +3,16 @@
 //! files that language needs, name rules, file sizes, a secret scan, and the
 //! language's own syntax check when its toolchain is installed.
 //!
-//! Input: `{"artifact": "<sha256>"}`, or, as a workflow stage, the output of
-//! the stage it depends on (`deps.<stage>.artifact.sha256`). Output: the
+//! Input: `{"artifact": "<sha256>"}`, or, as a workflow stage, the artifact
+//! of the stage it depends on (see [`agent_toolkit::artifact_of`]); an input
+//! that is neither is refused as invalid input. Output: the
 //! findings (file, line, severity, rule, message). Any error-level finding
 //! fails the task permanently, carrying the findings in its details.
 
+use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
 pub use agent_toolkit::Language;
-use agent_toolkit::{artifact_of, run, unpack_private};
+use agent_toolkit::{ArtifactRequest, Checked, Unread, artifact_of, run, unpack_private};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -320,11 +322,11 @@ impl ValidationAgent {
 }
 
 impl Agent for ValidationAgent {
-    type Input = Value;
+    type Input = Checked<TaskInput<ArtifactRequest, Unread>>;
     type Output = Report;
 
-    async fn handle(&self, _ctx: &TaskContext, input: Value) -> Result<Report, AgentError> {
-        let sha = artifact_of(&input)?;
+    async fn handle(&self, _ctx: &TaskContext, input: Self::Input) -> Result<Report, AgentError> {
+        let sha = artifact_of(&input.into_result("bad input")?)?;
         let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
         let checked = tokio::task::spawn_blocking(move || check_tree(&root))
             .await
@@ -355,5 +357,46 @@ impl Agent for ValidationAgent {
             );
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sdk::AgentErrorKind;
+
+    /// The artifact the agent would check for `input`.
+    fn artifact(input: Value) -> Result<String, AgentError> {
+        let input: <ValidationAgent as Agent>::Input = serde_json::from_value(input).unwrap();
+        artifact_of(&input.into_result("bad input")?)
+    }
+
+    #[test]
+    fn the_artifact_comes_from_the_input_or_the_stage_depended_on() {
+        let sha = "c".repeat(64);
+        assert_eq!(
+            artifact(json!({ "artifact": sha, "note": 1 })).unwrap(),
+            sha
+        );
+        assert_eq!(
+            artifact(json!({ "artifact": { "sha256": sha, "files": 3 } })).unwrap(),
+            sha
+        );
+        let staged = json!({ "workflow_id": "w", "stage": "validation", "input": { "name": "x" },
+                             "deps": { "scaffold": { "artifact": { "sha256": sha }, "files": [] } } });
+        assert_eq!(artifact(staged).unwrap(), sha);
+        // A compensation's input is a stage input with more fields.
+        let undo = json!({ "workflow_id": "w", "stage": "validation", "input": null,
+                           "deps": { "scaffold": { "artifact": sha } }, "output": {}, "action": "undo" });
+        assert_eq!(artifact(undo).unwrap(), sha);
+        for refused in [
+            json!({ "nothing": 1 }),
+            json!(true),
+            json!({ "workflow_id": "w", "stage": "validation", "input": {}, "deps": {} }),
+            json!({ "workflow_id": "w", "stage": "validation", "input": {}, "deps": [] }),
+        ] {
+            let e = artifact(refused.clone()).unwrap_err();
+            assert_eq!(e.kind(), AgentErrorKind::InvalidInput, "{refused}");
+        }
     }
 }

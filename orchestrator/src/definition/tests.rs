@@ -106,17 +106,17 @@ version: 2
 description: Build and ship.
 stages:
   - name: build
-agent: builder
-timeout: 90s
-max_attempts: 5
+    agent: builder
+    timeout: 90s
+    max_attempts: 5
   - name: ship
-agent: deployment
-depends_on: [build]
-timeout: 1h 30m
-approval: true
-compensate:
-  agent: rollback
-  input: { action: rollback, keep: 2 }
+    agent: deployment
+    depends_on: [build]
+    timeout: 1h 30m
+    approval: true
+    compensate:
+      agent: rollback
+      input: { action: rollback, keep: 2 }
 "#;
 
 const JSON: &str = r#"{
@@ -124,10 +124,10 @@ const JSON: &str = r#"{
   "version": 2,
   "description": "Build and ship.",
   "stages": [
-{"name": "build", "agent": "builder", "timeout": "90s", "max_attempts": 5},
-{"name": "ship", "agent": "deployment", "depends_on": ["build"], "timeout": "1h 30m",
- "approval": true,
- "compensate": {"agent": "rollback", "input": {"action": "rollback", "keep": 2}}}
+    {"name": "build", "agent": "builder", "timeout": "90s", "max_attempts": 5},
+    {"name": "ship", "agent": "deployment", "depends_on": ["build"], "timeout": "1h 30m",
+     "approval": true,
+     "compensate": {"agent": "rollback", "input": {"action": "rollback", "keep": 2}}}
   ]
 }"#;
 

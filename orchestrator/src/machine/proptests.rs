@@ -2,8 +2,10 @@
 
 use super::tests::*;
 use super::*;
+use crate::definition::{Compensation, StageDef};
 use proptest::prelude::*;
 use serde_json::json;
+use std::collections::HashSet;
 
 /// A random DAG of up to 6 stages; some need approval, some compensate.
 fn arb_def() -> impl Strategy<Value = Definition> {

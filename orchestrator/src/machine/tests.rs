@@ -3,7 +3,7 @@
 use super::*;
 use crate::definition::{Compensation, StageDef};
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A definition from `(name, depends_on, approval, compensated)`.
 pub(super) fn def(stages: &[(&str, &[&str], bool, bool)]) -> Definition {

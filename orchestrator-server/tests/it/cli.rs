@@ -1,7 +1,5 @@
 //! The `orchestrator` binary's arguments and exit codes.
 
-#![allow(clippy::unwrap_used)]
-
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {

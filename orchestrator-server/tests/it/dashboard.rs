@@ -7,13 +7,10 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/test.sh`
 //! installs them); without them the test fails, it never skips. A
 //! screenshot of every view is saved under `target/dashboard-screenshots/`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{Agents, InProcess, agent_type, free_port, keys, wait_ended, xlen};
 use agent_sdk::schemas::{DeadLetter, DeadLetterReason};
 use agent_sdk::testing::TestRedis;
-use common::{Agents, InProcess, agent_type, free_port, keys, wait_ended, xlen};
 use fantoccini::{Client, ClientBuilder, Locator};
 use orchestrator::machine::WorkflowStatus;
 use serde_json::{Value, json};
@@ -86,7 +83,7 @@ impl Driver {
             profile,
         };
         let http = reqwest::Client::new();
-        common::wait_until("chromedriver /status", PATIENCE, || {
+        crate::common::wait_until("chromedriver /status", PATIENCE, || {
             let (http, url) = (&http, &driver.url);
             async move {
                 match http.get(format!("{url}/status")).send().await {
@@ -270,7 +267,7 @@ async fn create(http: &reqwest::Client, o: &InProcess, input: Value) -> String {
 fn the_page_shows_api_text_as_text_only() {
     // Dead-letter errors and payloads are attacker-controlled: the page never
     // turns API data into markup.
-    let page = include_str!("../src/api/dashboard.html");
+    let page = include_str!("../../src/api/dashboard.html");
     for sink in [
         "innerHTML",
         "outerHTML",
@@ -641,7 +638,7 @@ async fn dashboard_follows_a_workflow_live_and_replays_a_dead_letter() {
     // A dead letter's text is shown as text: markup in it is never parsed
     // (and the page's policy runs only its own script, by hash).
     let hostile = r#"<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>"#;
-    let client = agent_sdk::Client::connect(&redis.url(), common::NS)
+    let client = agent_sdk::Client::connect(&redis.url(), crate::common::NS)
         .await
         .unwrap();
     client

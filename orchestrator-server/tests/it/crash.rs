@@ -2,13 +2,9 @@
 //! workflows, two replicas sharing the work, and results that arrive twice
 //! or too late. Every test accounts for every stage of every workflow.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
+use crate::common::*;
 use agent_sdk::schemas::{ResultEnvelope, TaskStatus};
 use agent_sdk::testing::TestRedis;
-use common::*;
 use orchestrator::machine::WorkflowStatus;
 use serde_json::json;
 use std::time::Duration;
@@ -330,8 +326,8 @@ async fn duplicate_and_stale_results_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_decided_before_a_crash_are_carried_out_on_start() {
     use orchestrator::catalog::Catalog;
+    use orchestrator::machine::log::NewLogEntry;
     use orchestrator::machine::{Event, Workflow, apply};
-    use orchestrator::store::NewLogEntry;
 
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);

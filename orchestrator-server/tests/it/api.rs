@@ -1,12 +1,8 @@
 //! The HTTP API: every route's success and error paths, the token, and
 //! server-sent events, against the real server in-process on a free port.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
+use crate::common::*;
 use agent_sdk::testing::TestRedis;
-use common::*;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

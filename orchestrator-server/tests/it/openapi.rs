@@ -2,12 +2,8 @@
 //! the routes the server answers (both ways), with the token marked where
 //! the server asks for it, and valid by `openapi-spec-validator`.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
+use crate::common::*;
 use agent_sdk::testing::TestRedis;
-use common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -30,7 +26,7 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
 }
 
 fn document() -> Value {
-    serde_json::to_value(orchestrator::api::openapi()).unwrap()
+    serde_json::to_value(orchestrator_server::api::openapi()).unwrap()
 }
 
 /// A concrete URL path for a templated one.
@@ -178,7 +174,7 @@ fn the_document_is_valid_openapi() {
     // validates the file it is given; a document it refuses fails here.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("openapi.json");
-    std::fs::write(&file, orchestrator::api::openapi_json()).unwrap();
+    std::fs::write(&file, orchestrator_server::api::openapi_json()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/openapi-check.sh");
     let out = std::process::Command::new("bash")
         .arg(script)

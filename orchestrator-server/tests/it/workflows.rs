@@ -1,12 +1,8 @@
 //! Workflows end to end: a real Redis, the orchestrator in-process, stage
 //! agents on the SDK.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
+use crate::common::*;
 use agent_sdk::testing::TestRedis;
-use common::*;
 use orchestrator::machine::WorkflowStatus;
 use serde_json::{Value, json};
 use std::time::Duration;

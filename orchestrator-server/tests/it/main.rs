@@ -1,0 +1,13 @@
+//! The server's behaviour tests: one test binary, a module per area, against
+//! real `redis-server`s, the server in-process or as its real binary, and
+//! stage agents on the SDK.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod cli;
+mod common;
+mod crash;
+mod dashboard;
+mod openapi;
+mod outbox;
+mod workflows;
