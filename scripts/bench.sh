@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the benchmarks — the runtime's (agent-sdk/examples/bench.rs), the
-# orchestrator's workflows (orchestrator/examples/workflow_bench.rs), both
+# Runs the benchmarks — the runtime's (agents/fault/examples/bench.rs), the
+# orchestrator's workflows (orchestrator-server/examples/workflow_bench.rs), both
 # against a private, throw-away redis-server, and the DAG planning
 # (orchestrator/examples/plan_bench.rs), and `agentctl dlq replay --all` of
 # 20,000 dead letters — and prints one JSON object on stdout.
@@ -19,8 +19,10 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 
 ensure_redis
 log "building (release)"
-cargo build --release -p agent-sdk --example bench --bin fault-agent >&2
-cargo build --release -p orchestrator --example plan_bench --example workflow_bench --bin agentctl >&2
+cargo build --release -p fault-agent --example bench --bin fault-agent >&2
+cargo build --release -p orchestrator --example plan_bench >&2
+cargo build --release -p orchestrator-server --example workflow_bench >&2
+cargo build --release -p agentctl --bin agentctl >&2
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 work_dir="$(mktemp -d -t agentic-bench.XXXXXX)"

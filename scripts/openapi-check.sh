@@ -56,7 +56,7 @@ tmp=""
 trap '[ -z "$tmp" ] || rm -f "$tmp"' EXIT
 if [ -z "$doc" ]; then
   echo "== building the orchestrator" >&2
-  cargo build -q --locked -p orchestrator --bin orchestrator
+  cargo build -q --locked -p orchestrator-server --bin orchestrator
   tmp=$(mktemp -t openapi.XXXXXX.json)
   "$target/debug/orchestrator" openapi >"$tmp"
   doc=$tmp

@@ -42,7 +42,7 @@ else
 fi
 
 echo "building (cargo build)..." >&2
-cargo build -q -p orchestrator -p scaffold-agent -p validation-agent \
+cargo build -q -p orchestrator-server -p agentctl -p scaffold-agent -p validation-agent \
   -p e2e-agent -p integration-agent -p deployment-agent
 bin=./target/debug
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the orchestrator and five stand-in agents (the SDK's fault-agent under
+# Runs the orchestrator and five stand-in agents (the fault-test agent, agents/fault, under
 # the five agent types of the built-in `sdlc` definition) against a
 # redis-server of its own (or $REDIS_URL), submits one workflow over the HTTP
 # API with curl, follows its live event stream to the end and prints the
@@ -40,7 +40,7 @@ fi
 ns="demo$$"
 
 echo "building the orchestrator and fault-agent..." >&2
-cargo build -q -p orchestrator --bin orchestrator -p agent-sdk --bin fault-agent
+cargo build -q -p orchestrator-server --bin orchestrator -p fault-agent --bin fault-agent
 for t in scaffold validation e2e integration deployment; do
   ./target/debug/fault-agent --redis-url "$url" --namespace "$ns" --agent-type "$t" \
     >"$work/$t.log" 2>&1 &

@@ -5,7 +5,7 @@
 //! durations are written the human way (`30s`, `2m`, `500ms`).
 
 use crate::connection::Connector;
-use crate::worker::RetryPolicy;
+use crate::retry::RetryPolicy;
 use crate::{Error, Result};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;

@@ -42,6 +42,7 @@ pub mod daemon;
 mod dlq;
 mod error;
 pub mod exit;
+mod retry;
 mod scripts;
 pub mod shutdown;
 pub mod stream;
@@ -57,7 +58,8 @@ pub use config::{LogFormat, RedisArgs, RuntimeConfig};
 pub use connection::redact_url;
 pub use dlq::{DeadLetterFilter, DeadLetterPage, DeadLetters};
 pub use error::{Error, Result};
-pub use worker::{RetryPolicy, Worker, WorkerBuilder};
+pub use retry::RetryPolicy;
+pub use worker::{Worker, WorkerBuilder};
 
 /// The wire protocol crate, re-exported so agents need one dependency.
 pub use schemas;

@@ -1,7 +1,7 @@
 //! Measures validating and planning a random 10,000-stage DAG; prints one
 //! JSON object (`scripts/bench.sh` merges it into its own).
 
-use orchestrator::random_dag::random_dag;
+use orchestrator::definition::random::random_dag;
 use std::time::Instant;
 
 fn main() {

@@ -22,7 +22,6 @@ mod error;
 pub mod loops;
 pub mod machine;
 pub mod ops;
-pub mod random_dag;
 mod scripts;
 pub mod store;
 #[cfg(feature = "test-util")]

@@ -2,7 +2,7 @@
 
 use super::commit::{CommitOp, Fields, Finished, Publish};
 use super::delivery::{self, Delivery, Parsed};
-use super::retry::{Disposition, Failure};
+use crate::retry::{Disposition, Failure};
 use super::{Settings, Shared};
 use crate::agent::{Agent, AgentErrorKind, TaskContext};
 use crate::clock::now_ms;

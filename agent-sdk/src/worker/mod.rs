@@ -23,7 +23,6 @@ mod metrics;
 mod promote;
 mod read;
 mod reclaim;
-mod retry;
 
 use crate::agent::Agent;
 use crate::config::RuntimeConfig;
@@ -42,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use retry::RetryPolicy;
 
 /// Validated settings and the key names derived from them, built once.
 #[derive(Debug)]

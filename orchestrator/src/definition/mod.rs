@@ -462,5 +462,6 @@ mod opt_duration {
     }
 }
 
+pub mod random;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Tests of parsing, validation and planning.
 
 use super::*;
-use crate::random_dag::random_dag;
+use super::random::random_dag;
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::HashSet;

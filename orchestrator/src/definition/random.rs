@@ -2,7 +2,7 @@
 //! depending on up to three random earlier ones, listed in shuffled order.
 //! Deterministic for a seed (xorshift64), so a failure can be replayed.
 
-use crate::definition::{Definition, StageDef};
+use super::{Definition, StageDef};
 
 /// xorshift64: deterministic and good enough to shape graphs.
 struct Rng(u64);
