@@ -211,6 +211,30 @@ pub fn worker_config(redis: &TestRedis, namespace: &str) -> crate::RuntimeConfig
     }
 }
 
+/// Settings of a test's worker of `agent_type` in `namespace` on `redis`,
+/// with timings short enough that crash recovery happens within a test's
+/// patience: reads of 200 ms, three attempts with 20–100 ms backoff, tasks
+/// abandoned after 1.5 s (renewed every 300 ms), heartbeats every 200 ms.
+pub fn short_timings(redis: &TestRedis, namespace: &str, agent_type: &str) -> crate::RuntimeConfig {
+    crate::RuntimeConfig {
+        redis: RedisArgs::new(redis.url(), namespace),
+        agent_type: Some(agent_type.into()),
+        read_block: Duration::from_millis(200),
+        retry: crate::RetryPolicy {
+            max_attempts: 3,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            ..crate::RetryPolicy::default()
+        },
+        claim_idle: Duration::from_millis(1500),
+        lease_renew: Duration::from_millis(300),
+        heartbeat: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(5),
+        promote_interval: Duration::from_millis(20),
+        ..crate::RuntimeConfig::default()
+    }
+}
+
 /// A worker running inside the test process.
 #[derive(Debug)]
 pub struct RunningWorker {

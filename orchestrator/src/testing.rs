@@ -6,8 +6,8 @@
 use crate::machine::WorkflowStatus;
 use crate::store::{LogEntry, Summary, WorkflowStore};
 use agent_sdk::schemas::{AgentType, Keys, Namespace, StageInput, TaskId, TaskInput};
-use agent_sdk::testing::{RunningWorker, TestRedis};
-use agent_sdk::{Agent, AgentError, RedisArgs, RetryPolicy, RuntimeConfig, TaskContext};
+use agent_sdk::testing::{RunningWorker, TestRedis, short_timings};
+use agent_sdk::{Agent, AgentError, RuntimeConfig, TaskContext};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,26 +171,12 @@ impl Agent for StageAgent {
     }
 }
 
-/// Worker settings for the stage agents: short timings.
+/// Worker settings for the stage agents: short timings, 32 slots.
 pub fn worker_config(redis: &TestRedis, agent: &str) -> RuntimeConfig {
     RuntimeConfig {
-        redis: RedisArgs::new(redis.url(), NS),
-        agent_type: Some(agent.into()),
         concurrency: 32,
         batch_size: 32,
-        read_block: Duration::from_millis(200),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(100),
-            ..RetryPolicy::default()
-        },
-        claim_idle: Duration::from_millis(1500),
-        lease_renew: Duration::from_millis(300),
-        heartbeat: Duration::from_millis(200),
-        shutdown_grace: Duration::from_secs(5),
-        promote_interval: Duration::from_millis(20),
-        ..RuntimeConfig::default()
+        ..short_timings(redis, NS, agent)
     }
 }
 

@@ -6,7 +6,6 @@
 pub use agent_sdk::testing::*;
 pub use fault_agent::testing::*;
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 /// The Redis server's clock (`TIME`), in microseconds since the Unix epoch:
 /// the clock the delayed set and the retry schedule are kept in.
@@ -22,25 +21,6 @@ pub async fn async_conn(redis: &TestRedis) -> redis::aio::MultiplexedConnection 
         .get_multiplexed_async_connection()
         .await
         .expect("async connection to the test redis")
-}
-
-/// Waits until `n` tasks of the fault agent type are settled (a success or a
-/// dead letter each); on timeout the ledger is in the message. Unlike
-/// [`settle`] it does not linger: callers stop their workers next, which
-/// settles everything in flight, and read the ledger after that.
-pub async fn wait_settled(redis: &TestRedis, n: usize) {
-    let wait = Duration::from_secs(60);
-    let ok = tokio::time::timeout(wait, async {
-        while ledger(redis).settled() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        ok.is_ok(),
-        "{n} tasks not settled within {wait:?}: {:#?}",
-        ledger(redis)
-    );
 }
 
 /// A TCP proxy in front of Redis that loses the reply of each commit call

@@ -5,8 +5,8 @@
 
 use crate::{FailMode, FaultAgent, FaultInput};
 use agent_sdk::schemas::{AgentType, Keys, Namespace, WORKERS_GROUP};
-use agent_sdk::testing::{Ledger, Proc, RunningWorker, TestRedis};
-use agent_sdk::{Agent, Client, EnqueueOptions, RedisArgs, RetryPolicy, RuntimeConfig};
+use agent_sdk::testing::{Ledger, Proc, RunningWorker, TestRedis, short_timings};
+use agent_sdk::{Agent, Client, EnqueueOptions, RuntimeConfig};
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,26 +23,12 @@ pub fn keys() -> Keys {
     Keys::new(Namespace::new(NS).expect("namespace"))
 }
 
-/// Short timings so crash recovery happens within a test's patience.
+/// Short timings (see [`short_timings`]), 8 slots, poison after 3 deliveries.
 pub fn config(redis: &TestRedis) -> RuntimeConfig {
     RuntimeConfig {
-        redis: RedisArgs::new(redis.url(), NS),
-        agent_type: Some("fault".into()),
         concurrency: 8,
-        read_block: Duration::from_millis(200),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(100),
-            ..RetryPolicy::default()
-        },
-        claim_idle: Duration::from_millis(1500),
-        lease_renew: Duration::from_millis(300),
         max_deliveries: 3,
-        heartbeat: Duration::from_millis(200),
-        shutdown_grace: Duration::from_secs(5),
-        promote_interval: Duration::from_millis(20),
-        ..RuntimeConfig::default()
+        ..short_timings(redis, NS, "fault")
     }
 }
 
@@ -141,6 +127,16 @@ pub fn ledger(redis: &TestRedis) -> Ledger {
 /// longer so that anything that would wrongly follow (a second result) shows
 /// up, and returns the ledger. On timeout, the ledger is in the message.
 pub async fn settle(redis: &TestRedis, n: usize) -> Ledger {
+    wait_settled(redis, n).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ledger(redis)
+}
+
+/// Waits until `n` tasks of the fault agent type are settled (a success or a
+/// dead letter each); on timeout the ledger is in the message. Unlike
+/// [`settle`] it does not linger: callers that stop their workers next,
+/// which settles everything in flight, read the ledger after that.
+pub async fn wait_settled(redis: &TestRedis, n: usize) {
     let wait = Duration::from_secs(60);
     let ok = tokio::time::timeout(wait, async {
         while ledger(redis).settled() < n {
@@ -153,8 +149,6 @@ pub async fn settle(redis: &TestRedis, n: usize) -> Ledger {
         "{n} tasks not settled within {wait:?}: {:#?}",
         ledger(redis)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ledger(redis)
 }
 
 /// Input of a task that sleeps `ms` and succeeds.

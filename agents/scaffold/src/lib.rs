@@ -18,9 +18,9 @@
 pub mod templates;
 
 use agent_sdk::schemas::TaskInput;
+use agent_toolkit::Checked;
 use agent_sdk::{Agent, AgentError, ArtifactRef, Artifacts, TaskContext};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
@@ -87,36 +87,17 @@ impl From<WorkflowRequest> for Request {
 
 /// A scaffold task's input: a [`Request`] sent directly (no unknown field
 /// allowed), or a workflow stage's input whose workflow input holds a
-/// [`WorkflowRequest`]; or why it is neither, which [`Input::request`]
-/// refuses as invalid input (decoding an `Input` never fails, so the
-/// runtime never calls such an input malformed).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Input(Result<TaskInput<Request, WorkflowRequest>, String>);
+/// [`WorkflowRequest`]; one that is neither is refused as invalid input by
+/// [`request`] (see [`Checked`]).
+pub type Input = Checked<TaskInput<Request, WorkflowRequest>>;
 
-impl Input {
-    /// The request to generate, or an invalid-input error saying why the
-    /// input holds none.
-    pub fn request(self) -> Result<Request, AgentError> {
-        match self.0 {
-            Ok(TaskInput::Direct(req)) => Ok(req),
-            Ok(TaskInput::Stage(stage)) => Ok(stage.input.into()),
-            Err(why) => Err(AgentError::invalid_input(format!("bad request: {why}"))),
-        }
-    }
-}
-
-impl From<TaskInput<Request, WorkflowRequest>> for Input {
-    fn from(input: TaskInput<Request, WorkflowRequest>) -> Self {
-        Self(Ok(input))
-    }
-}
-
-impl<'de> Deserialize<'de> for Input {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Any well-formed value is read; only then typed.
-        let v = Value::deserialize(d)?;
-        Ok(Self(serde_json::from_value(v).map_err(|e| e.to_string())))
-    }
+/// The request to generate, or an invalid-input error saying why the input
+/// holds none.
+pub fn request(input: Input) -> Result<Request, AgentError> {
+    Ok(match input.into_result("bad request")? {
+        TaskInput::Direct(req) => req,
+        TaskInput::Stage(stage) => stage.input.into(),
+    })
 }
 
 fn check_name(name: &str) -> Result<(), AgentError> {
@@ -236,7 +217,7 @@ impl Agent for ScaffoldAgent {
     type Output = Output;
 
     async fn handle(&self, _ctx: &TaskContext, input: Input) -> Result<Output, AgentError> {
-        let req = input.request()?;
+        let req = request(input)?;
         let dir = tempfile::tempdir()
             .map_err(|e| AgentError::retryable(format!("no temporary directory: {e}")))?;
         let files = generate(&req, dir.path())?;
@@ -261,16 +242,14 @@ mod tests {
     use super::*;
     use agent_sdk::AgentErrorKind;
     use agent_sdk::schemas::{DecodeLimits, Encoding};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn request(v: Value) -> Result<Request, AgentError> {
-        serde_json::from_value::<Input>(v)
-            .expect("an Input always decodes")
-            .request()
+    fn request_of(v: Value) -> Result<Request, AgentError> {
+        request(serde_json::from_value::<Input>(v).expect("an Input always decodes"))
     }
 
     fn refused(v: Value, needle: &str) {
-        let e = request(v.clone()).unwrap_err();
+        let e = request_of(v.clone()).unwrap_err();
         assert_eq!(e.kind(), AgentErrorKind::InvalidInput, "{v}");
         assert!(e.message().contains(needle), "{needle:?} not in {e}");
     }
@@ -288,13 +267,13 @@ mod tests {
     fn a_direct_input_is_the_request_and_nothing_else() {
         let direct =
             json!({ "name": "hello-svc", "template": "node-service", "extras": { "a.md": "x" } });
-        assert_eq!(request(direct.clone()).unwrap(), wanted());
+        assert_eq!(request_of(direct.clone()).unwrap(), wanted());
         // As the runtime sends it.
         let bytes = Encoding::MsgPack.encode(&direct).unwrap();
         let input: Input = Encoding::MsgPack
             .decode(&bytes, DecodeLimits::default())
             .unwrap();
-        assert_eq!(input.request().unwrap(), wanted());
+        assert_eq!(request(input).unwrap(), wanted());
         refused(
             json!({ "name": "hello-svc", "template": "node-service", "faults": {} }),
             "bad request: unknown field `faults`",
@@ -308,7 +287,7 @@ mod tests {
         let staged = json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {},
             "input": { "name": "hello-svc", "template": "node-service", "extras": { "a.md": "x" },
                        "faults": {}, "app": "shop" } });
-        assert_eq!(request(staged).unwrap(), wanted());
+        assert_eq!(request_of(staged).unwrap(), wanted());
         refused(
             json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {}, "input": { "name": "x" } }),
             "stage input: missing field `template`",
@@ -324,6 +303,6 @@ mod tests {
         let undo = json!({ "workflow_id": "w1", "stage": "scaffold", "deps": {},
             "input": { "name": "hello-svc", "template": "node-service", "extras": { "a.md": "x" } },
             "output": { "files": [] }, "action": "rollback" });
-        assert_eq!(request(undo).unwrap(), wanted());
+        assert_eq!(request_of(undo).unwrap(), wanted());
     }
 }
