@@ -125,11 +125,6 @@ impl Table {
     }
 }
 
-/// Milliseconds since the Unix epoch, this machine's clock.
-pub fn now_ms() -> u64 {
-    agent_sdk::clock::now_ms()
-}
-
 /// `ms` as a short age: `4s`, `12m`, `3h`, `2d`.
 pub fn short(ms: u64) -> String {
     let s = ms / 1000;
@@ -145,7 +140,7 @@ pub fn short(ms: u64) -> String {
 pub fn ago(at_ms: Option<u64>) -> String {
     at_ms.map_or_else(
         || "-".to_owned(),
-        |t| format!("{} ago", short(now_ms().saturating_sub(t))),
+        |t| format!("{} ago", short(agent_sdk::clock::now_ms().saturating_sub(t))),
     )
 }
 
