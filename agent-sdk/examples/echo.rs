@@ -2,7 +2,7 @@
 //!
 //! Run it:    cargo run -p agent-sdk --example echo -- --redis-url redis://127.0.0.1:6379
 //! Feed it:   see "Enqueue a task with redis-cli" in schemas/PROTOCOL.md
-use agent_sdk::{Agent, AgentError, RuntimeConfig, TaskContext, Worker, shutdown, telemetry};
+use agent_sdk::{Agent, AgentError, RuntimeConfig, TaskContext};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -40,14 +40,10 @@ struct Cli {
     runtime: RuntimeConfig,
 }
 
+/// Checks the settings, starts logs and metrics, runs the worker until
+/// SIGTERM or SIGINT, drains, and exits 0, or 64 on bad configuration.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.runtime)?;
-    let worker = Worker::builder(Echo)
-        .agent_type("echo")
-        .config(cli.runtime)
-        .build()?;
-    worker.run_until(shutdown::on_signals()?).await?;
-    Ok(())
+    agent_sdk::daemon::run("echo", "echo", cli.runtime, async |_| Ok(Echo)).await
 }

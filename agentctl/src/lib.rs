@@ -67,6 +67,10 @@ pub enum ExitStatus {
     /// 2: bad arguments (also clap's own usage errors).
     #[error("{0}")]
     Usage(String),
+    /// 64: bad configuration: a Redis URL or namespace that parses as a
+    /// flag but cannot be used (the same code as every binary's).
+    #[error("{0}")]
+    Config(String),
     /// 3: no such workflow, stage, task or dead letter.
     #[error("{0}")]
     NotFound(String),
@@ -95,6 +99,7 @@ impl ExitStatus {
         match self {
             Self::Failed(_) => Exit::Failure.code(),
             Self::Usage(_) => Exit::Usage.code(),
+            Self::Config(_) => Exit::Config.code(),
             Self::NotFound(_) => 3,
             Self::Conflict(_) => 4,
             Self::TimedOut(_) => 5,
@@ -113,7 +118,7 @@ impl From<orchestrator::Error> for ExitStatus {
             E::Conflict(m) => Self::Conflict(m),
             E::Invalid(m) => Self::Usage(m),
             E::Definition(d) => Self::Usage(d.to_string()),
-            E::Config(m) => Self::Usage(m),
+            E::Config(m) => Self::Config(m),
             E::Redis(r) if is_connection_error(&r) => {
                 Self::Unavailable(format!("cannot reach Redis: {r}"))
             }
@@ -129,7 +134,7 @@ impl From<agent_sdk::Error> for ExitStatus {
             agent_sdk::Error::Redis(r) if is_connection_error(&r) => {
                 Self::Unavailable(format!("cannot reach Redis: {r}"))
             }
-            agent_sdk::Error::Config(m) => Self::Usage(m),
+            agent_sdk::Error::Config(m) => Self::Config(m),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -164,6 +169,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         let out = out.clone();
         // One plain attempt first: the client's connection manager retries
         // for several seconds, too long to tell an operator Redis is down.
+        cli.global
+            .redis
+            .validate()
+            .map_err(|e| ExitStatus::Config(e.to_string()))?;
         let probe = cli.global.redis.connector()?;
         if let Err(e) = probe.connect(std::time::Duration::from_secs(5)).await {
             return Err(ExitStatus::Unavailable(format!(

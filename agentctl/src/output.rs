@@ -140,7 +140,12 @@ pub fn short(ms: u64) -> String {
 pub fn ago(at_ms: Option<u64>) -> String {
     at_ms.map_or_else(
         || "-".to_owned(),
-        |t| format!("{} ago", short(agent_sdk::clock::now_ms().saturating_sub(t))),
+        |t| {
+            format!(
+                "{} ago",
+                short(agent_sdk::clock::now_ms().saturating_sub(t))
+            )
+        },
     )
 }
 

@@ -821,6 +821,16 @@ async fn bad_arguments_get_a_clear_message_and_a_non_zero_exit() {
     let r = ctl(&redis, &["workflow", "get", "nope", "--json"]).await;
     assert_eq!(r.code, 3);
     assert_eq!(r.json()["error"]["exit_code"], 3);
+    // Bad configuration: exit 64, as for every binary, the password never printed.
+    for (url, ns, says) in [
+        ("http://:hunter2@127.0.0.1:1", NS, "--redis-url"),
+        (&redis.url()[..], "Bad NS", "namespace"),
+    ] {
+        let r = ctl_in(url, ns, &["streams"], None).await;
+        assert_eq!(r.code, 64, "{r:?}");
+        assert!(r.stderr.contains(says), "{r:?}");
+        assert!(!r.stderr.contains("hunter2"), "{r:?}");
+    }
     // Redis down: exit 69, and a password in the URL is never printed.
     let port = agent_sdk::testing::free_port();
     let url = format!("redis://:hunter2@127.0.0.1:{port}");

@@ -45,6 +45,11 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_RESULT_BATCH", default_value_t = 256)]
     pub result_batch: usize,
 
+    /// How long one read of a results stream waits for results (also how
+    /// long a shutdown may wait for the reads in progress).
+    #[arg(long, env = "AGENTIC_RESULT_BLOCK", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub result_block: Duration,
+
     /// Workflows whose results are applied in one pipelined round (see the
     /// engine's transition pipeline).
     #[arg(long, env = "AGENTIC_PARALLELISM", default_value_t = 64)]
@@ -124,6 +129,11 @@ impl ServeConfig {
         }
         if self.pool_size == 0 || self.pool_size > 1024 {
             return bad("--pool-size must be 1..=1024".into());
+        }
+        if self.result_block < Duration::from_millis(10)
+            || self.result_block > Duration::from_secs(60)
+        {
+            return bad("--result-block must be between 10ms and 60s".into());
         }
         if self.claim_idle < Duration::from_millis(100) {
             return bad("--claim-idle must be at least 100ms".into());

@@ -140,7 +140,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     let settings = ConsumerSettings {
         consumer: consumer.clone(),
         batch: cfg.result_batch,
-        block: Duration::from_secs(2),
+        block: cfg.result_block,
         claim_idle: cfg.claim_idle,
         parallelism: cfg.parallelism,
     };

@@ -33,6 +33,8 @@ pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<Strin
         "1s",
         "--timer-tick",
         "50ms",
+        "--result-block",
+        "200ms",
         "--shutdown-grace",
         "5s",
     ]

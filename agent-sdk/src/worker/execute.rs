@@ -2,10 +2,10 @@
 
 use super::commit::{CommitOp, Fields, Finished, Publish};
 use super::delivery::{self, Delivery, Parsed};
-use crate::retry::{Disposition, Failure};
 use super::{Settings, Shared};
 use crate::agent::{Agent, AgentErrorKind, TaskContext};
 use crate::clock::now_ms;
+use crate::retry::{Disposition, Failure};
 use crate::stream::Entry;
 use futures::FutureExt;
 use schemas::{

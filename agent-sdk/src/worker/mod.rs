@@ -41,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-
 /// Validated settings and the key names derived from them, built once.
 #[derive(Debug)]
 pub(crate) struct Settings {

@@ -18,8 +18,8 @@
 pub mod templates;
 
 use agent_sdk::schemas::TaskInput;
-use agent_toolkit::Checked;
 use agent_sdk::{Agent, AgentError, ArtifactRef, Artifacts, TaskContext};
+use agent_toolkit::Checked;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Component, Path};

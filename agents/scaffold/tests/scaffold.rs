@@ -172,3 +172,31 @@ async fn the_same_request_gives_the_same_artifact_and_bad_ones_say_why() {
     }
     worker.shutdown().await;
 }
+
+/// The binary exits 64 on bad configuration, like every binary of the
+/// project, naming the flag and never printing a password.
+#[test]
+fn bad_configuration_exits_64() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_scaffold-agent"))
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--claim-idle", "1s", "--lease-renew", "1s"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--claim-idle"), "{err}");
+    let (code, err) = run(&["--redis-url", "http://:hunter2@example.invalid"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("--redis-url") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let (code, err) = run(&["--no-such-flag"]);
+    assert_eq!(code, Some(2), "{err}");
+}

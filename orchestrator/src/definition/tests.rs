@@ -1,7 +1,7 @@
 //! Tests of parsing, validation and planning.
 
-use super::*;
 use super::random::random_dag;
+use super::*;
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::HashSet;
