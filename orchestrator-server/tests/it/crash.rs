@@ -35,34 +35,39 @@ async fn account(redis: &TestRedis, agents: &Agents, ids: &[String]) {
     // Nothing left behind: no pending results, deadlines or active
     // entries. Each goes right after the transition that ended its
     // workflow, so they get a moment to settle.
-    wait_until(
-        "results acknowledged, deadlines cleared, index emptied",
-        Duration::from_secs(30),
-        || async {
-            let mut c = conn(redis).await;
-            let mut left = 0u64;
-            for t in SDLC {
-                let v: redis::Value = redis::cmd("XPENDING")
-                    .arg(keys().results(&agent_type(t)))
-                    .arg("orchestrator")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-                let redis::Value::Array(a) = v else {
-                    panic!("XPENDING reply {v:?}")
-                };
-                left += redis::from_redis_value_ref::<u64>(&a[0]).unwrap();
-            }
-            left += deadlines(redis, &SDLC).await;
-            let active: u64 = redis::cmd("ZCARD")
-                .arg(keys().workflows_active())
+    let left = || async {
+        let mut c = conn(redis).await;
+        let mut pending = 0u64;
+        for t in SDLC {
+            let v: redis::Value = redis::cmd("XPENDING")
+                .arg(keys().results(&agent_type(t)))
+                .arg("orchestrator")
                 .query_async(&mut c)
                 .await
                 .unwrap();
-            left + active == 0
-        },
-    )
-    .await;
+            let redis::Value::Array(a) = v else {
+                panic!("XPENDING reply {v:?}")
+            };
+            pending += redis::from_redis_value_ref::<u64>(&a[0]).unwrap();
+        }
+        let active: u64 = redis::cmd("ZCARD")
+            .arg(keys().workflows_active())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        (pending, deadlines(redis, &SDLC).await, active)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut now = left().await;
+    while now != (0, 0, 0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = left().await;
+    }
+    assert_eq!(
+        now,
+        (0, 0, 0),
+        "(pending results, armed deadlines, active workflows) left 30 s after every workflow ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

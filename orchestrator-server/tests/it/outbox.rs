@@ -431,6 +431,104 @@ async fn a_late_clear_of_an_older_version_leaves_a_newer_transitions_commands() 
     agents.shutdown().await;
 }
 
+/// Outboxes pile up when transitions of one workflow follow each other
+/// faster than their clears (two replicas taking turns on it). Replica B
+/// stores version 2 over A's uncleared version 1 and carries it out, the
+/// build's result is acknowledged (its deadline cleared), and B's clear is
+/// still on the wire when replica A applies the next result over the piled
+/// outbox. Carrying that out again must not bring back the deadline of the
+/// build, whose result is settled: it would sit armed for the stage timeout
+/// with nothing left to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piled_up_outbox_does_not_bring_back_a_settled_tasks_deadline() {
+    let redis = TestRedis::start();
+    let def = register(&redis, RELAY).await;
+    let id = "relay-pile";
+    let build = format!("{id}:build:1");
+    let ship = format!("{id}:ship:1");
+    let a = replica(&redis).await;
+    let b = replica(&redis).await;
+
+    // v1 carried out by a replica whose clear never lands (a stale version).
+    let started = store_started(&redis, &def, id).await;
+    let mut c = conn(&redis).await;
+    assert!(
+        !a.carry_out(&mut c, &def, id, 99, &started, None)
+            .await
+            .unwrap()
+    );
+    assert!(deadline_of(&redis, "alpha", &build).await.is_some());
+
+    // Replica B applies the build's result; its clear of v2 is held.
+    let b_conn = Tapped::new(&redis, CLEAR_OUTBOX_LUA, At::Before).await;
+    let b_run = tokio::spawn({
+        let (b, mut b_conn, build) = (b.clone(), b_conn.clone(), build.clone());
+        async move {
+            let event = Event::TaskSucceeded {
+                task_id: build,
+                output: json!({ "built": true }),
+            };
+            b.signal_result(&mut b_conn, id, &event).await
+        }
+    });
+    b_conn.reached("replica B's clear of version 2").await;
+    assert_eq!(task_ids(&redis, "beta").await, vec![ship.clone()]);
+    let stored = load(&redis, id).await;
+    assert_eq!(stored.version, 2);
+    assert_eq!(
+        dispatched(&stored.outbox),
+        vec![build.clone(), ship.clone()]
+    );
+    // The build's result is acknowledged: ack_results.lua clears its deadline.
+    let _: i64 = redis::cmd("ZREM")
+        .arg(keys().deadlines(&agent_type("alpha")))
+        .arg(&build)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    // Replica A applies the ship's result over the piled outbox.
+    let event = Event::TaskSucceeded {
+        task_id: ship.clone(),
+        output: json!({ "shipped": true }),
+    };
+    let outcome = a.signal_result(&mut c, id, &event).await.unwrap();
+    assert!(matches!(
+        outcome,
+        orchestrator::engine::Outcome::Applied { version: 3, .. }
+    ));
+    assert_eq!(
+        deadline_of(&redis, "alpha", &build).await,
+        None,
+        "carrying the piled outbox out again armed the settled build's deadline again"
+    );
+    b_conn.release();
+    let b_done = tokio::time::timeout(PATIENCE, b_run)
+        .await
+        .expect("replica B did not finish")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        b_done,
+        orchestrator::engine::Outcome::Applied { version: 2, .. }
+    ));
+
+    // The end: completed, each task dispatched once, no outbox; the ship's
+    // deadline goes with its result's acknowledgement, as the build's did.
+    let stored = load(&redis, id).await;
+    assert_eq!(stored.workflow.status, WorkflowStatus::Completed);
+    assert!(stored.outbox.is_empty(), "{:?}", stored.outbox);
+    assert_eq!(task_ids(&redis, "alpha").await, vec![build]);
+    assert_eq!(task_ids(&redis, "beta").await, vec![ship.clone()]);
+    let _: i64 = redis::cmd("ZREM")
+        .arg(keys().deadlines(&agent_type("beta")))
+        .arg(&ship)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(deadlines(&redis, &["alpha", "beta"]).await, 0);
+}
+
 const PATIENT: &str = r#"
 name: patient
 stages:

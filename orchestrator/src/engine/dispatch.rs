@@ -4,10 +4,10 @@
 
 use super::{DISPATCH_IDEMPOTENCY_TTL, Engine, Result};
 use crate::definition::Definition;
-use crate::machine::Command;
+use crate::machine::{Command, Workflow};
 use crate::scripts;
 use agent_sdk::EnqueueOptions;
-use agent_sdk::schemas::AgentType;
+use agent_sdk::schemas::{AgentType, TaskId, TaskKind};
 use redis::aio::ConnectionLike;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -27,13 +27,37 @@ pub(super) struct CarryOut {
 
 impl Engine {
     /// The script calls that carry `commands` out (see [`Engine::carry_out`]).
+    ///
+    /// `state` is the workflow as stored with these commands, when known: a
+    /// dispatch (and the deadline it arms) of a task it no longer waits for
+    /// is left out. Such a dispatch happened already — its task has a result,
+    /// or timed out — so it would add nothing, but arming its deadline again
+    /// would bring back the deadline its result's acknowledgement cleared.
+    /// That happens when outboxes pile up behind transitions that follow
+    /// each other faster than their clears (two replicas taking turns on one
+    /// workflow).
     pub(super) fn plan(
         &self,
         def: &Definition,
         id: &str,
         commands: &[Command],
         settled: Option<&str>,
+        state: Option<&Workflow>,
     ) -> Result<CarryOut> {
+        let awaited: Option<HashSet<&str>> = state.map(|w| w.running_tasks().into_iter().collect());
+        let done_with = |task: &str| {
+            awaited.as_ref().is_some_and(|a| !a.contains(task))
+                && TaskId::parse(task).is_some_and(|t| t.kind() != TaskKind::Approval)
+        };
+        let commands: Vec<&Command> = commands
+            .iter()
+            .filter(|c| match c {
+                Command::Dispatch { task_id, .. } | Command::ArmTimer { task_id, .. } => {
+                    !done_with(task_id)
+                }
+                Command::CancelTimer { .. } => true,
+            })
+            .collect();
         let dispatched: HashSet<&str> = commands
             .iter()
             .filter_map(|c| match c {
@@ -48,7 +72,7 @@ impl Engine {
             })
         };
         let mut plan = CarryOut::default();
-        for c in commands {
+        for c in &commands {
             if let Command::Dispatch {
                 stage,
                 task_id,
@@ -75,7 +99,7 @@ impl Engine {
         }
         // The other timer operations, by the agent type whose slot holds them.
         let mut by_agent: Vec<(AgentType, TimerOps)> = Vec::new();
-        for c in commands {
+        for c in &commands {
             let (task_id, op) = match c {
                 Command::ArmTimer { task_id, after } if !dispatched.contains(task_id.as_str()) => {
                     (task_id, Some(*after))
@@ -133,11 +157,15 @@ impl Engine {
         Ok(inv)
     }
 
-    /// Carries out `plans` — dispatches on the client's connection, deadline
-    /// operations on `conn`, side by side (their order does not matter) —
-    /// then clears each outbox of `(workflow, version, ended)` if its version
-    /// has not moved on, and takes ended workflows out of the active index.
-    /// Returns, per outbox, whether it was cleared.
+    /// Carries out `plans` — dispatches on the client's connection, then the
+    /// other deadline operations on `conn` — then clears each outbox of
+    /// `(workflow, version, ended)` if its version has not moved on, and
+    /// takes ended workflows out of the active index. Returns, per outbox,
+    /// whether it was cleared.
+    ///
+    /// Deadline operations come after the dispatches, not beside them: an
+    /// outbox can hold an older dispatch of a task (which arms its deadline)
+    /// and a newer cancel of that deadline, and the cancel must land last.
     pub(super) async fn carry_out_all<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -172,9 +200,8 @@ impl Engine {
             }
             timers.query_async::<()>(conn).await
         };
-        let (added, timed) = tokio::join!(run_dispatches, run_timers);
-        let added = added?;
-        timed?;
+        let added = run_dispatches.await?;
+        run_timers.await?;
         metrics::counter!("orchestrator_dispatches_total")
             .increment(added.iter().filter(|a| **a == 1).count() as u64);
 

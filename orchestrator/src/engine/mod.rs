@@ -389,7 +389,7 @@ impl Engine {
         commands: &[Command],
         settled: Option<&str>,
     ) -> Result<bool> {
-        let plan = self.plan(def, id, commands, settled)?;
+        let plan = self.plan(def, id, commands, settled, None)?;
         let cleared = self
             .carry_out_all(conn, &[plan], &[(id, version, false)])
             .await?;

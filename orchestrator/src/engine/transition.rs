@@ -361,7 +361,11 @@ impl Engine {
         let mut ready = Vec::with_capacity(jobs.len());
         for j in jobs {
             let item = items[j.at];
-            match self.plan(&j.def, item.id, &j.commands, item.settled) {
+            let state = match &j.state {
+                JobState::Applied { next, .. } => next,
+                JobState::Leftover { workflow } => workflow,
+            };
+            match self.plan(&j.def, item.id, &j.commands, item.settled, Some(state)) {
                 Ok(p) => {
                     plans.push(p);
                     ready.push(j);
