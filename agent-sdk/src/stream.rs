@@ -74,6 +74,37 @@ pub fn consumer_id(role: Option<&str>) -> String {
     }
 }
 
+/// Removes `consumer` from `group` when it holds nothing: a consumer with
+/// pending entries must stay, or they could never be claimed (`XGROUP
+/// DELCONSUMER` drops them from the pending list). Returns whether it left.
+pub async fn leave_group<C: ConnectionLike + Send>(
+    c: &mut C,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> redis::RedisResult<bool> {
+    let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .arg(consumer)
+        .query_async(c)
+        .await?;
+    if !pending.ids.is_empty() {
+        return Ok(false);
+    }
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .query_async(c)
+        .await?;
+    Ok(true)
+}
+
 /// A stream entry as read: its id and its fields, byte for byte, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

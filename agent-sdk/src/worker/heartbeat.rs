@@ -106,23 +106,6 @@ pub(crate) async fn deregister(s: &Settings, connector: &Connector) {
     if let Err(e) = pipe.query_async::<()>(&mut c).await {
         tracing::warn!(error = %e, "cannot deregister; the registry record expires by itself");
     }
-    let pending: redis::RedisResult<redis::streams::StreamPendingCountReply> =
-        redis::cmd("XPENDING")
-            .arg(&s.tasks_key)
-            .arg(schemas::WORKERS_GROUP)
-            .arg("-")
-            .arg("+")
-            .arg(1)
-            .arg(&*s.consumer)
-            .query_async(&mut c)
-            .await;
-    if matches!(pending, Ok(ref p) if p.ids.is_empty()) {
-        let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(&s.tasks_key)
-            .arg(schemas::WORKERS_GROUP)
-            .arg(&*s.consumer)
-            .query_async(&mut c)
-            .await;
-    }
+    let _ =
+        crate::stream::leave_group(&mut c, &s.tasks_key, schemas::WORKERS_GROUP, &s.consumer).await;
 }

@@ -172,51 +172,66 @@ impl Engine {
         plans: &[CarryOut],
         outboxes: &[(&str, u64, bool)],
     ) -> Result<Vec<bool>> {
-        let mut dispatches = redis::pipe();
-        dispatches.load_script(&scripts::DISPATCH).ignore();
-        let mut timers = redis::pipe();
-        timers.load_script(&scripts::TIMERS).ignore();
-        let (mut n_dispatch, mut n_timers) = (0, 0);
-        for plan in plans {
-            for inv in &plan.dispatches {
-                dispatches.invoke_script(inv);
-                n_dispatch += 1;
-            }
-            for inv in &plan.timers {
-                timers.invoke_script(inv).ignore();
-                n_timers += 1;
-            }
-        }
+        let dispatches: Vec<_> = plans.iter().flat_map(|p| &p.dispatches).collect();
+        let timers: Vec<_> = plans.iter().flat_map(|p| &p.timers).collect();
         let mut client_conn = self.client().connection();
-        let run_dispatches = async {
-            if n_dispatch == 0 {
-                return Ok(Vec::new());
-            }
-            dispatches.query_async::<Vec<i64>>(&mut client_conn).await
-        };
-        let run_timers = async {
-            if n_timers == 0 {
-                return Ok(());
-            }
-            timers.query_async::<()>(conn).await
-        };
-        let added = run_dispatches.await?;
-        run_timers.await?;
+        let added: Vec<i64> = invoke_all(&mut client_conn, &scripts::DISPATCH, &dispatches).await?;
+        let _: Vec<i64> = invoke_all(conn, &scripts::TIMERS, &timers).await?;
         metrics::counter!("orchestrator_dispatches_total")
             .increment(added.iter().filter(|a| **a == 1).count() as u64);
 
-        let mut clears = redis::pipe();
-        clears.load_script(&scripts::CLEAR_OUTBOX).ignore();
-        for (id, version, _) in outboxes {
-            clears.invoke_script(&self.store().clear_outbox_invocation(id, *version)?);
+        let clears = outboxes
+            .iter()
+            .map(|(id, version, _)| self.store().clear_outbox_invocation(id, *version))
+            .collect::<Result<Vec<_>>>()?;
+        let ended: Vec<&str> = outboxes
+            .iter()
+            .filter(|(_, _, ended)| *ended)
+            .map(|(id, _, _)| *id)
+            .collect();
+        if ended.is_empty() {
+            let cleared: Vec<i64> = invoke_all(
+                conn,
+                &scripts::CLEAR_OUTBOX,
+                &clears.iter().collect::<Vec<_>>(),
+            )
+            .await?;
+            return Ok(cleared.into_iter().map(|c| c == 1).collect());
         }
-        for (id, _, ended) in outboxes {
-            if *ended {
-                clears.zrem(self.keys().workflows_active(), *id).ignore();
-            }
+        // Ended workflows leave the active index in the same round trip.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&scripts::CLEAR_OUTBOX).ignore();
+        for inv in &clears {
+            pipe.invoke_script(inv);
         }
-        let cleared: Vec<i64> = clears.query_async(conn).await?;
+        for id in ended {
+            pipe.zrem(self.keys().workflows_active(), id).ignore();
+        }
+        let cleared: Vec<i64> = pipe.query_async(conn).await?;
         Ok(cleared.into_iter().map(|c| c == 1).collect())
+    }
+}
+
+/// Runs `calls` of `script` in one round trip: a single call as `EVALSHA`
+/// (which loads the script when Redis does not have it), several in one
+/// pipeline that loads it first (a pipelined `EVALSHA` cannot). One reply
+/// per call.
+pub(super) async fn invoke_all<C: ConnectionLike + Send, T: redis::FromRedisValue>(
+    conn: &mut C,
+    script: &redis::Script,
+    calls: &[&redis::ScriptInvocation<'_>],
+) -> redis::RedisResult<Vec<T>> {
+    match calls {
+        [] => Ok(Vec::new()),
+        [one] => Ok(vec![one.invoke_async(conn).await?]),
+        many => {
+            let mut pipe = redis::pipe();
+            pipe.load_script(script).ignore();
+            for inv in many {
+                pipe.invoke_script(inv);
+            }
+            pipe.query_async(conn).await
+        }
     }
 }
 

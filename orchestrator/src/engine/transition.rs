@@ -17,7 +17,7 @@
 //! so one bad item cannot fail its neighbours and every item gets its own
 //! error.
 
-use super::dispatch::CarryOut;
+use super::dispatch::{CarryOut, invoke_all};
 use super::{Engine, Outcome, Result};
 use crate::definition::Definition;
 use crate::error::Error;
@@ -315,20 +315,14 @@ impl Engine {
         jobs: Vec<Job>,
         again: &mut Vec<(usize, Read)>,
     ) -> Result<Vec<Job>> {
-        let mut saves = redis::pipe();
-        saves.load_script(&scripts::TRANSITION).ignore();
-        let mut n = 0;
-        for j in &jobs {
-            if let JobState::Applied { save, .. } = &j.state {
-                saves.invoke_script(save);
-                n += 1;
-            }
-        }
-        let stored: Vec<i64> = if n == 0 {
-            Vec::new()
-        } else {
-            saves.query_async(conn).await?
-        };
+        let saves: Vec<&redis::ScriptInvocation<'static>> = jobs
+            .iter()
+            .filter_map(|j| match &j.state {
+                JobState::Applied { save, .. } => Some(save),
+                JobState::Leftover { .. } => None,
+            })
+            .collect();
+        let stored: Vec<i64> = invoke_all(conn, &scripts::TRANSITION, &saves).await?;
         let mut stored = stored.into_iter();
         let mut kept = Vec::with_capacity(jobs.len());
         for j in jobs {
