@@ -21,6 +21,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the layout: file sizes and import cycles between modules"
+python3 scripts/layout-check.py . 700
 echo "== the OpenAPI document (openapi-spec-validator, installed into target/ when missing)"
 bash scripts/openapi-check.sh
 echo "== doc tests"
