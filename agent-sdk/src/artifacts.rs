@@ -12,6 +12,16 @@
 //! directories with relative paths that stay inside the target (no absolute
 //! paths, no `..`, no links of any kind), and the file count and unpacked
 //! size are capped as they grow, so a decompression bomb stops at the limit.
+//!
+//! Packing and unpacking both hold every path to the name rules of
+//! [`schemas::tree_path`]: no component starting with `-` (it could become
+//! an option of a program given the name), no `.git` file or directory at
+//! any depth, no `.gitmodules`, `.gitattributes` or `.gitconfig`, no git
+//! hook, no control character. So no artifact, whoever made it, carries a
+//! file that a later stage's `git` or toolchain would take for
+//! configuration or an option; the error names the file. [`refused_names`]
+//! lists every such file of an archive without writing anything (the
+//! validation agent reports them as findings).
 
 use crate::{Error, Result};
 use redis::aio::ConnectionManager;
@@ -90,6 +100,7 @@ fn walk(root: &Path, limits: &ArtifactLimits) -> Result<Vec<(PathBuf, bool)>> {
         let mut dirs = Vec::new();
         for name in children {
             let path = rel.join(&name);
+            schemas::check_tree_path(&path).map_err(|e| invalid(e.to_string()))?;
             let meta = std::fs::symlink_metadata(root.join(&path))?;
             if meta.file_type().is_symlink() {
                 return Err(invalid(format!(
@@ -213,16 +224,24 @@ fn safe_path(path: &Path) -> std::result::Result<PathBuf, String> {
     if out.as_os_str().is_empty() {
         return Err("an entry has an empty path".into());
     }
+    schemas::check_tree_path(&out).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
-/// Unpacks a `.tar.gz` into `target`, which must be an empty directory
-/// (created if missing). Refuses, before writing anything of the offending
-/// entry: absolute paths, `..`, links, special files, more than
-/// `max_entries` entries, more than `max_tree_bytes` written, an archive
-/// over `max_archive_bytes`. On an error what was written so far stays in
-/// `target`; callers unpack into a directory of their own and drop it.
-pub fn unpack_archive(archive: &[u8], target: &Path, limits: &ArtifactLimits) -> Result<Unpacked> {
+/// A path of an archive that breaks the name rules, and which rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedName {
+    /// The path as the archive names it.
+    pub path: String,
+    /// Why it is refused.
+    pub why: String,
+}
+
+/// The tar stream of `archive`, read within `limits` (see [`Capped`]).
+fn tar_stream<'a>(
+    archive: &'a [u8],
+    limits: &ArtifactLimits,
+) -> Result<tar::Archive<Capped<flate2::read::GzDecoder<&'a [u8]>>>> {
     if archive.len() > limits.max_archive_bytes {
         return Err(invalid(format!(
             "archive of {} bytes is over the limit of {}",
@@ -230,6 +249,54 @@ pub fn unpack_archive(archive: &[u8], target: &Path, limits: &ArtifactLimits) ->
             limits.max_archive_bytes
         )));
     }
+    // The tar stream (headers included) may not exceed the tree limit plus
+    // room for one header per entry.
+    let stream_limit = limits
+        .max_tree_bytes
+        .saturating_add(1024 * (limits.max_entries as u64 + 2));
+    Ok(tar::Archive::new(Capped {
+        inner: flate2::read::GzDecoder::new(archive),
+        read: 0,
+        limit: stream_limit,
+    }))
+}
+
+/// Every entry of `archive` whose path breaks the name rules of
+/// [`schemas::tree_path`], in archive order; nothing is written. Fails as
+/// [`unpack_archive`] does on an archive over the limits or not a
+/// `.tar.gz`.
+pub fn refused_names(archive: &[u8], limits: &ArtifactLimits) -> Result<Vec<RefusedName>> {
+    let mut tar = tar_stream(archive, limits)?;
+    let (mut out, mut entries) = (Vec::new(), 0usize);
+    for entry in tar.entries()? {
+        let entry = entry?;
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(invalid(format!(
+                "archive has more than {} entries",
+                limits.max_entries
+            )));
+        }
+        let raw = entry.path()?;
+        if let Err(schemas::Error::InvalidName { why, .. }) = schemas::check_tree_path(&raw) {
+            out.push(RefusedName {
+                path: raw.to_string_lossy().into_owned(),
+                why: why.to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Unpacks a `.tar.gz` into `target`, which must be an empty directory
+/// (created if missing). Refuses, before writing anything of the offending
+/// entry: absolute paths, `..`, a name the rules of [`schemas::tree_path`]
+/// refuse, links, special files, more than
+/// `max_entries` entries, more than `max_tree_bytes` written, an archive
+/// over `max_archive_bytes`. On an error what was written so far stays in
+/// `target`; callers unpack into a directory of their own and drop it.
+pub fn unpack_archive(archive: &[u8], target: &Path, limits: &ArtifactLimits) -> Result<Unpacked> {
+    let mut tar = tar_stream(archive, limits)?;
     std::fs::create_dir_all(target)?;
     if std::fs::read_dir(target)?.next().is_some() {
         return Err(invalid(format!(
@@ -237,17 +304,6 @@ pub fn unpack_archive(archive: &[u8], target: &Path, limits: &ArtifactLimits) ->
             target.display()
         )));
     }
-    // The tar stream (headers included) may not exceed the tree limit plus
-    // room for one header per entry.
-    let stream_limit = limits
-        .max_tree_bytes
-        .saturating_add(1024 * (limits.max_entries as u64 + 2));
-    let gz = flate2::read::GzDecoder::new(archive);
-    let mut tar = tar::Archive::new(Capped {
-        inner: gz,
-        read: 0,
-        limit: stream_limit,
-    });
     let (mut files, mut written, mut entries) = (0u64, 0u64, 0usize);
     for entry in tar.entries()? {
         let mut entry = entry?;

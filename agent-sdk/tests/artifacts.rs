@@ -323,3 +323,69 @@ fn hostile_archives_are_refused_before_anything_escapes() {
     assert_eq!(s, "hello");
     let _ = f.flush();
 }
+
+#[test]
+fn option_shaped_and_git_shaped_names_are_refused_at_unpack_naming_the_file() {
+    use agent_sdk::artifacts::refused_names;
+    use tar::EntryType::{Directory, Regular};
+    let d = ArtifactLimits::default();
+    for (name, kind, rule) in [
+        ("--require=evil.js", Regular, "starting with '-'"),
+        ("src/-e", Regular, "starting with '-'"),
+        (".git", Directory, "git's own"),
+        (".git/config", Regular, "git's own"),
+        ("vendor/dep/.git", Regular, "git's own"),
+        ("sub/.GIT/HEAD", Regular, "git's own"),
+        (".gitattributes", Regular, "git's own"),
+        ("docs/.gitattributes", Regular, "git's own"),
+        (".gitmodules", Regular, "git's own"),
+        (".gitconfig", Regular, "git's own"),
+        ("hooks/pre-commit", Regular, "git hook"),
+        (".husky/pre-push", Regular, "git hook"),
+    ] {
+        let bytes = archive(&[
+            ("README.md", Regular, "", b"fine"),
+            (name, kind, "", b""),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        let e = unpack_archive(&bytes, &target, &d).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{name:?}")) && e.contains(rule),
+            "{name}: {e}"
+        );
+        // Nothing of the refused entry was written.
+        let top = name.split('/').next().unwrap();
+        assert!(!target.join(top).exists(), "{name} written");
+        let found = refused_names(&bytes, &d).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, name);
+        assert!(found[0].why.contains(rule), "{found:?}");
+    }
+    // All of an archive's refused names are listed, the rest are not.
+    let bytes = archive(&[
+        ("a.txt", Regular, "", b"1"),
+        ("-x", Regular, "", b"2"),
+        ("b/.gitmodules", Regular, "", b"3"),
+    ]);
+    let names: Vec<String> = refused_names(&bytes, &d)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(names, ["-x", "b/.gitmodules"]);
+    assert!(refused_names(b"not gzip", &d).is_err());
+}
+
+#[test]
+fn packing_refuses_git_shaped_and_option_shaped_names() {
+    let d = ArtifactLimits::default();
+    for name in [".git/HEAD", "sub/.gitattributes", "--help", "hooks/post-checkout"] {
+        let dir = tempfile::tempdir().unwrap();
+        project(dir.path());
+        write(dir.path(), name, "x");
+        let e = pack_dir(dir.path(), &d).unwrap_err().to_string();
+        assert!(e.contains("project file path"), "{name}: {e}");
+        assert!(e.contains(&name.split('/').next().unwrap().to_string()), "{name}: {e}");
+    }
+}

@@ -5,7 +5,8 @@
 //! ([`envelope`], [`dead_letter`]), the registry record ([`registry`]), the
 //! codecs ([`codec`]), and the contracts between the orchestrator and the
 //! agents: the stage input ([`stage_input`]) and the task-id grammar
-//! ([`task_id`]); plus stream entry ids ([`entry_id`]). This crate does no I/O, so any process — an agent, the
+//! ([`task_id`]); plus stream entry ids ([`entry_id`]) and the name rules of
+//! a file inside a project tree ([`tree_path`]). This crate does no I/O, so any process — an agent, the
 //! orchestrator, a test, a tool in another language reading `PROTOCOL.md` —
 //! agrees on the same bytes.
 
@@ -21,6 +22,7 @@ pub mod names;
 pub mod registry;
 pub mod stage_input;
 pub mod task_id;
+pub mod tree_path;
 
 pub use codec::{DecodeLimits, Encoding};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
@@ -32,6 +34,7 @@ pub use names::{AgentType, Namespace};
 pub use registry::{AgentRecord, AgentStatus};
 pub use stage_input::{StageInput, TaskInput};
 pub use task_id::{TaskId, TaskKind};
+pub use tree_path::check_tree_path;
 
 /// The protocol version written into every envelope (`"v": 1`). A reader
 /// rejects any other value: a task of an unknown version is dead-lettered,

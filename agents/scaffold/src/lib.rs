@@ -14,6 +14,13 @@
 //! input always gives the same artifact digest. An unknown template, an
 //! invalid name or an unsafe extra path is refused as invalid input, with a
 //! message naming the problem.
+//!
+//! An extra file's path must be relative, inside the project, at most 200
+//! bytes, without `\`, and pass the name rules of
+//! `agent_sdk::schemas::tree_path` (the artifact store's): no component
+//! starting with `-`, no `.git` (file or directory, any depth),
+//! `.gitmodules`, `.gitattributes`, `.gitconfig` or git hook, no control
+//! character. Later stages hand these names to `git` and to toolchains.
 
 pub mod templates;
 
@@ -125,13 +132,15 @@ fn check_extra_path(path: &str) -> Result<(), AgentError> {
         && path.len() <= 200
         && p.components().all(|c| matches!(c, Component::Normal(_)))
         && !path.contains('\\');
-    if normal {
-        Ok(())
-    } else {
-        Err(AgentError::invalid_input(format!(
+    if !normal {
+        return Err(AgentError::invalid_input(format!(
             "extra file path {path:?} must be relative, inside the project, without '..'"
-        )))
+        )));
     }
+    // The artifact store refuses these names too; refusing them here says
+    // so at once, naming the file, instead of failing at packing.
+    agent_sdk::schemas::check_tree_path(p)
+        .map_err(|e| AgentError::invalid_input(format!("extra file refused: {e}")))
 }
 
 /// Writes the project of `req` under `dir`; returns its files, sorted.

@@ -173,6 +173,64 @@ async fn the_same_request_gives_the_same_artifact_and_bad_ones_say_why() {
     worker.shutdown().await;
 }
 
+/// The attack on the integration agent started here: a `.gitconfig` and a
+/// `.gitattributes` among a scaffold's extra files (a filter git would run
+/// on `git add`), and file names that a toolchain would read as options.
+/// Each is refused as invalid input naming the file, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_shaped_and_option_shaped_extra_files_are_refused_naming_the_file() {
+    let redis = TestRedis::start();
+    let client = Client::connect(&redis.url(), "scaf-names").await.unwrap();
+    let worker = RunningWorker::spawn(
+        ScaffoldAgent::new(client.artifacts()),
+        "scaffold",
+        worker_config(&redis, "scaf-names"),
+    );
+    let filter = "[filter \"x\"]\n\tclean = touch /tmp/pwned && cat\n";
+    for (path, body, rule) in [
+        (".gitconfig", filter, "git's own"),
+        (".gitattributes", "* filter=x\n", "git's own"),
+        ("sub/.gitattributes", "* filter=x\n", "git's own"),
+        (".git/config", filter, "git's own"),
+        ("vendor/x/.git", "gitdir: /tmp/elsewhere\n", "git's own"),
+        (".gitmodules", "[submodule \"s\"]\n", "git's own"),
+        ("hooks/pre-commit", "#!/bin/sh\n", "git hook"),
+        ("--require=evil.js", "1", "starting with '-'"),
+        ("src/-m.py", "1", "starting with '-'"),
+    ] {
+        let r = submit(
+            &client,
+            json!({ "name": "ok", "template": "node-service", "extras": { path: body } }),
+        )
+        .await;
+        assert_eq!(r.status, TaskStatus::DeadLettered, "{path}: {r:?}");
+        let err = r.error.unwrap();
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{err:?}");
+        assert!(
+            err.message.contains(&format!("{path:?}")) && err.message.contains(rule),
+            "{path}: {}",
+            err.message
+        );
+    }
+    // Nothing was stored for any of them.
+    let stored = || -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg("scaf-names:artifact:*")
+            .query(&mut redis.connection())
+            .unwrap()
+    };
+    assert!(stored().is_empty(), "{:?}", stored());
+    // An ordinary dot-file still passes.
+    let ok = submit(
+        &client,
+        json!({ "name": "ok", "template": "node-service", "extras": { ".editorconfig": "root = true\n" } }),
+    )
+    .await;
+    assert_eq!(ok.status, TaskStatus::Succeeded, "{ok:?}");
+    assert_eq!(stored().len(), 1, "the pattern finds a stored artifact");
+    worker.shutdown().await;
+}
+
 /// The binary exits 64 on bad configuration, like every binary of the
 /// project, naming the flag and never printing a password.
 #[test]
