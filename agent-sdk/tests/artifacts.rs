@@ -343,10 +343,7 @@ fn option_shaped_and_git_shaped_names_are_refused_at_unpack_naming_the_file() {
         ("hooks/pre-commit", Regular, "git hook"),
         (".husky/pre-push", Regular, "git hook"),
     ] {
-        let bytes = archive(&[
-            ("README.md", Regular, "", b"fine"),
-            (name, kind, "", b""),
-        ]);
+        let bytes = archive(&[("README.md", Regular, "", b"fine"), (name, kind, "", b"")]);
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("t");
         let e = unpack_archive(&bytes, &target, &d).unwrap_err().to_string();
@@ -380,12 +377,20 @@ fn option_shaped_and_git_shaped_names_are_refused_at_unpack_naming_the_file() {
 #[test]
 fn packing_refuses_git_shaped_and_option_shaped_names() {
     let d = ArtifactLimits::default();
-    for name in [".git/HEAD", "sub/.gitattributes", "--help", "hooks/post-checkout"] {
+    for name in [
+        ".git/HEAD",
+        "sub/.gitattributes",
+        "--help",
+        "hooks/post-checkout",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         project(dir.path());
         write(dir.path(), name, "x");
         let e = pack_dir(dir.path(), &d).unwrap_err().to_string();
         assert!(e.contains("project file path"), "{name}: {e}");
-        assert!(e.contains(&name.split('/').next().unwrap().to_string()), "{name}: {e}");
+        assert!(
+            e.contains(&name.split('/').next().unwrap().to_string()),
+            "{name}: {e}"
+        );
     }
 }

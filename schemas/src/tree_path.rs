@@ -27,7 +27,13 @@ use std::path::{Component, Path};
 pub const MAX_TREE_PATH_LEN: usize = 1024;
 
 /// Names git reads from a work tree, compared after [`fold`].
-const GIT_NAMES: [&str; 5] = [".git", "git~1", ".gitmodules", ".gitattributes", ".gitconfig"];
+const GIT_NAMES: [&str; 5] = [
+    ".git",
+    "git~1",
+    ".gitmodules",
+    ".gitattributes",
+    ".gitconfig",
+];
 
 /// Directories whose files a hook manager points `core.hooksPath` at.
 const HOOK_DIRS: [&str; 3] = ["hooks", ".githooks", ".husky"];
@@ -130,9 +136,7 @@ mod tests {
     use super::*;
 
     fn refused(p: &str) -> String {
-        check_tree_path(Path::new(p))
-            .expect_err(p)
-            .to_string()
+        check_tree_path(Path::new(p)).expect_err(p).to_string()
     }
 
     #[test]

@@ -16,6 +16,15 @@
 //! repository. Repositories of one repos directory are written by one
 //! process at a time (an in-process lock per repository); run one
 //! integration agent per repos directory.
+//!
+//! Git runs without ambient configuration ([`git`]): a private empty home,
+//! no global or system config, attributes from the empty tree (so no
+//! `.gitattributes` selects a filter), hooks, fsmonitor, submodules and
+//! every transport off. The artifact's names passed the artifact store's
+//! rules (no `.git`, `.gitattributes`, `.gitmodules`, `.gitconfig`, hook,
+//! or name starting with `-`).
+
+pub mod git;
 
 use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
@@ -23,11 +32,11 @@ use agent_toolkit::{
     ArtifactField, Checked, Loose, NamesArtifact, artifact_of, check_project_name, extra_as, loose,
     unpack_private,
 };
+use git::{Git, GitError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 /// What was integrated.
@@ -82,38 +91,6 @@ pub fn project_named(input: &Input) -> Option<String> {
         TaskInput::Stage(s) => extra_as::<Request, _>(s)
             .and_then(|own| own.project().map(str::to_owned))
             .or_else(|| s.input.project().map(str::to_owned)),
-    }
-}
-
-/// A git failure: the command and what it printed.
-#[derive(Debug)]
-struct GitError(String);
-
-fn git(repo: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(repo)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", repo)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "integration-agent")
-        .env("GIT_AUTHOR_EMAIL", "integration-agent@localhost")
-        .env("GIT_COMMITTER_NAME", "integration-agent")
-        .env("GIT_COMMITTER_EMAIL", "integration-agent@localhost")
-        .env("GIT_AUTHOR_DATE", "2000-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2000-01-01T00:00:00Z")
-        .output()
-        .map_err(|e| GitError(format!("git {}: {e}", args.join(" "))))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(GitError(format!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
     }
 }
 
@@ -210,59 +187,58 @@ pub fn integrate(
     message: &str,
 ) -> Result<String, AgentError> {
     let fail = |e: GitError| AgentError::retryable(e.0);
+    // Every git call of this function goes through `git` (see [`git`]).
+    let git = Git::new(repo)
+        .map_err(|e| AgentError::retryable(format!("no private home for git: {e}")))?;
     if !repo.join(".git").is_dir() {
         std::fs::create_dir_all(repo)
             .map_err(|e| AgentError::retryable(format!("creating {}: {e}", repo.display())))?;
-        git(repo, &["init", "-q", "-b", main]).map_err(fail)?;
-        git(
-            repo,
-            &["commit", "-q", "--allow-empty", "-m", "Initial commit"],
-        )
-        .map_err(fail)?;
+        git.run(&["init", "-q", "-b", main]).map_err(fail)?;
+        git.run(&["commit", "-q", "--allow-empty", "-m", "Initial commit"])
+            .map_err(fail)?;
     }
     // Start clean on main (a crash may have left anything).
-    let _ = git(repo, &["merge", "--abort"]);
-    git(repo, &["checkout", "-q", "-f", main]).map_err(fail)?;
-    git(repo, &["clean", "-fdq"]).map_err(fail)?;
+    let _ = git.run(&["merge", "--abort"]);
+    git.run(&["checkout", "-q", "-f", main, "--"])
+        .map_err(fail)?;
+    git.run(&["clean", "-fdq"]).map_err(fail)?;
     // The workflow's branch: kept if it exists (a stage run again commits
     // on top of it), else started from main.
-    if git(
-        repo,
-        &[
+    if git
+        .run(&[
             "rev-parse",
             "--verify",
             "-q",
             &format!("refs/heads/{branch}"),
-        ],
-    )
-    .is_ok()
+        ])
+        .is_ok()
     {
-        git(repo, &["checkout", "-q", branch]).map_err(fail)?;
+        git.run(&["checkout", "-q", branch, "--"]).map_err(fail)?;
     } else {
-        git(repo, &["checkout", "-q", "-b", branch]).map_err(fail)?;
+        git.run(&["checkout", "-q", "-b", branch]).map_err(fail)?;
     }
     // The branch's tree becomes exactly the artifact's.
-    git(repo, &["rm", "-rqf", "--ignore-unmatch", "."]).map_err(fail)?;
-    git(repo, &["clean", "-fdq"]).map_err(fail)?;
+    git.run(&["rm", "-rqf", "--ignore-unmatch", "."])
+        .map_err(fail)?;
+    git.run(&["clean", "-fdq"]).map_err(fail)?;
     copy_tree(tree, repo).map_err(|e| AgentError::retryable(format!("copying the tree: {e}")))?;
-    git(repo, &["add", "-A"]).map_err(fail)?;
-    if git(repo, &["diff", "--cached", "--quiet"]).is_err() {
-        git(repo, &["commit", "-q", "-m", message]).map_err(fail)?;
+    git.run(&["add", "-A"]).map_err(fail)?;
+    if git.run(&["diff", "--cached", "--quiet"]).is_err() {
+        git.run(&["commit", "-q", "-m", message]).map_err(fail)?;
     }
-    git(repo, &["checkout", "-q", main]).map_err(fail)?;
-    if let Err(e) = git(
-        repo,
-        &[
-            "merge",
-            "--no-ff",
-            "-q",
-            "-m",
-            &format!("Merge {branch}"),
-            branch,
-        ],
-    ) {
-        let files = git(repo, &["diff", "--name-only", "--diff-filter=U"]).unwrap_or_default();
-        let _ = git(repo, &["merge", "--abort"]);
+    git.run(&["checkout", "-q", main, "--"]).map_err(fail)?;
+    if let Err(e) = git.run(&[
+        "merge",
+        "--no-ff",
+        "-q",
+        "-m",
+        &format!("Merge {branch}"),
+        branch,
+    ]) {
+        let files = git
+            .run(&["diff", "--name-only", "--diff-filter=U"])
+            .unwrap_or_default();
+        let _ = git.run(&["merge", "--abort"]);
         if files.is_empty() {
             return Err(fail(e));
         }
@@ -271,7 +247,7 @@ pub fn integrate(
             files.lines().collect::<Vec<_>>().join(", ")
         )));
     }
-    git(repo, &["rev-parse", "HEAD"]).map_err(fail)
+    git.run(&["rev-parse", "HEAD"]).map_err(fail)
 }
 
 /// The agent.
@@ -333,7 +309,14 @@ impl Agent for IntegrationAgent {
             .artifacts
             .put_dir(out.path())
             .await
-            .map_err(|e| AgentError::retryable(format!("storing the committed tree: {e}")))?;
+            .map_err(|e| match e {
+                // The main branch holds what no artifact may (a name the
+                // rules refuse, committed before they existed): no retry mends it.
+                agent_sdk::Error::Artifact(m) => {
+                    AgentError::permanent(format!("the committed tree is refused: {m}"))
+                }
+                other => AgentError::retryable(format!("storing the committed tree: {other}")),
+            })?;
         Ok(Integrated {
             project,
             branch,
