@@ -8,7 +8,20 @@
 //! that is neither is refused as invalid input. Output: the
 //! findings (file, line, severity, rule, message). Any error-level finding
 //! fails the task permanently, carrying the findings in its details.
+//!
+//! File names are input too. Before unpacking, every path of the archive
+//! is held to the artifact store's name rules
+//! (`agent_sdk::schemas::tree_path`: no component starting with `-`, no
+//! `.git` at any depth, `.gitmodules`, `.gitattributes`, `.gitconfig` or
+//! git hook); each one that breaks them is an error finding of rule
+//! `file_name` naming the file, and nothing is unpacked or run.
+//! [`check_tree`] applies the same rule to a tree on disk. A name never
+//! becomes an option of a checker: `node --check -- ./<file>`,
+//! `python3 -I -m py_compile ./<file>` (`-I`: a project's own
+//! `py_compile.py` is not imported) and
+//! `cargo check --manifest-path ./Cargo.toml`.
 
+use agent_sdk::artifacts::refused_names;
 use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
 pub use agent_toolkit::Language;
@@ -120,6 +133,44 @@ fn files_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Error findings of rule `file_name` for every path under `root` that
+/// breaks the name rules (the topmost only: nothing below a refused
+/// directory is listed); their files, to be left unchecked.
+fn bad_names(root: &Path) -> std::io::Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&d))? {
+            let e = e?;
+            let relative = d.join(e.file_name());
+            match agent_sdk::schemas::check_tree_path(&relative) {
+                Err(agent_sdk::schemas::Error::InvalidName { why, .. }) => {
+                    out.push(name_finding(&relative.to_string_lossy(), why));
+                }
+                _ if e.file_type()?.is_dir() => stack.push(relative),
+                _ => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
+}
+
+fn name_finding(file: &str, why: &str) -> Finding {
+    finding(
+        file,
+        None,
+        Severity::Error,
+        "file_name",
+        format!("file name refused: it {why}"),
+    )
+}
+
+/// A relative file as an argument no program reads as an option.
+fn dot_slash(name: &str) -> String {
+    format!("./{name}")
+}
+
 fn rel(root: &Path, p: &Path) -> String {
     p.strip_prefix(root)
         .unwrap_or(p)
@@ -127,7 +178,38 @@ fn rel(root: &Path, p: &Path) -> String {
         .into_owned()
 }
 
-fn syntax(dir: &Path, file: &str, program: &str, args: &[&str], out: &mut Vec<Finding>) {
+/// The syntax check of `file` (relative to the project root; ignored for
+/// Rust, whose check is the whole crate's): program and arguments. A file
+/// name is always after `--` or behind `./`, so it is never an option; the
+/// interpreter never imports from the project on its own (`python3 -I`).
+pub fn syntax_command(language: Language, file: &str) -> (&'static str, Vec<String>) {
+    let strs = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    match language {
+        Language::Rust => (
+            "cargo",
+            strs(&[
+                "check",
+                "--offline",
+                "--quiet",
+                "--all-targets",
+                "--manifest-path",
+                "./Cargo.toml",
+            ]),
+        ),
+        // -I: isolated, so the project directory is not on the path and a
+        // project's own `py_compile.py` is not imported.
+        Language::Python => (
+            "python3",
+            strs(&["-I", "-m", "py_compile", &dot_slash(file)]),
+        ),
+        Language::Node => ("node", strs(&["--check", "--", &dot_slash(file)])),
+    }
+}
+
+fn syntax(dir: &Path, file: &str, language: Language, out: &mut Vec<Finding>) {
+    let (program, args) = syntax_command(language, file);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args.as_slice();
     let target = dir.join(".validation-target");
     let target = target.to_string_lossy();
     let env = [
@@ -196,8 +278,13 @@ fn check_manifest(root: &Path, file: &str, section: Option<&str>, out: &mut Vec<
 
 /// Checks the project unpacked at `root`.
 pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<Finding>)> {
-    let mut out = Vec::new();
-    let files = files_under(root)?;
+    let mut out = bad_names(root)?;
+    let refused: Vec<PathBuf> = out.iter().map(|f| root.join(&f.file)).collect();
+    // A refused file is named, never read or handed to a checker.
+    let files: Vec<PathBuf> = files_under(root)?
+        .into_iter()
+        .filter(|p| !refused.iter().any(|r| p.starts_with(r)))
+        .collect();
     let has = |p: &str| root.join(p).is_file();
     let language = Language::detect(root);
 
@@ -263,13 +350,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
                 ));
             }
             if !out.iter().any(|f| f.severity == Severity::Error) {
-                syntax(
-                    root,
-                    "Cargo.toml",
-                    "cargo",
-                    &["check", "--offline", "--quiet", "--all-targets"],
-                    &mut out,
-                );
+                syntax(root, "Cargo.toml", Language::Rust, &mut out);
             }
         }
         Some(Language::Python) => {
@@ -278,14 +359,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
                 .iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "py"))
             {
-                let name = rel(root, p);
-                syntax(
-                    root,
-                    &name,
-                    "python3",
-                    &["-m", "py_compile", &name],
-                    &mut out,
-                );
+                syntax(root, &rel(root, p), Language::Python, &mut out);
             }
         }
         Some(Language::Node) => {
@@ -294,8 +368,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
                 .iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "js"))
             {
-                let name = rel(root, p);
-                syntax(root, &name, "node", &["--check", &name], &mut out);
+                syntax(root, &rel(root, p), Language::Node, &mut out);
             }
         }
     }
@@ -321,18 +394,52 @@ impl ValidationAgent {
     }
 }
 
+impl ValidationAgent {
+    /// A finding for each path of artifact `sha` that the name rules
+    /// refuse. Unpacking would stop at the first with an error; listing
+    /// them first lets the stage fail with findings naming every one.
+    async fn refused_names(&self, sha: &str) -> Result<Vec<Finding>, AgentError> {
+        let bytes = match self.artifacts.get(sha).await {
+            Ok(Some(b)) => b,
+            // Unpacking says what is wrong with it, as for every agent.
+            Ok(None) | Err(agent_sdk::Error::Artifact(_) | agent_sdk::Error::Protocol(_)) => {
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                return Err(AgentError::retryable(format!(
+                    "reading artifact {sha}: {e}"
+                )));
+            }
+        };
+        let limits = *self.artifacts.limits();
+        let names = tokio::task::spawn_blocking(move || refused_names(&bytes, &limits))
+            .await
+            .map_err(|e| AgentError::retryable(format!("reading the archive stopped: {e}")))?;
+        // An archive that cannot be read is refused by unpacking, with its reason.
+        Ok(names
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| name_finding(&r.path, &r.why))
+            .collect())
+    }
+}
+
 impl Agent for ValidationAgent {
     type Input = Checked<TaskInput<ArtifactRequest, Unread>>;
     type Output = Report;
 
     async fn handle(&self, _ctx: &TaskContext, input: Self::Input) -> Result<Report, AgentError> {
         let sha = artifact_of(&input.into_result("bad input")?)?;
-        let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
-        let checked = tokio::task::spawn_blocking(move || check_tree(&root))
-            .await
-            .map_err(|e| AgentError::retryable(format!("checking stopped: {e}")))?
-            .map_err(|e| AgentError::retryable(format!("reading the project: {e}")))?;
-        let (language, files, findings) = checked;
+        let (language, files, findings) = match self.refused_names(&sha).await? {
+            refused if !refused.is_empty() => (None, 0, refused),
+            _ => {
+                let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
+                tokio::task::spawn_blocking(move || check_tree(&root))
+                    .await
+                    .map_err(|e| AgentError::retryable(format!("checking stopped: {e}")))?
+                    .map_err(|e| AgentError::retryable(format!("reading the project: {e}")))?
+            }
+        };
         let report = Report {
             artifact: sha,
             language,

@@ -9,8 +9,12 @@ use agent_sdk::{Client, EnqueueOptions};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
-use validation_agent::{Finding, Report, Severity, ValidationAgent, check_tree};
+use validation_agent::{
+    Finding, Language, Report, Severity, ValidationAgent, check_tree, syntax_command,
+};
 
 fn project(template: &str, extras: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -176,5 +180,167 @@ async fn the_agent_fails_permanently_with_its_findings() {
     assert!(r.error.unwrap().message.contains("not found"));
     let r = run(json!({ "nothing": 1 })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
+    worker.shutdown().await;
+}
+
+/// A `.tar.gz` with entries written byte by byte: the tar crate refuses to
+/// build hostile paths, attackers do not (and scaffold refuses them, so a
+/// crafted archive is how they would arrive).
+fn crafted(entries: &[(&str, &str)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    for (name, body) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append(&h, body.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// JavaScript that creates `marker` when it runs.
+fn touches(marker: &Path) -> String {
+    format!(
+        "require('fs').writeFileSync({:?}, 'ran')\n",
+        marker.display().to_string()
+    )
+}
+
+/// The demonstrated attack: a file named `--require=evil.js` became an
+/// option of `node --check`, which preloaded `node_modules/evil.js`. On a
+/// tree on disk (unpacking would refuse it first) the name is a finding and
+/// the preload never runs; and the checker's arguments keep even such a
+/// name an operand, run for real with the same node.
+#[test]
+fn an_option_shaped_file_name_is_a_finding_and_never_an_option() {
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("preloaded");
+    let dir = project("node-service", &[]);
+    std::fs::write(dir.path().join("--require=evil.js"), "let fine = 1\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("node_modules")).unwrap();
+    std::fs::write(dir.path().join("node_modules/evil.js"), touches(&marker)).unwrap();
+    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let named: Vec<(&str, &str)> = errors(&findings)
+        .iter()
+        .map(|f| (f.file.as_str(), f.rule.as_str()))
+        .collect();
+    assert_eq!(named, [("--require=evil.js", "file_name")], "{findings:#?}");
+    assert!(
+        findings[0].message.contains("starting with '-'"),
+        "{findings:#?}"
+    );
+    assert!(!marker.exists(), "evil.js ran");
+
+    // The arguments the check would give node for that very name.
+    let (program, args) = syntax_command(Language::Node, "--require=evil.js");
+    let out = Command::new(program)
+        .args(&args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists(), "evil.js ran with {args:?}");
+    // The control: as an option, the same name preloads the module.
+    let out = Command::new("node")
+        .args(["--check", "--require=evil.js"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(marker.exists(), "the control did not preload: {out:?}");
+}
+
+/// `python3 -m py_compile` imported `py_compile` from the project
+/// directory first; `-I` keeps the project off the path.
+#[test]
+fn a_project_py_compile_module_is_never_imported() {
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("imported");
+    let planted = format!(
+        "open({:?}, 'w').write('ran')\n",
+        marker.display().to_string()
+    );
+    let dir = project("python-package", &[("py_compile.py", planted.as_str())]);
+    let (lang, _, findings) = check_tree(dir.path()).unwrap();
+    assert_eq!(lang, Some(Language::Python));
+    assert!(errors(&findings).is_empty(), "{findings:#?}");
+    assert!(!marker.exists(), "the project's py_compile.py ran");
+    // The control: without -I the planted module is what runs.
+    Command::new("python3")
+        .args(["-m", "py_compile", "./README.md"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        marker.exists(),
+        "the control did not import the planted module"
+    );
+}
+
+/// A crafted archive with option-shaped and git-shaped names: the stage
+/// fails permanently with a finding naming each file, and nothing in it
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_in_an_artifact_fail_the_stage_with_findings_naming_them() {
+    let redis = TestRedis::start();
+    let client = Client::connect(&redis.url(), "val-names").await.unwrap();
+    let worker = RunningWorker::spawn(
+        ValidationAgent::new(client.artifacts()),
+        "validation",
+        worker_config(&redis, "val-names"),
+    );
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("preloaded");
+    let evil = touches(&marker);
+    let archive = crafted(&[
+        ("package.json", "{\"name\": \"demo-app\"}"),
+        ("src/index.js", "module.exports = 1\n"),
+        ("--require=evil.js", "let fine = 1\n"),
+        ("node_modules/evil.js", evil.as_str()),
+        (".git/config", "[core]\n\thooksPath = hooks\n"),
+        ("lib/.gitattributes", "* filter=x\n"),
+    ]);
+    let sha = client.artifacts().put_archive(&archive).await.unwrap();
+    let t = AgentType::new("validation").unwrap();
+    let e = client
+        .enqueue(&t, &json!({ "artifact": sha }), EnqueueOptions::default())
+        .await
+        .unwrap();
+    let r = client
+        .wait_for_result(&t, &e.task_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::DeadLettered, "{r:?}");
+    let err = r.error.unwrap();
+    assert_eq!(err.kind, ErrorKind::Permanent, "{err:?}");
+    assert!(
+        err.message
+            .starts_with("3 error(s); first: --require=evil.js: file name refused"),
+        "{}",
+        err.message
+    );
+    let findings: Vec<Finding> =
+        serde_json::from_value(err.details.unwrap()["findings"].clone()).unwrap();
+    let named: Vec<(&str, &str)> = findings
+        .iter()
+        .map(|f| (f.file.as_str(), f.rule.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("--require=evil.js", "file_name"),
+            (".git/config", "file_name"),
+            ("lib/.gitattributes", "file_name"),
+        ]
+    );
+    assert!(!marker.exists(), "evil.js ran");
     worker.shutdown().await;
 }
