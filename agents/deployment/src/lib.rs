@@ -8,18 +8,24 @@
 //! Input ([`Request`]): the artifact (directly, or from the stage it depends
 //! on — the integration stage's output, whose `commit` labels the release),
 //! the app name (`app`, `project` or `name`), and `action` (`deploy`, the
-//! default, or `rollback`). As a workflow stage, each field is read from the
-//! stage input's own fields (a compensation's, e.g. `"action": "rollback"`),
-//! else the workflow input, else the outputs of the stages it depends on
-//! (see [`asked`]). Only the agent's configuration chooses a directory; the
-//! app name must pass the name rules.
+//! default, or `rollback`). As a workflow stage, the agent decides from
+//! trusted fields only ([`asked`]): the action from the definition's
+//! `compensate.input`, the commit from the integration's output, the app
+//! from the project (the integration's `project`, else the artifact's
+//! manifest name); an app in the workflow input that differs is refused.
+//! A release id is the first 12 characters of a label that must be a
+//! commit id (7–64 hex digits) or the artifact's digest. Only the agent's
+//! configuration chooses a directory; the app name must pass the name
+//! rules. The smoke check names what it loads by argument
+//! (`node -e <fixed code> ./src/index.js`,
+//! `python3 -I -B -c <fixed code> <package>`), never inside code.
 
-use agent_sdk::schemas::TaskInput;
+pub mod asked;
+
+pub use asked::{Asked, Input, Request, asked};
+
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{
-    ArtifactField, Checked, Language, Loose, NamesArtifact, artifact_of, check_project_name,
-    dep_outputs, extra_as, loose, run, unpack_private,
-};
+use agent_toolkit::{Checked, Language, artifact_of, check_project_name, run, unpack_private};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,85 +52,6 @@ pub struct Deployed {
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> AgentError + '_ {
     move |e| AgentError::retryable(format!("{what}: {e}"))
-}
-
-fn check_app(name: &str) -> Result<(), AgentError> {
-    check_project_name("app", name)
-}
-
-/// What a deployment task says, sent directly; and how its fields are read
-/// from each place of a stage input (see [`asked`]). A field of another
-/// type reads as absent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Request {
-    /// The artifact to deploy (direct inputs; see [`artifact_of`]).
-    #[serde(default, deserialize_with = "loose")]
-    pub artifact: Option<ArtifactField>,
-    /// `deploy` (the default) or `rollback`.
-    #[serde(default, deserialize_with = "loose")]
-    pub action: Option<String>,
-    /// The app.
-    #[serde(default, deserialize_with = "loose")]
-    pub app: Option<String>,
-    /// The app, when `app` is not given.
-    #[serde(default, deserialize_with = "loose")]
-    pub project: Option<String>,
-    /// The app, when neither `app` nor `project` is given.
-    #[serde(default, deserialize_with = "loose")]
-    pub name: Option<String>,
-    /// The commit labelling the release (the integration's output has it).
-    #[serde(default, deserialize_with = "loose")]
-    pub commit: Option<String>,
-}
-
-impl Request {
-    fn app(&self) -> Option<&str> {
-        self.app
-            .as_deref()
-            .or(self.project.as_deref())
-            .or(self.name.as_deref())
-    }
-}
-
-impl NamesArtifact for Request {
-    fn artifact(&self) -> Option<&ArtifactField> {
-        self.artifact.as_ref()
-    }
-}
-
-/// A deployment task's input.
-pub type Input = TaskInput<Request, Loose<Request>>;
-
-/// What a task asks for, its artifact aside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Asked {
-    /// The action, `deploy` when none is given.
-    pub action: String,
-    /// The app name, unchecked.
-    pub app: Option<String>,
-    /// The commit to label the release with.
-    pub commit: Option<String>,
-}
-
-/// What `input` asks for. Each field comes from the first place that has
-/// it: a direct input; for a stage, its own fields (a compensation's), the
-/// workflow input, then the outputs of the stages it depends on, by name.
-pub fn asked(input: &Input) -> Asked {
-    let places: Vec<Request> = match input {
-        TaskInput::Direct(req) => vec![req.clone()],
-        TaskInput::Stage(s) => extra_as::<Request, _>(s)
-            .into_iter()
-            .chain([s.input.0.clone()])
-            .chain(dep_outputs::<Request, _>(s))
-            .collect(),
-    };
-    let first =
-        |pick: fn(&Request) -> Option<&str>| places.iter().find_map(|p| pick(p).map(str::to_owned));
-    Asked {
-        action: first(|p| p.action.as_deref()).unwrap_or_else(|| "deploy".into()),
-        app: first(Request::app),
-        commit: first(|p| p.commit.as_deref()),
-    }
 }
 
 /// One app's releases directory.
@@ -205,26 +132,44 @@ impl App {
     }
 }
 
-/// The project's smoke check in `dir`: does it load?
+/// Loads `src/index.js`, named by the first argument.
+const NODE_SMOKE: &str = "require(require('path').resolve(process.argv[1]))";
+
+/// Imports the package under `src/` named by the first argument. With
+/// `-I` the release directory itself is not on the path, only `src`.
+const PYTHON_SMOKE: &str =
+    "import importlib, sys; sys.path.insert(0, 'src'); importlib.import_module(sys.argv[1])";
+
+/// The project's smoke check in `dir`: does it load? What it loads is
+/// named by an argument of a fixed program, never written into its code:
+/// a directory name is data, whatever it holds.
 fn smoke(dir: &Path) -> Result<(), AgentError> {
     let (program, args): (&str, Vec<String>) = match Language::detect(dir) {
         Some(Language::Node) => (
             "node",
-            vec!["-e".into(), "require('./src/index.js')".into()],
+            vec!["-e".into(), NODE_SMOKE.into(), "./src/index.js".into()],
         ),
         Some(Language::Python) => {
-            let module = std::fs::read_dir(dir.join("src"))
-                .ok()
-                .and_then(|mut d| {
-                    d.find_map(|e| e.ok().filter(|e| e.path().join("__init__.py").is_file()))
-                })
+            let mut packages: Vec<String> = std::fs::read_dir(dir.join("src"))
+                .map_err(|_| AgentError::permanent("smoke check: no src/ directory"))?
+                .filter_map(Result::ok)
+                .filter(|e| e.path().join("__init__.py").is_file())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            // The first by name, so the same tree always checks the same package.
+            packages.sort();
+            let module = packages
+                .into_iter()
+                .next()
                 .ok_or_else(|| AgentError::permanent("smoke check: no package under src/"))?;
             (
                 "python3",
                 vec![
+                    "-I".into(),
+                    "-B".into(),
                     "-c".into(),
-                    format!("import sys; sys.path.insert(0, 'src'); import {module}"),
+                    PYTHON_SMOKE.into(),
+                    module,
                 ],
             )
         }
@@ -373,10 +318,12 @@ impl Agent for DeploymentAgent {
         let asked = asked(&input);
         let releases = self.releases.clone();
         if asked.action == "rollback" {
-            let name = asked
-                .app
-                .ok_or_else(|| AgentError::invalid_input("rollback needs the app name"))?;
-            check_app(&name)?;
+            let name = asked.app.ok_or_else(|| {
+                AgentError::invalid_input(
+                    "rollback needs the app: a direct input's \"app\", or the output of the deployment undone",
+                )
+            })?;
+            check_project_name("app", &name)?;
             return tokio::task::spawn_blocking(move || rollback(&App::new(&releases, &name)))
                 .await
                 .map_err(|e| AgentError::retryable(format!("rollback stopped: {e}")))?;
@@ -388,103 +335,13 @@ impl Agent for DeploymentAgent {
             )));
         }
         let sha = artifact_of(&input)?;
-        let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
-        let Some(name) = asked.app else {
-            return Err(AgentError::invalid_input("no app name: give \"app\""));
-        };
-        check_app(&name)?;
         // Labelled with the integration's commit when there is one.
-        let label = asked.commit.as_deref().unwrap_or(&sha);
-        let id: String = label
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(12)
-            .collect();
+        let id = asked::release_id(asked.commit.as_deref().unwrap_or(&sha))?;
+        let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
+        let name =
+            asked::app_to_deploy(asked.app.as_deref(), asked.requested_app.as_deref(), &tree)?;
         tokio::task::spawn_blocking(move || deploy(&App::new(&releases, &name), &tree, &id))
             .await
             .map_err(|e| AgentError::retryable(format!("deployment stopped: {e}")))?
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use agent_sdk::AgentErrorKind;
-    use serde_json::{Value, json};
-
-    fn read(v: Value) -> Result<Input, AgentError> {
-        serde_json::from_value::<Checked<Input>>(v)
-            .unwrap()
-            .into_result("bad input")
-    }
-
-    fn asked_of(v: Value) -> Asked {
-        asked(&read(v).unwrap())
-    }
-
-    #[test]
-    fn a_direct_input_says_it_all() {
-        let sha = "f".repeat(64);
-        let i = read(json!({ "artifact": sha, "app": "shop", "name": "other" })).unwrap();
-        assert_eq!(artifact_of(&i).unwrap(), sha);
-        assert_eq!(
-            asked(&i),
-            Asked {
-                action: "deploy".into(),
-                app: Some("shop".into()),
-                commit: None
-            }
-        );
-        let a = asked_of(json!({ "action": "rollback", "project": "shop", "commit": 7 }));
-        assert_eq!(
-            (a.action.as_str(), a.app.as_deref(), a.commit),
-            ("rollback", Some("shop"), None)
-        );
-        assert_eq!(asked_of(json!({ "action": "explode" })).action, "explode");
-        let e = read(json!("shop")).unwrap_err();
-        assert_eq!(e.kind(), AgentErrorKind::InvalidInput);
-    }
-
-    #[test]
-    fn a_stage_reads_its_fields_then_the_workflow_input_then_its_dependencies() {
-        let sha = "f".repeat(64);
-        let staged = json!({ "workflow_id": "w1", "stage": "deployment", "input": { "name": "shop" },
-            "deps": { "integration": { "artifact": { "sha256": sha }, "commit": "aaaaaaaaaaaaaaaa1111",
-                                       "project": "other", "branch": "wf/w1" } } });
-        let i = read(staged).unwrap();
-        assert_eq!(artifact_of(&i).unwrap(), sha);
-        assert_eq!(
-            asked(&i),
-            Asked {
-                action: "deploy".into(),
-                app: Some("shop".into()),
-                commit: Some("aaaaaaaaaaaaaaaa1111".into())
-            }
-        );
-        // Without a workflow input the dependency's project names the app.
-        let a = asked_of(
-            json!({ "workflow_id": "w1", "stage": "deployment", "input": null,
-            "deps": { "a": { "findings": [] }, "integration": { "artifact": sha, "project": "shop" } } }),
-        );
-        assert_eq!(a.app.as_deref(), Some("shop"));
-    }
-
-    #[test]
-    fn a_compensation_rolls_back_with_its_own_fields_first() {
-        // As the sdlc's compensation sends it.
-        let undo = json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
-            "input": { "name": "shop" }, "deps": {}, "output": { "action": "deploy", "app": "old" } });
-        let a = asked_of(undo);
-        assert_eq!(
-            (a.action.as_str(), a.app.as_deref()),
-            ("rollback", Some("shop"))
-        );
-        let undo = json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
-            "app": "shop-2", "input": { "name": "shop" }, "deps": {}, "output": {} });
-        assert_eq!(asked_of(undo).app.as_deref(), Some("shop-2"));
-        // The output of the stage undone is not a place fields are read from.
-        let undo = json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
-            "input": {}, "deps": {}, "output": { "app": "shop" } });
-        assert_eq!(asked_of(undo).app, None);
     }
 }

@@ -101,7 +101,9 @@ async fn releases_switch_prune_and_roll_back() {
     assert_eq!(app.history(), ids[ids.len() - 5..].to_vec());
 
     // Rollback, as the sdlc's compensation sends it.
-    let r = ok(send(json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback", "input": { "name": "shop" }, "deps": {}, "output": {} })).await);
+    let r = ok(send(json!({ "workflow_id": "w7", "stage": "deployment", "action": "rollback",
+                            "input": { "name": "shop" }, "deps": { "integration": { "project": "shop" } },
+                            "output": { "action": "deploy", "app": "shop", "release": ids[6] } })).await);
     assert_eq!(
         (r.release.as_str(), r.previous.as_deref()),
         (ids[5].as_str(), Some(ids[6].as_str()))
@@ -132,5 +134,217 @@ async fn releases_switch_prune_and_roll_back() {
     // Names never choose a path.
     let r = send(json!({ "artifact": bad.sha256, "app": "../../etc" })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
+    let r = send(json!({ "action": "rollback", "app": "../../etc" })).await;
+    assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
     worker.shutdown().await;
+}
+
+/// What a test of trusted fields needs: a worker, a releases directory and
+/// a way to send one task and wait for its result.
+struct Kit {
+    client: Client,
+    releases: tempfile::TempDir,
+    worker: RunningWorker,
+}
+
+impl Kit {
+    async fn start(redis: &TestRedis, ns: &str) -> Self {
+        let client = Client::connect(&redis.url(), ns).await.unwrap();
+        let releases = tempfile::tempdir().unwrap();
+        let worker = RunningWorker::spawn(
+            DeploymentAgent::new(client.artifacts(), releases.path().to_owned()),
+            "deployment",
+            worker_config(redis, ns),
+        );
+        Self {
+            client,
+            releases,
+            worker,
+        }
+    }
+
+    async fn send(&self, input: Value) -> ResultEnvelope {
+        let t = AgentType::new("deployment").unwrap();
+        let e = self
+            .client
+            .enqueue(&t, &input, EnqueueOptions::default())
+            .await
+            .unwrap();
+        self.client
+            .wait_for_result(&t, &e.task_id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A generated project `shop` of `template`, stored.
+    async fn shop(&self, template: &str) -> agent_sdk::ArtifactRef {
+        let dir = tempfile::tempdir().unwrap();
+        let req = Request {
+            name: "shop".into(),
+            template: template.into(),
+            description: None,
+            extras: Default::default(),
+        };
+        generate(&req, dir.path()).unwrap();
+        self.client.artifacts().put_dir(dir.path()).await.unwrap()
+    }
+
+    fn apps(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.releases.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn refused(r: ResultEnvelope, needle: &str) {
+    assert_eq!(r.status, TaskStatus::DeadLettered, "{r:?}");
+    let err = r.error.unwrap();
+    assert_eq!(err.kind, ErrorKind::InvalidInput, "{err:?}");
+    assert!(
+        err.message.contains(needle),
+        "{needle:?} not in {}",
+        err.message
+    );
+}
+
+/// The submitter's fields do not steer a deployment: a workflow-input
+/// `commit` does not override the integration's, an `app` other than the
+/// project is refused (the workflow input's and a direct input's alike),
+/// and an empty or hostile label is refused instead of becoming a release
+/// id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_decides_from_trusted_fields_only() {
+    let redis = TestRedis::start();
+    let kit = Kit::start(&redis, "dep-trust").await;
+    let a = kit.shop("python-package").await;
+    let stage = |input: Value, integration: Value| {
+        json!({ "workflow_id": "w1", "stage": "deployment", "input": input,
+                "deps": { "integration": integration } })
+    };
+
+    // The workflow input's commit and action are not read; the
+    // integration's commit labels the release. (A Python project: its
+    // smoke check imports the package named by argument.)
+    let r = kit
+        .send(stage(
+            json!({ "name": "shop", "commit": "0000000bad", "action": "rollback" }),
+            json!({ "artifact": a, "commit": "aaaaaaaaaaaaaaaa1111", "project": "shop" }),
+        ))
+        .await;
+    assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
+    let d: Deployed = serde_json::from_value(r.output.unwrap()).unwrap();
+    assert_eq!(
+        (d.action.as_str(), d.app.as_str(), d.release.as_str()),
+        ("deploy", "shop", "aaaaaaaaaaaa")
+    );
+
+    // Another app than the project: refused, nothing installed for it.
+    refused(
+        kit.send(stage(
+            json!({ "name": "shop", "app": "victim" }),
+            json!({ "artifact": a, "commit": "bbbbbbbbbbbbbbbb", "project": "shop" }),
+        ))
+        .await,
+        "app \"victim\" differs from the project \"shop\"",
+    );
+    refused(
+        kit.send(json!({ "artifact": a.sha256, "app": "victim" }))
+            .await,
+        "app \"victim\" differs from the project \"shop\"",
+    );
+    // Without an integration, the artifact's manifest names the app.
+    let r = kit
+        .send(
+            json!({ "workflow_id": "w2", "stage": "deployment", "input": {},
+                      "deps": { "e2e": { "artifact": a } } }),
+        )
+        .await;
+    assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
+    assert_eq!(kit.apps(), ["shop"]);
+
+    // Labels: empty, hostile, not a commit id.
+    for label in ["", " ", "../../x", "release 1", "ABCDEF0123"] {
+        refused(
+            kit.send(json!({ "artifact": a.sha256, "commit": label }))
+                .await,
+            "invalid release label",
+        );
+        refused(
+            kit.send(stage(
+                json!({}),
+                json!({ "artifact": a, "commit": label, "project": "shop" }),
+            ))
+            .await,
+            "invalid release label",
+        );
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(kit.releases.path().join("shop/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, ["aaaaaaaaaaaa", &a.sha256[..12]]);
+    kit.worker.shutdown().await;
+}
+
+/// The demonstrated attack: the Python smoke check wrote the package's
+/// directory name into `python3 -c` code. A package directory named
+/// `os; os.system(...)` then ran a command. Now the name is an argument:
+/// the import fails, the release is not installed, nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_name_shaped_like_code_is_never_run() {
+    let redis = TestRedis::start();
+    let kit = Kit::start(&redis, "dep-smoke").await;
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("ran");
+    // No '/' may appear in a file name: the command is hex-encoded.
+    let command: String = format!("touch {}", marker.display())
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let package = format!("os; os.system(bytes.fromhex('{command}').decode())");
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tree.path().join("pyproject.toml"),
+        "[project]\nname = \"shop\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(tree.path().join("src").join(&package)).unwrap();
+    std::fs::write(
+        tree.path().join("src").join(&package).join("__init__.py"),
+        "",
+    )
+    .unwrap();
+    let a = kit.client.artifacts().put_dir(tree.path()).await.unwrap();
+
+    let r = kit.send(json!({ "artifact": a.sha256 })).await;
+    assert_eq!(r.status, TaskStatus::DeadLettered, "{r:?}");
+    let err = r.error.unwrap();
+    assert_eq!(err.kind, ErrorKind::Permanent, "{err:?}");
+    assert!(
+        err.message.contains("smoke check failed") && err.message.contains("ModuleNotFoundError"),
+        "{}",
+        err.message
+    );
+    assert!(!marker.exists(), "the directory name ran as code");
+    assert!(
+        !kit.releases.path().join("shop/current").exists(),
+        "a release whose smoke check failed is current"
+    );
+
+    // The control: the old check, the name written into the code, runs it.
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!("import sys; sys.path.insert(0, 'src'); import {package}"),
+        ])
+        .current_dir(tree.path())
+        .output()
+        .unwrap();
+    assert!(marker.exists(), "the control ran nothing");
+    kit.worker.shutdown().await;
 }
