@@ -394,3 +394,24 @@ fn packing_refuses_git_shaped_and_option_shaped_names() {
         );
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn setuid_and_setgid_bits_never_survive_unpacking() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = raw_header("suid", tar::EntryType::Regular, "", 2);
+    h.set_mode(0o6755);
+    h.set_cksum();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    b.append(&h, &b"#!"[..]).unwrap();
+    let bytes = b.into_inner().unwrap().finish().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    unpack_archive(&bytes, &out.path().join("t"), &ArtifactLimits::default()).unwrap();
+    let mode = std::fs::metadata(out.path().join("t/suid"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7000, 0, "mode {mode:o}");
+    assert_ne!(mode & 0o111, 0, "the executable bit is kept");
+}
