@@ -89,7 +89,11 @@ impl Git {
             .env("GIT_COMMITTER_EMAIL", "integration-agent@localhost")
             .env("GIT_AUTHOR_DATE", "2000-01-01T00:00:00Z")
             .env("GIT_COMMITTER_DATE", "2000-01-01T00:00:00Z");
-        if let Some(parent) = self.repo.parent() {
+        // Git ignores a relative ceiling, so it is made absolute.
+        if let Some(parent) = std::path::absolute(&self.repo)
+            .ok()
+            .and_then(|r| r.parent().map(Path::to_owned))
+        {
             cmd.env("GIT_CEILING_DIRECTORIES", parent);
         }
         cmd
@@ -142,5 +146,23 @@ mod tests {
         // The private home is empty and not the work tree.
         assert_ne!(git.home.path(), dir.path());
         assert_eq!(std::fs::read_dir(git.home.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn git_never_finds_a_repository_above_the_project_directory() {
+        // A repository around the repos directory (say, a checkout the
+        // agent runs in) is not the project's: git stops at the ceiling.
+        let outer = tempfile::tempdir().unwrap();
+        Git::new(outer.path())
+            .unwrap()
+            .run(&["init", "-q"])
+            .unwrap();
+        let repo = outer.path().join("repos/shop");
+        std::fs::create_dir_all(&repo).unwrap();
+        let e = Git::new(&repo)
+            .unwrap()
+            .run(&["rev-parse", "--git-dir"])
+            .unwrap_err();
+        assert!(e.0.contains("not a git repository"), "{}", e.0);
     }
 }
