@@ -1,14 +1,16 @@
 //! `/api/v1/workflows...`: create, read, list, operator actions, event log.
 
 use super::AppState;
+use super::auth::audit;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::tokens::Caller;
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use orchestrator::engine::{NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
 use orchestrator::store::{ListFilter, LogEntry, Page};
@@ -133,6 +135,7 @@ fn location(id: &str) -> HeaderValue {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<Response> {
     let mut conn = state.conn().await?;
@@ -148,6 +151,7 @@ pub async fn create(
             },
         )
         .await?;
+    audit(&caller, "start", &workflow.id);
     let loc = location(&workflow.id);
     let body = view(&state, &mut conn, workflow, version).await?;
     Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
@@ -278,9 +282,24 @@ fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
 }
 
 /// Carries out an operator's action; 404 / 409 as [`Engine::act`] says.
-async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Json<WorkflowView>> {
+async fn act(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: OperatorAction,
+) -> ApiResult<Json<WorkflowView>> {
+    let name = match &action {
+        OperatorAction::Cancel { .. } => "cancel",
+        OperatorAction::Abort { .. } => "abort",
+        OperatorAction::Approve { .. } => "approve",
+        OperatorAction::Reject { .. } => "reject",
+    };
+    audit(caller, name, id);
     let mut conn = state.conn().await?;
-    let (workflow, version) = state.engine().act(&mut conn, id, &action).await?;
+    let (workflow, version) = state
+        .engine()
+        .act_by(&mut conn, id, &action, Some(&caller.name))
+        .await?;
     Ok(Json(view(state, &mut conn, workflow, version).await?))
 }
 
@@ -307,11 +326,12 @@ async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Js
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "cancelled by an operator")?;
-    act(&state, &id, OperatorAction::Cancel { reason }).await
+    act(&state, &caller, &id, OperatorAction::Cancel { reason }).await
 }
 
 /// Abort a workflow
@@ -337,11 +357,12 @@ pub async fn cancel(
 )]
 pub async fn abort(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "aborted by an operator")?;
-    act(&state, &id, OperatorAction::Abort { reason }).await
+    act(&state, &caller, &id, OperatorAction::Abort { reason }).await
 }
 
 async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Workflow, u64)> {
@@ -373,9 +394,10 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
 )]
 pub async fn approve(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkflowView>> {
-    act(&state, &id, OperatorAction::Approve { stage }).await
+    act(&state, &caller, &id, OperatorAction::Approve { stage }).await
 }
 
 /// Reject a stage
@@ -402,11 +424,18 @@ pub async fn approve(
 )]
 pub async fn reject(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "rejected by an operator")?;
-    act(&state, &id, OperatorAction::Reject { stage, reason }).await
+    act(
+        &state,
+        &caller,
+        &id,
+        OperatorAction::Reject { stage, reason },
+    )
+    .await
 }
 
 /// Replay a dead-lettered stage
@@ -430,8 +459,10 @@ pub async fn reject(
 )]
 pub async fn replay(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkflowView>> {
+    audit(&caller, "replay", &format!("{id}/{stage}"));
     let (wf, _) = stage_exists(&state, &id, &stage).await?;
     let s = wf
         .stage(&stage)
@@ -476,7 +507,10 @@ pub async fn replay(
         &mut conn,
         &agent,
         &orchestrator::ops::dlq::Selection::Ids(vec![entry.id.clone()]),
-        &orchestrator::ops::dlq::ReplayOptions::default(),
+        &orchestrator::ops::dlq::ReplayOptions {
+            by: Some(caller.name.clone()),
+            ..orchestrator::ops::dlq::ReplayOptions::default()
+        },
         |_| {},
     )
     .await?;
