@@ -26,16 +26,17 @@ for _ in $(seq 1 3000); do
   sleep 0.2
 done
 api=$(cat "$AGENTIC_DATA/up.ready")
+auth="$AGENTIC_DATA/api-auth" # the API token as a curl header file (see scripts/up.sh)
 fail() { echo "sdlc-checks: $*" >&2; tail -n 20 "$AGENTIC_DATA"/logs/*.log >&2; exit 1; }
 
 # run DEFINITION INPUT_JSON -> prints the final workflow JSON
 run() {
   local created id
-  created=$(curl -fsS -X POST "$api/workflows" -H 'content-type: application/json' \
+  created=$(curl -fsS -H @"$auth" -X POST "$api/workflows" -H 'content-type: application/json' \
     -d "{\"definition\":\"$1\",\"input\":$2}")
   id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
-  curl -sN --max-time 900 "$api/workflows/$id/events" | grep -q '^event: end' || true
-  curl -fsS "$api/workflows/$id"
+  curl -sN --max-time 900 -H @"$auth" "$api/workflows/$id/events" | grep -q '^event: end' || true
+  curl -fsS -H @"$auth" "$api/workflows/$id"
 }
 field() { python3 -c "import json,sys; w=json.loads(sys.argv[1]); print($2)" "$1"; }
 

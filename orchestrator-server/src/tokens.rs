@@ -220,21 +220,33 @@ impl Tokens {
     }
 }
 
-/// Writes `contents` to a new file at `path` readable by its owner only
-/// (0600). An old file there is removed first, so a link planted at the
-/// path is never followed.
+/// Writes `contents` to the file at `path`, readable by its owner only
+/// (0600), atomically: a new file beside it, then renamed over it. A
+/// reader never sees half a token, and a link planted at the path is
+/// replaced, never followed.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A leftover of a crashed process that had the same pid.
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = private_options().create_new(true).open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut f = private_options().create_new(true).open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
+    written
 }
 
 fn private_options() -> std::fs::OpenOptions {
