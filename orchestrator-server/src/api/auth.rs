@@ -41,6 +41,21 @@ impl Access {
         }
     }
 
+    /// Whether `origin` names a host given with `--allowed-host`: the
+    /// server's public name when a proxy in front rewrites `Host`.
+    fn origin_allowed(&self, origin: &str) -> bool {
+        let Some((_, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        let authority = authority.to_ascii_lowercase();
+        let name = host_name(&authority);
+        name.is_some()
+            && self
+                .hosts
+                .iter()
+                .any(|h| *h == authority || (!h.contains(':') && host_name(h) == name))
+    }
+
     /// Whether `host` (a `Host` header) names this server. IP literals
     /// cannot be rebound (a rebinding page's `Host` is the attacker's
     /// name), so one is accepted when it is the listen address, or any when
@@ -219,7 +234,7 @@ pub async fn browser_guard(
     }
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("").to_ascii_lowercase();
-        if !matches!(site.as_str(), "same-origin" | "none") {
+        if !matches!(site.as_str(), "same-origin" | "none") && !page_navigation(&req) {
             return Err(cross_site(format!(
                 "a {site} request (Sec-Fetch-Site): this API answers its own pages and non-browser clients only"
             )));
@@ -227,7 +242,7 @@ pub async fn browser_guard(
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        if !same_origin(origin, &host) {
+        if !same_origin(origin, &host) && !state.inner.access.origin_allowed(origin) {
             return Err(cross_site(format!(
                 "Origin {origin:?} is not this server's origin"
             )));
@@ -256,6 +271,22 @@ pub async fn browser_guard(
         }
     }
     Ok(next.run(req).await)
+}
+
+/// A person following a link to the dashboard page from elsewhere: a
+/// top-level GET of `/`, which holds no data and changes nothing (its
+/// calls to the API are same-origin).
+fn page_navigation(req: &Request) -> bool {
+    let h = req.headers();
+    let is = |name: &str, want: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+    };
+    req.method() == Method::GET
+        && req.uri().path() == "/"
+        && is("sec-fetch-mode", "navigate")
+        && is("sec-fetch-dest", "document")
 }
 
 /// Whether `origin` (`scheme://host[:port]`) is the origin of a page

@@ -122,7 +122,9 @@ pub fn require_token(doc: &mut utoipa::openapi::OpenApi) {
 
 /// Adds what the browser guard answers on every route (see
 /// [`super::auth::browser_guard`]): 403 `cross_site`, 421 `misdirected`,
-/// and 415 on every POST.
+/// and 415 on every POST; and marks every POST's body as required, since a
+/// POST without `Content-Type: application/json` is refused (the body may
+/// be `{}` where every field is optional).
 pub fn browser_refusals(doc: &mut utoipa::openapi::OpenApi) {
     for item in doc.paths.paths.values_mut() {
         for (method, op) in operations_by_method(item) {
@@ -147,6 +149,10 @@ pub fn browser_refusals(doc: &mut utoipa::openapi::OpenApi) {
                 ),
             );
             if method == axum::http::Method::POST {
+                if let Some(body) = op.request_body.as_mut() {
+                    body.required = Some(utoipa::openapi::Required::True);
+                }
+                let r = &mut op.responses.responses;
                 r.entry("415".to_owned()).or_insert_with(|| {
                     RefOr::T(
                         error_response(

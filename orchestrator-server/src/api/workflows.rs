@@ -273,6 +273,12 @@ pub struct ReasonRequest {
     reason: Option<String>,
 }
 
+/// Body of approve and stage replay: nothing to say, but a POST carries
+/// JSON (an empty body or `{}`), like every POST of the API.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoBody {}
+
 fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
     let r = r.reason.unwrap_or_else(|| default.to_owned());
     if r.len() > 1024 {
@@ -384,8 +390,12 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
     tag = "workflows",
     operation_id = "approve_stage",
     params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    request_body = Option<NoBody>,
     responses(
         (status = 200, description = "Approved: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: not an empty object", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
@@ -396,6 +406,7 @@ pub async fn approve(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
 ) -> ApiResult<Json<WorkflowView>> {
     act(&state, &caller, &id, OperatorAction::Approve { stage }).await
 }
@@ -448,11 +459,14 @@ pub async fn reject(
     tag = "workflows",
     operation_id = "replay_stage",
     params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    request_body = Option<NoBody>,
     responses(
         (status = 200, description = "Replayed: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not dead-lettered, or its dead letter is gone", body = ApiErrorBody),
-        (status = 422, description = "`invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: not an empty object; `invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -461,6 +475,7 @@ pub async fn replay(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
 ) -> ApiResult<Json<WorkflowView>> {
     audit(&caller, "replay", &format!("{id}/{stage}"));
     let (wf, _) = stage_exists(&state, &id, &stage).await?;

@@ -155,6 +155,13 @@ fn the_document_lists_exactly_the_routes() {
             assert!(responses.contains_key("421"), "{what}: 421");
             if method == "post" {
                 assert!(responses.contains_key("415"), "{what}: 415");
+                // Every POST carries JSON, so the document says its body is
+                // required.
+                assert_eq!(op["requestBody"]["required"], true, "{what}");
+                assert!(
+                    op["requestBody"]["content"]["application/json"].is_object(),
+                    "{what}"
+                );
             }
         }
     }

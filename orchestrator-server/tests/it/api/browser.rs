@@ -87,6 +87,20 @@ async fn a_cross_site_json_post_is_refused_403_and_cancels_nothing() {
         .unwrap();
     refused(r, 403, "cross_site").await;
     not_cancelled(&api, &id).await;
+    // A link followed from another site opens the dashboard page (it holds
+    // no data), and nothing else.
+    for (path, status) in [("/", 200), ("/api/v1/workflows", 403)] {
+        let r = api
+            .http
+            .get(format!("{}{path}", api.o.url))
+            .header("sec-fetch-site", "cross-site")
+            .header("sec-fetch-mode", "navigate")
+            .header("sec-fetch-dest", "document")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
     // The server's own page (same origin) may.
     let r = api
         .http
@@ -157,5 +171,17 @@ async fn an_allowed_host_is_answered() {
         .await
         .unwrap();
     refused(r, 421, "misdirected").await;
+    // Behind a proxy that rewrites Host, a page of the allowed name may
+    // still call; another origin may not.
+    for (origin, status) in [("https://orch.example", 200), ("https://evil.example", 403)] {
+        let r = api
+            .http
+            .get(api.url("/workflows"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{origin}");
+    }
     api.shutdown().await;
 }
