@@ -149,14 +149,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// `/api/v1` but its document: a known token (401 otherwise) whose role is
-/// enough for the operation (403 otherwise). The caller goes into the
-/// request's extensions for the handlers' audit records.
+/// `/api/v1` but its document: a POST must say `Content-Type:
+/// application/json` (415, empty bodies too: a cross-site form can only
+/// send `text/plain`, urlencoded or multipart); then a known token (401
+/// otherwise) whose role is enough for the operation (403 otherwise). The
+/// caller goes into the request's extensions for the handlers' audit
+/// records. A route layer: it runs only for a route and method that exist,
+/// so a POST to a GET route stays 405.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    refuse_non_json_post(&req)?;
     let Some(given) = bearer(req.headers()) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -197,8 +202,9 @@ pub async fn authenticate(
 /// them is one a cross-site form or a "simple" cross-site `fetch` can send
 /// without a CORS preflight, which this server never answers.
 fn media_type_allowed(path: &str, media: &str) -> bool {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
     media == "application/json"
-        || (path == "/api/v1/definitions"
+        || (path == "/definitions"
             && matches!(
                 media,
                 "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml"
@@ -206,12 +212,11 @@ fn media_type_allowed(path: &str, media: &str) -> bool {
 }
 
 /// Every route: the `Host` must name this server (421 otherwise: DNS
-/// rebinding), the request must not come from another site (403
+/// rebinding), and the request must not come from another site (403
 /// `cross_site`: an `Origin` other than this server's, or `Sec-Fetch-Site`
 /// `cross-site` or `same-site`, since another port of `localhost` is the
-/// same site), and a POST must say `Content-Type: application/json` (415,
-/// empty bodies too: a cross-site form can only send `text/plain`,
-/// urlencoded or multipart).
+/// same site). The POST content type is checked by [`authenticate`], on
+/// the routes that take a POST.
 pub async fn browser_guard(
     State(state): State<AppState>,
     req: Request,
@@ -248,6 +253,11 @@ pub async fn browser_guard(
             )));
         }
     }
+    Ok(next.run(req).await)
+}
+
+fn refuse_non_json_post(req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
     if req.method() == Method::POST {
         let media = headers
             .get(header::CONTENT_TYPE)
@@ -255,7 +265,11 @@ pub async fn browser_guard(
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase())
             .unwrap_or_default();
-        if !media_type_allowed(req.uri().path(), &media) {
+        let path = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(req.uri().path(), MatchedPath::as_str);
+        if !media_type_allowed(path, &media) {
             let given = if media.is_empty() {
                 "no Content-Type".to_owned()
             } else {
@@ -270,7 +284,7 @@ pub async fn browser_guard(
             ));
         }
     }
-    Ok(next.run(req).await)
+    Ok(())
 }
 
 /// A person following a link to the dashboard page from elsewhere: a
