@@ -328,6 +328,14 @@ pub fn resolve(sources: &Sources<'_>, port: u16) -> Result<(Tokens, Option<std::
     if !tokens.is_empty() {
         return Ok((tokens, None));
     }
+    if let Some(p) = sources.tokens_file {
+        // Configured but empty: generating a token here would hide the
+        // mistake behind a token nobody expects.
+        return Err(Error::Config(format!(
+            "--tokens-file {} holds no token: add one with `orchestrator token new`",
+            p.display()
+        )));
+    }
     let path = match sources.token_out {
         Some(p) => p.to_path_buf(),
         None => default_token_out(port),
@@ -425,6 +433,15 @@ mod tests {
             ..Sources::default()
         };
         assert!(resolve(&short, 1).unwrap_err().to_string().contains("16"));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "# nobody yet\n").unwrap();
+        let sources = Sources {
+            tokens_file: Some(&empty),
+            token_out: Some(&out),
+            ..Sources::default()
+        };
+        let e = resolve(&sources, 1).unwrap_err().to_string();
+        assert!(e.contains("holds no token"), "{e}");
     }
 
     #[test]

@@ -149,6 +149,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+impl AppState {
+    /// The caller whose bearer token `headers` carry, if any is known (for
+    /// a route outside `/api/v1` that takes a token, such as `/metrics`).
+    pub fn caller(&self, headers: &HeaderMap) -> Option<&Caller> {
+        self.inner.access.tokens.find(bearer(headers)?)
+    }
+}
+
 /// `/api/v1` but its document: a POST must say `Content-Type:
 /// application/json` (415, empty bodies too: a cross-site form can only
 /// send `text/plain`, urlencoded or multipart); then a known token (401
