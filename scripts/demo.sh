@@ -27,15 +27,16 @@ for _ in $(seq 1 3000); do
   sleep 0.2
 done
 api=$(cat "$AGENTIC_DATA/up.ready")
+auth="$AGENTIC_DATA/api-auth" # the API token as a curl header file (see scripts/up.sh)
 
 input="{\"name\":\"$project\",\"template\":\"$template\",\"description\":\"A $template made by the agentic demo\"}"
 echo
-echo "\$ curl -X POST $api/workflows -d '{\"definition\":\"sdlc\",\"input\":$input}'"
-created=$(curl -fsS -X POST "$api/workflows" -H 'content-type: application/json' \
+echo "\$ curl -H @$auth -X POST $api/workflows -d '{\"definition\":\"sdlc\",\"input\":$input}'"
+created=$(curl -fsS -H @"$auth" -X POST "$api/workflows" -H 'content-type: application/json' \
   -d "{\"definition\":\"sdlc\",\"input\":$input}")
 id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
 echo "workflow $id; its stages as they happen:"
-curl -sN --max-time 900 "$api/workflows/$id/events" | python3 -c '
+curl -sN --max-time 900 -H @"$auth" "$api/workflows/$id/events" | python3 -c '
 import json, sys
 for line in sys.stdin:
     if line.startswith("event: end"):
@@ -45,7 +46,7 @@ for line in sys.stdin:
         what = e["type"] + (" " + e["stage"] if e.get("stage") else "")
         print("  %-30s %-13s %3d%%" % (what, e["status"], e["progress"]), flush=True)
 '
-final=$(curl -fsS "$api/workflows/$id")
+final=$(curl -fsS -H @"$auth" "$api/workflows/$id")
 python3 - "$final" <<'PY'
 import json, sys
 w = json.loads(sys.argv[1])

@@ -26,16 +26,17 @@ for _ in $(seq 1 3000); do
   sleep 0.2
 done
 api=$(cat "$AGENTIC_DATA/up.ready")
+auth="$AGENTIC_DATA/api-auth" # the API token as a curl header file (see scripts/up.sh)
 fail() { echo "sdlc-checks: $*" >&2; tail -n 20 "$AGENTIC_DATA"/logs/*.log >&2; exit 1; }
 
 # run DEFINITION INPUT_JSON -> prints the final workflow JSON
 run() {
   local created id
-  created=$(curl -fsS -X POST "$api/workflows" -H 'content-type: application/json' \
+  created=$(curl -fsS -H @"$auth" -X POST "$api/workflows" -H 'content-type: application/json' \
     -d "{\"definition\":\"$1\",\"input\":$2}")
   id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
-  curl -sN --max-time 900 "$api/workflows/$id/events" | grep -q '^event: end' || true
-  curl -fsS "$api/workflows/$id"
+  curl -sN --max-time 900 -H @"$auth" "$api/workflows/$id/events" | grep -q '^event: end' || true
+  curl -fsS -H @"$auth" "$api/workflows/$id"
 }
 field() { python3 -c "import json,sys; w=json.loads(sys.argv[1]); print($2)" "$1"; }
 
@@ -66,16 +67,19 @@ field "$w" 'w["stages"][1]["error"]' | grep -q 'deploy/key.pem:1' || fail "plant
 echo "sdlc-checks: a planted private key is caught by validation ($(field "$w" 'w["stages"][1]["error"]'))"
 
 # 4. a failure after deployment rolls back
-python3 - "$api" <<'PY'
+python3 - "$api" "$auth" <<'PY'
 import json, sys, urllib.request
 api = sys.argv[1]
-d = json.load(urllib.request.urlopen(api + "/definitions/sdlc"))
+# The API token's header, from the header file (never from argv).
+name, value = open(sys.argv[2]).read().strip().split(": ", 1)
+auth = {name: value}
+d = json.load(urllib.request.urlopen(urllib.request.Request(api + "/definitions/sdlc", headers=auth)))
 for k in ("levels", "version"):
     d.pop(k, None)
 d["name"] = "sdlc-verified"
 # A check after deployment that cannot pass: it gets no artifact.
 d["stages"].append({"name": "verify", "agent": "e2e", "depends_on": ["deployment"], "max_attempts": 1})
-req = urllib.request.Request(api + "/definitions", data=json.dumps(d).encode(), headers={"content-type": "application/json"})
+req = urllib.request.Request(api + "/definitions", data=json.dumps(d).encode(), headers={"content-type": "application/json", **auth})
 urllib.request.urlopen(req)
 PY
 before=$(readlink "$AGENTIC_DATA/releases/app-node/current")

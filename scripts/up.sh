@@ -9,7 +9,11 @@
 #
 # Repositories and releases go under .data/ (AGENTIC_DATA to move it); logs
 # under .data/logs. When everything is ready, .data/up.ready holds the API's
-# base URL (scripts/demo.sh waits for it).
+# base URL (scripts/demo.sh waits for it). The API always wants a token: with
+# none configured (AGENTIC_API_TOKEN, AGENTIC_API_TOKEN_FILE,
+# AGENTIC_TOKENS_FILE) the orchestrator generates an admin token into
+# .data/api-token (0600); .data/api-auth holds it as a curl header file
+# (curl -H @.data/api-auth ...), so no token goes on a command line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -22,11 +26,25 @@ listen=${AGENTIC_LISTEN:-127.0.0.1:8080}
 ns=${AGENTIC_NAMESPACE:-agentic}
 mkdir -p "$data/repos" "$data/releases" "$data/logs"
 rm -f "$data/up.ready"
+token_file="$data/api-token"
+auth="$data/api-auth"
+rm -f "$token_file" "$auth"
+export AGENTIC_TOKEN_OUT="$token_file"
+# The header file of the API token, once there is one to read (printf is a
+# shell builtin: the token never reaches a command line).
+make_auth() {
+  [ -s "$auth" ] && return 0
+  local t=${AGENTIC_API_TOKEN:-}
+  if [ -z "$t" ] && [ -n "${AGENTIC_API_TOKEN_FILE:-}" ]; then t=$(cat "$AGENTIC_API_TOKEN_FILE"); fi
+  if [ -z "$t" ] && [ -s "$token_file" ]; then t=$(cat "$token_file"); fi
+  [ -n "$t" ] || return 1
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$t" >"$auth")
+}
 
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  rm -f "$data/up.ready"
+  rm -f "$data/up.ready" "$auth"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   stop_private_redis
@@ -71,7 +89,7 @@ for _ in $(seq 1 600); do
     fi
   done
   if curl -fsS "http://$listen/ready" >/dev/null 2>&1 \
-    && curl -fsS "$api/agents" 2>/dev/null | python3 -c '
+    && make_auth && curl -fsS -H @"$auth" "$api/agents" 2>/dev/null | python3 -c '
 import json, sys
 types = {t["agent_type"]: t["live"] for t in json.load(sys.stdin)["types"]}
 sys.exit(0 if all(types.get(t, 0) > 0 for t in ["scaffold", "validation", "e2e", "integration", "deployment"]) else 1)
@@ -83,11 +101,17 @@ sys.exit(0 if all(types.get(t, 0) > 0 for t in ["scaffold", "validation", "e2e",
 done
 if [ -z "$ready" ]; then
   echo "not ready after 60 s; logs in $data/logs" >&2
+  make_auth || echo "no API token to read: with only AGENTIC_TOKENS_FILE, give AGENTIC_API_TOKEN too" >&2
   exit 1
 fi
 echo "$api" > "$data/up.ready"
 echo "ready: API $api (redis $(redact() { sed -E 's#//[^@/]*@#//***@#'; }; echo "$url" | redact), namespace $ns)"
-echo "dashboard: http://$listen/   operators' CLI: $bin/agentctl --redis-url <the URL above> --namespace $ns dlq list"
+if [ -s "$token_file" ]; then
+  echo "API token (admin, generated): in $token_file; curl -H @$auth $api/workflows"
+else
+  echo "API token: the one configured; curl -H @$auth $api/workflows"
+fi
+echo "dashboard: http://$listen/ (sign in with the token)   operators' CLI: $bin/agentctl --redis-url <the URL above> --namespace $ns dlq list"
 echo "repositories in $data/repos, releases in $data/releases, logs in $data/logs; Ctrl-C stops everything"
 # Run until a signal, or until one of ours dies.
 while :; do

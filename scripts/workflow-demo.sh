@@ -48,6 +48,10 @@ for t in scaffold validation e2e integration deployment; do
 done
 port=$(free_port)
 api="http://127.0.0.1:$port/api/v1"
+# The API token the orchestrator generates (0600), and it as a curl header
+# file: no token on a command line.
+export AGENTIC_TOKEN_OUT="$work/api-token"
+auth="$work/api-auth"
 ./target/debug/orchestrator serve --redis-url "$url" --namespace "$ns" \
   --listen "127.0.0.1:$port" >"$work/orchestrator.log" 2>&1 &
 pids+=($!)
@@ -60,15 +64,17 @@ if ! curl -fsS "http://127.0.0.1:$port/ready" >/dev/null; then
   cat "$work/orchestrator.log" >&2
   exit 1
 fi
+(umask 077 && printf 'Authorization: Bearer %s\n' "$(cat "$AGENTIC_TOKEN_OUT")" >"$auth")
+echo "API token (admin, generated): in $AGENTIC_TOKEN_OUT"
 
-echo "\$ curl -X POST $api/workflows -H 'content-type: application/json' -d '{\"definition\":\"sdlc\",\"input\":$input}'"
-created=$(curl -fsS -X POST "$api/workflows" -H 'content-type: application/json' \
+echo "\$ curl -H @$auth -X POST $api/workflows -H 'content-type: application/json' -d '{\"definition\":\"sdlc\",\"input\":$input}'"
+created=$(curl -fsS -H @"$auth" -X POST "$api/workflows" -H 'content-type: application/json' \
   -d "{\"definition\":\"sdlc\",\"input\":$input}")
 id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
 echo "workflow $id created"
-echo "\$ curl -N $api/workflows/$id/events"
+echo "\$ curl -H @$auth -N $api/workflows/$id/events"
 # The event stream ends with an `end` event once the workflow has ended.
-curl -sN --max-time 60 "$api/workflows/$id/events" | python3 -c '
+curl -sN --max-time 60 -H @"$auth" "$api/workflows/$id/events" | python3 -c '
 import json, sys
 for line in sys.stdin:
     if line.startswith("event: end"):
@@ -79,8 +85,8 @@ for line in sys.stdin:
         sent = ", dispatched " + ", ".join(e["dispatched"]) if e.get("dispatched") else ""
         print("  v%-2d %-32s %-13s %3d%%%s" % (e["version"], what, e["status"], e["progress"], sent), flush=True)
 '
-echo "\$ curl $api/workflows/$id"
-final=$(curl -fsS "$api/workflows/$id")
+echo "\$ curl -H @$auth $api/workflows/$id"
+final=$(curl -fsS -H @"$auth" "$api/workflows/$id")
 python3 -c '
 import json, sys
 w = json.loads(sys.argv[1])

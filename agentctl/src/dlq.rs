@@ -199,6 +199,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: DlqCommand) -> CtlResult {
                 dry_run,
                 rate,
                 force,
+                ..ReplayOptions::default()
             };
             replay(ctx, &t, &selection, all, opts).await
         }

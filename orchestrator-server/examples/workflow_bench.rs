@@ -90,6 +90,11 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // The API always wants a token: one of its own, in a private file.
+    let token_dir = tempfile::tempdir()?;
+    let token_file = token_dir.path().join("token");
+    let token = orchestrator_server::tokens::generate()?;
+    orchestrator_server::tokens::write_private(&token_file, &token)?;
     let cfg = {
         #[derive(Parser)]
         struct Cli {
@@ -104,6 +109,8 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
             &args.namespace,
             "--listen",
             &addr.to_string(),
+            "--api-token-file",
+            &token_file.display().to_string(),
         ])?
         .serve
     };
@@ -114,7 +121,7 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
         stop.clone(),
     ));
     let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http_as(&token);
     let ready = Instant::now();
     while !http
         .get(format!("{base}/ready"))

@@ -21,15 +21,34 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Bearer token every `/api/v1` call must carry. Required unless
-    /// `--listen` is a loopback address (or `--insecure-no-auth` is given).
-    #[arg(long, env = "AGENTIC_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    /// File of API tokens, one `name role sha256hex` a line (`role`:
+    /// viewer, operator or admin); `orchestrator token new` adds entries.
+    #[arg(long, env = "AGENTIC_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
 
-    /// Serve without a token on a non-loopback address (behind a proxy that
-    /// authenticates).
-    #[arg(long, env = "AGENTIC_INSECURE_NO_AUTH")]
-    pub insecure_no_auth: bool,
+    /// File holding one admin token, named `default` (the token itself can
+    /// also come from the `AGENTIC_API_TOKEN` environment variable; never
+    /// from the command line, where every local user can read it).
+    #[arg(long, env = "AGENTIC_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Where the token generated at start goes when no token is configured
+    /// (an admin token named `generated`, in a file readable by the owner
+    /// only). Default: `$XDG_RUNTIME_DIR/agentic/orchestrator-<port>.token`,
+    /// else `$XDG_STATE_HOME` (or `~/.local/state`)`/agentic/...`, else the
+    /// working directory.
+    #[arg(long, env = "AGENTIC_TOKEN_OUT")]
+    pub token_out: Option<PathBuf>,
+
+    /// Host names (or `name:port`) the API answers besides the listen
+    /// address (and `localhost` when listening on loopback): what a proxy
+    /// or browser puts in `Host`. Others get 421 (DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        env = "AGENTIC_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 
     /// Consumer name in the `orchestrator` groups; host-pid-random when not
     /// given. Give a stable one per replica so a restart finds its own
@@ -109,17 +128,9 @@ impl ServeConfig {
         for t in &self.watch {
             agent_sdk::schemas::AgentType::new(t.clone())?;
         }
-        if let Some(t) = &self.api_token
-            && t.len() < 16
-        {
-            return bad("--api-token must be at least 16 characters".into());
-        }
-        if self.api_token.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
-            return bad(format!(
-                "--listen {} is not a loopback address: set --api-token (or AGENTIC_API_TOKEN), \
-                 or --insecure-no-auth if a proxy in front authenticates",
-                self.listen
-            ));
+        for h in &self.allowed_hosts {
+            crate::api::host_name(h)
+                .ok_or_else(|| Error::Config(format!("--allowed-host {h:?} is not a host name")))?;
         }
         if self.result_batch == 0 || self.result_batch > 10_000 {
             return bad("--result-batch must be 1..=10000".into());
@@ -176,30 +187,20 @@ mod tests {
         let c = parse(&[]).unwrap();
         c.validate().unwrap();
         assert!(c.listen.ip().is_loopback());
-        assert!(c.api_token.is_none());
+        assert!(c.tokens_file.is_none() && c.api_token_file.is_none());
     }
 
     #[test]
-    fn a_public_address_needs_a_token() {
-        let c = parse(&["--listen", "0.0.0.0:8080"]).unwrap();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("--api-token"), "{e}");
-        let c = parse(&[
-            "--listen",
-            "0.0.0.0:8080",
-            "--api-token",
-            "0123456789abcdef",
-        ])
-        .unwrap();
-        c.validate().unwrap();
-        let c = parse(&["--listen", "0.0.0.0:8080", "--insecure-no-auth"]).unwrap();
-        c.validate().unwrap();
+    fn no_token_is_taken_from_the_command_line() {
+        let e = parse(&["--api-token", "0123456789abcdef"]).unwrap_err();
+        assert!(e.to_string().contains("--api-token"), "{e}");
+        assert!(parse(&["--insecure-no-auth"]).is_err());
     }
 
     #[test]
     fn bad_values_name_their_flag() {
         for (args, flag) in [
-            (&["--api-token", "short"][..], "--api-token"),
+            (&["--allowed-host", "a b"][..], "--allowed-host"),
             (&["--namespace", "Bad NS"][..], "namespace"),
             (&["--parallelism", "0"][..], "--parallelism"),
             (&["--redis-url", "http://:pw@h"][..], "--redis-url"),

@@ -6,6 +6,7 @@
 //!   ([`server::serve`] takes a bound listener, so tests run the real thing
 //!   on port 0).
 //! - [`api`]: the HTTP API (axum, utoipa), its view types, the dashboard.
+//! - [`tokens`]: API tokens, their roles and the tokens file.
 
 pub mod api;
 pub mod config;
@@ -13,6 +14,7 @@ mod error;
 pub mod server;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod tokens;
 
 pub use config::ServeConfig;
 pub use error::{Error, Result};

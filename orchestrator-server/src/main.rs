@@ -4,6 +4,7 @@
 use agent_sdk::exit::Exit;
 use clap::{Parser, Subcommand};
 use orchestrator::Definition;
+use orchestrator_server::tokens::{self, Role};
 use orchestrator_server::{ServeConfig, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,12 +35,39 @@ enum Command {
     },
     /// Print the HTTP API's OpenAPI document (pretty JSON; needs no Redis).
     Openapi,
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token: print it once on stdout, and append its hash (never
+    /// the token) to the tokens file.
+    New {
+        /// The token's name, recorded in the audit trail (1 to 64 of
+        /// A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The tokens file to append to (created, readable by the owner
+        /// only, when missing).
+        #[arg(long, env = "AGENTIC_TOKENS_FILE")]
+        tokens_file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Token(TokenCommand::New {
+            name,
+            role,
+            tokens_file,
+        }) => new_token(&name, role, &tokens_file),
         Command::Openapi => {
             println!("{}", orchestrator_server::api::openapi_json());
             ExitCode::SUCCESS
@@ -56,6 +84,26 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(serve(*cfg))
+        }
+    }
+}
+
+fn new_token(name: &str, role: Role, file: &std::path::Path) -> ExitCode {
+    let made =
+        tokens::generate().and_then(|t| tokens::append_entry(file, name, role, &t).map(|()| t));
+    match made {
+        Ok(token) => {
+            // The only place the token is ever shown.
+            println!("{token}");
+            eprintln!(
+                "orchestrator: token {name:?} ({role}) added to {}; it is not shown again",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("orchestrator: {e}");
+            e.exit().into()
         }
     }
 }

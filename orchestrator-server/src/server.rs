@@ -69,10 +69,35 @@ async fn connect_manager(
     }
 }
 
+/// The API's tokens (see [`crate::tokens::resolve`]); logs the path of a
+/// generated one, never a token.
+fn api_tokens(cfg: &ServeConfig, port: u16) -> Result<(crate::tokens::Tokens, usize)> {
+    let sources = crate::tokens::Sources {
+        tokens_file: cfg.tokens_file.as_deref(),
+        api_token_file: cfg.api_token_file.as_deref(),
+        // The one secret read from the environment only: on argv every
+        // local user could read it.
+        env_token: std::env::var("AGENTIC_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        token_out: cfg.token_out.as_deref(),
+    };
+    let (tokens, generated) = crate::tokens::resolve(&sources, port)?;
+    if let Some(path) = generated {
+        tracing::warn!(
+            path = %path.display(),
+            "no API token configured: generated an admin token (named `generated`) into this file, readable by its owner only; send it as Authorization: Bearer <token>"
+        );
+    }
+    let n = tokens.len();
+    Ok((tokens, n))
+}
+
 /// Runs the orchestrator on `listener` until `stop` fires, then drains.
 pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationToken) -> Result<()> {
     cfg.validate()?;
     api::install_metrics();
+    let (tokens, token_count) = api_tokens(&cfg, listener.local_addr()?.port())?;
     let connector = cfg.redis.connector()?;
     let Some(mut conn) = connect_manager(&connector, &stop).await? else {
         return Ok(());
@@ -194,21 +219,16 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
         loops_stop.clone(),
     ));
 
-    let state = AppState::new(
-        engine.clone(),
-        pool,
-        cfg.api_token.clone(),
-        changes_tx,
-        stop.clone(),
-    );
-    let app = api::router(state, cfg.max_body);
     let addr = listener.local_addr()?;
+    let access = api::Access::new(tokens, addr, &cfg.allowed_hosts);
+    let state = AppState::new(engine.clone(), pool, access, changes_tx, stop.clone());
+    let app = api::router(state, cfg.max_body);
     tracing::info!(
         %addr,
         redis = %connector.redacted_url(),
         namespace = %cfg.redis.namespace,
         consumer = %consumer,
-        auth = cfg.api_token.is_some(),
+        tokens = token_count,
         "orchestrator serving"
     );
     let served = axum::serve(listener, app)

@@ -1,8 +1,10 @@
 //! Test kit of the server (feature `test-util`), for this crate's tests and
-//! `agentctl`'s: the real server in-process on a free port, and its flags
-//! with short timings.
+//! `agentctl`'s: the real server in-process on a free port, its flags with
+//! short timings, and API tokens of each role ([`ADMIN`], [`OPERATOR`],
+//! [`VIEWER`]) in a tokens file beside the test's Redis.
 
 use crate::ServeConfig;
+use crate::tokens::Role;
 use agent_sdk::CancellationToken;
 use agent_sdk::testing::TestRedis;
 use clap::Parser;
@@ -15,8 +17,52 @@ struct ServeCli {
     serve: ServeConfig,
 }
 
+/// The test admin token (named `test-admin`).
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
+/// The test operator token (named `test-operator`).
+pub const OPERATOR: &str = "test-operator-token-0123456789abcdef";
+/// The test viewer token (named `test-viewer`).
+pub const VIEWER: &str = "test-viewer-token-0123456789abcdef";
+
+/// Writes (once) the tokens file of [`ADMIN`], [`OPERATOR`] and [`VIEWER`]
+/// in `dir`; its path.
+pub fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("api-tokens");
+    if !path.exists() {
+        for (name, role, token) in [
+            ("test-admin", Role::Admin, ADMIN),
+            ("test-operator", Role::Operator, OPERATOR),
+            ("test-viewer", Role::Viewer, VIEWER),
+        ] {
+            crate::tokens::append_entry(&path, name, role, token).expect("write the test tokens");
+        }
+    }
+    path
+}
+
+/// A builder of HTTP clients that send `token` as their bearer token.
+pub fn http_builder_as(token: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// An HTTP client that sends `token` as its bearer token.
+pub fn http_as(token: &str) -> reqwest::Client {
+    http_builder_as(token).build().expect("an HTTP client")
+}
+
+/// An HTTP client with the [`ADMIN`] token.
+pub fn http() -> reqwest::Client {
+    http_as(ADMIN)
+}
+
 /// Flags of a test orchestrator: short timings so recovery happens within a
-/// test's patience.
+/// test's patience, and the tokens of [`tokens_file`] (unless `extra` names
+/// other tokens).
 pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "--redis-url",
@@ -41,6 +87,13 @@ pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<Strin
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let own_tokens = extra
+        .iter()
+        .any(|f| matches!(*f, "--tokens-file" | "--api-token-file" | "--token-out"));
+    if !own_tokens {
+        v.push("--tokens-file".into());
+        v.push(tokens_file(redis.dir()).display().to_string());
+    }
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }

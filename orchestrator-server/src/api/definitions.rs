@@ -1,8 +1,11 @@
 //! `/api/v1/definitions...`: register (YAML or JSON), list, get.
 
 use super::AppState;
+use super::auth::audit;
 use super::error::{ApiError, ApiErrorBody, ApiResult, body_rejection};
 use super::extract::ApiQuery;
+use crate::tokens::Caller;
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
@@ -62,7 +65,11 @@ fn view(def: &Definition) -> ApiResult<DefinitionView> {
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
 )]
-pub async fn create(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> ApiResult<Response> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -100,6 +107,13 @@ pub async fn create(State(state): State<AppState>, req: Request) -> ApiResult<Re
     let mut conn = state.conn().await?;
     let (stored, created) = state.engine().catalog().register(&mut conn, &def).await?;
     state.engine().watch_definition(&stored);
+    if created {
+        audit(
+            &caller,
+            "define",
+            &format!("{}@{}", stored.name, stored.version),
+        );
+    }
     let body = view(&stored)?;
     let status = if created {
         StatusCode::CREATED

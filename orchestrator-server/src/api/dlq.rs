@@ -3,11 +3,14 @@
 //! `agentctl dlq`, from [`orchestrator::ops::dlq`].
 
 use super::AppState;
+use super::auth::audit;
 use super::dlq_view::{DeadLetterDetail, DeadLetterSummary};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use crate::tokens::Caller;
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use orchestrator::ops::dlq::{
@@ -295,6 +298,7 @@ const SELECT_ONE: &str = "say which dead letters: exactly one of ids, all: true,
 )]
 pub async fn replay(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
     ApiJson(req): ApiJson<SelectionRequest>,
 ) -> ApiResult<Json<ReplayReport>> {
@@ -315,6 +319,9 @@ pub async fn replay(
             ..req.filter().filter()?
         }),
     };
+    if !req.dry_run {
+        audit(&caller, "dlq_replay", agent.as_str());
+    }
     let mut conn = state.conn().await?;
     let report = dlq::replay(
         state.engine(),
@@ -325,6 +332,7 @@ pub async fn replay(
             dry_run: req.dry_run,
             rate: None,
             force: req.force,
+            by: Some(caller.name.clone()),
         },
         |_| {},
     )
@@ -360,6 +368,7 @@ pub struct Purged {
 )]
 pub async fn purge(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
     ApiJson(req): ApiJson<SelectionRequest>,
 ) -> ApiResult<Json<Purged>> {
@@ -387,6 +396,7 @@ pub async fn purge(
             ..req.filter().filter()?
         })
     };
+    audit(&caller, "dlq_purge", agent.as_str());
     let mut conn = state.conn().await?;
     let dlq = state.engine().client().dead_letters();
     let purged = dlq::purge(&dlq, &mut conn, &agent, &selection).await?;

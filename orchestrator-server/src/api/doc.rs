@@ -25,11 +25,17 @@ pub const BEARER: &str = "bearer";
         title = "agentic orchestrator",
         description = "Durable multi-stage workflows over agent workers on Redis Streams.\n\n\
             JSON under `/api/v1`. Errors are `{\"error\": {\"code\", \"message\"}}` \
-            (`ApiErrorBody`) with a stable `code`. When the server runs with \
-            `--api-token`, every `/api/v1` operation but this document needs \
-            `Authorization: Bearer <token>`; `/health`, `/ready` and `/metrics` \
-            stay open for probes. An unknown path answers 404 `no_route`, a \
-            known path with another method 405 `method_not_allowed`.",
+            (`ApiErrorBody`) with a stable `code`. Every `/api/v1` operation but this \
+            document needs `Authorization: Bearer <token>` (401 `unauthorized` \
+            without a known token) of a role allowed to call it (403 `forbidden`): \
+            `viewer` reads and follows event streams, `operator` also starts and acts \
+            on workflows and replays or purges dead letters, `admin` also registers \
+            definitions and submits raw tasks. Every route refuses a `Host` that does \
+            not name the server (421 `misdirected`), a cross-site request (403 \
+            `cross_site`: another `Origin`, or `Sec-Fetch-Site` `cross-site` / \
+            `same-site`), and a POST without `Content-Type: application/json` (415). \
+            An unknown path answers 404 `no_route`, a known path with another method \
+            405 `method_not_allowed`.",
     ),
     modifiers(&BearerScheme),
     components(schemas(ApiErrorBody, orchestrator::store::Change, orchestrator::store::LogEntry)),
@@ -59,8 +65,9 @@ impl utoipa::Modify for BearerScheme {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The server's `--api-token` (`AGENTIC_API_TOKEN`); needed only \
-                         when the server has one",
+                        "A token of the server's `--tokens-file`, `--api-token-file` or \
+                         `AGENTIC_API_TOKEN`, or the one it generated at start (its path \
+                         is logged); the scheme is matched in any case",
                     ))
                     .build(),
             ),
@@ -68,36 +75,115 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
-/// Marks every operation of `doc` as needing the bearer token and as
-/// answering 401 without it. Called on exactly the routes the server puts
-/// behind the token, so the document says what the server does.
+fn error_response(description: String) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ApiErrorBody")))
+            .build(),
+    )
+}
+
+/// Marks every operation of `doc` as needing the bearer token, answering
+/// 401 without a known one and 403 to a token without the role the
+/// operation needs ([`super::auth::required_role`], the table the server
+/// enforces). Called on exactly the routes the server puts behind the
+/// token, so the document says what the server does.
 pub fn require_token(doc: &mut utoipa::openapi::OpenApi) {
-    let unauthorized = ResponseBuilder::new()
-        .description(
-            "`unauthorized`: the server has a token and the request has none, or another one",
-        )
-        .header(
-            "WWW-Authenticate",
-            HeaderBuilder::new()
-                .schema(<String as utoipa::PartialSchema>::schema())
-                .description(Some("`Bearer`"))
-                .build(),
-        )
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ApiErrorBody")))
-                .build(),
-        )
-        .build();
-    for item in doc.paths.paths.values_mut() {
-        for op in operations(item) {
+    let unauthorized = error_response(
+        "`unauthorized`: no bearer token, or one the server does not know".to_owned(),
+    )
+    .header(
+        "WWW-Authenticate",
+        HeaderBuilder::new()
+            .schema(<String as utoipa::PartialSchema>::schema())
+            .description(Some("`Bearer`"))
+            .build(),
+    )
+    .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in operations_by_method(item) {
+            let role = super::auth::required_role(&method, path);
             op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
             op.responses
                 .responses
                 .insert("401".to_owned(), RefOr::T(unauthorized.clone()));
+            let forbidden = error_response(format!(
+                "`forbidden`: needs a token of the `{role}` role (or above); `cross_site`: \
+                 a request from another site"
+            ))
+            .build();
+            op.responses
+                .responses
+                .insert("403".to_owned(), RefOr::T(forbidden));
         }
     }
+}
+
+/// Adds what the browser guard answers on every route (see
+/// [`super::auth::browser_guard`]): 403 `cross_site`, 421 `misdirected`,
+/// and 415 on every POST; and marks every POST's body as required, since a
+/// POST without `Content-Type: application/json` is refused (the body may
+/// be `{}` where every field is optional).
+pub fn browser_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for (method, op) in operations_by_method(item) {
+            let r = &mut op.responses.responses;
+            r.entry("403".to_owned()).or_insert_with(|| {
+                RefOr::T(
+                    error_response(
+                        "`cross_site`: a request from another site (`Origin`, `Sec-Fetch-Site`)"
+                            .to_owned(),
+                    )
+                    .build(),
+                )
+            });
+            r.insert(
+                "421".to_owned(),
+                RefOr::T(
+                    error_response(
+                        "`misdirected`: the `Host` is not a name of this server (DNS rebinding)"
+                            .to_owned(),
+                    )
+                    .build(),
+                ),
+            );
+            if method == axum::http::Method::POST {
+                if let Some(body) = op.request_body.as_mut() {
+                    body.required = Some(utoipa::openapi::Required::True);
+                }
+                let r = &mut op.responses.responses;
+                r.entry("415".to_owned()).or_insert_with(|| {
+                    RefOr::T(
+                        error_response(
+                            "`unsupported_media_type`: not `Content-Type: application/json`"
+                                .to_owned(),
+                        )
+                        .build(),
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// The operations of a path item with their methods.
+fn operations_by_method(
+    item: &mut utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = (axum::http::Method, &mut Operation)> {
+    use axum::http::Method;
+    [
+        (Method::GET, &mut item.get),
+        (Method::PUT, &mut item.put),
+        (Method::POST, &mut item.post),
+        (Method::DELETE, &mut item.delete),
+        (Method::OPTIONS, &mut item.options),
+        (Method::HEAD, &mut item.head),
+        (Method::PATCH, &mut item.patch),
+        (Method::TRACE, &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(m, op)| op.as_mut().map(|op| (m, op)))
 }
 
 /// Opens up the closed schemas that a `#[serde(flatten)]` composes: a type
@@ -139,24 +225,6 @@ pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
-}
-
-/// The operations of a path item, whatever their methods.
-pub fn operations(
-    item: &mut utoipa::openapi::path::PathItem,
-) -> impl Iterator<Item = &mut Operation> {
-    [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.options,
-        &mut item.head,
-        &mut item.patch,
-        &mut item.trace,
-    ]
-    .into_iter()
-    .filter_map(Option::as_mut)
 }
 
 /// The document as served, encoded once.

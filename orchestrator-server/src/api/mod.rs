@@ -12,6 +12,7 @@
 //! timeout); dispatch goes through the engine's own long-lived connection.
 
 mod agents;
+pub mod auth;
 mod dashboard;
 mod definitions;
 mod dlq;
@@ -26,10 +27,10 @@ mod tasks;
 mod workflows;
 
 use agent_sdk::schemas::AgentType;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+pub use auth::{Access, host_name};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::get;
 use axum::{Extension, Router};
 pub use doc::openapi_json;
@@ -38,7 +39,6 @@ pub use health::install_metrics;
 use orchestrator::Engine;
 use orchestrator::store::Change;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi as _;
@@ -55,7 +55,7 @@ pub struct AppState {
 struct Inner {
     engine: Arc<Engine>,
     pool: deadpool_redis::Pool,
-    token: Option<String>,
+    access: Access,
     changes: broadcast::Sender<Arc<Change>>,
     stop: CancellationToken,
     /// Agent types found by the last keyspace scan, and when.
@@ -71,7 +71,7 @@ impl AppState {
     pub fn new(
         engine: Arc<Engine>,
         pool: deadpool_redis::Pool,
-        token: Option<String>,
+        access: Access,
         changes: broadcast::Sender<Arc<Change>>,
         stop: CancellationToken,
     ) -> Self {
@@ -79,7 +79,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 engine,
                 pool,
-                token,
+                access,
                 changes,
                 stop,
                 types: tokio::sync::Mutex::default(),
@@ -123,12 +123,14 @@ impl AppState {
     }
 }
 
-/// The whole router: `/api/v1/...` (behind the token when one is set, but
-/// for `/api/v1/openapi.json`), `/health`, `/ready`, `/metrics`, and the
-/// dashboard at `/`. Bodies over `max_body` bytes get 413.
+/// The whole router: `/api/v1/...` (behind a token of the role each
+/// operation needs, but for `/api/v1/openapi.json`), `/health`, `/ready`,
+/// `/metrics`, and the dashboard at `/`; every route behind the browser
+/// guard (`Host`, cross-site requests, POST content types: see
+/// [`auth::browser_guard`]). Bodies over `max_body` bytes get 413.
 pub fn router(state: AppState, max_body: usize) -> Router {
-    let auth = middleware::from_fn_with_state(state.clone(), auth);
-    let (routes, document) = parts(|api| api.route_layer(auth));
+    let authenticate = middleware::from_fn_with_state(state.clone(), auth::authenticate);
+    let (routes, document) = parts(|api| api.route_layer(authenticate));
     let document = doc::Document::new(&document);
     routes
         // Not part of the API: an HTML page, left out of the document.
@@ -137,6 +139,11 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(Extension(document))
+        // Last added, so outermost: a refused request reaches nothing.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::browser_guard,
+        ))
         .with_state(state)
 }
 
@@ -175,7 +182,8 @@ fn parts(
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::replay))
         .routes(routes!(dlq::purge))
-        .routes(routes!(dlq::show));
+        .routes(routes!(dlq::show))
+        .routes(routes!(auth::whoami));
     doc::require_token(api.get_openapi_mut());
     let api = protect(api).routes(routes!(doc::serve));
     let (routes, mut document) = OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
@@ -185,6 +193,7 @@ fn parts(
         .routes(routes!(health::metrics))
         .split_for_parts();
     doc::open_flattened(&mut document);
+    doc::browser_refusals(&mut document);
     (routes, document)
 }
 
@@ -198,34 +207,4 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this route",
     )
-}
-
-/// Bearer-token check, in constant time, when a token is configured.
-async fn auth(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.inner.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
-        if !ok {
-            let message = if given.is_none() {
-                "missing bearer token: send Authorization: Bearer <token>"
-            } else {
-                "wrong bearer token"
-            };
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                message,
-            ));
-        }
-    }
-    Ok(next.run(req).await)
 }

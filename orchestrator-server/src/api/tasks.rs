@@ -2,10 +2,13 @@
 //! its result.
 
 use super::AppState;
+use super::auth::audit;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use crate::tokens::Caller;
 use agent_sdk::EnqueueOptions;
 use agent_sdk::schemas::{AgentType, ResultEnvelope};
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -28,6 +31,34 @@ fn duration(what: &str, s: &Option<String>) -> ApiResult<Option<Duration>> {
                 .map_err(|e| ApiError::invalid(format!("{what} {s:?}: {e} (write e.g. 30s, 5m)")))
         })
         .transpose()
+}
+
+/// Whether a registered definition (a stage or a compensation) or a live
+/// agent names `t`: raw tasks go only to such types, so a request cannot
+/// make up streams and consumers.
+async fn known_type(state: &AppState, t: &AgentType) -> ApiResult<bool> {
+    if state
+        .engine()
+        .watched_types()
+        .iter()
+        .any(|w| w == t.as_str())
+    {
+        return Ok(true);
+    }
+    let mut conn = state.conn().await?;
+    let defs = state.engine().catalog().latest_all(&mut conn).await?;
+    let named = defs.iter().flat_map(|d| &d.stages).any(|s| {
+        s.agent == t.as_str()
+            || s.compensate
+                .as_ref()
+                .and_then(|c| c.agent.as_ref())
+                .is_some_and(|a| a == t.as_str())
+    });
+    if named {
+        return Ok(true);
+    }
+    let agents = state.engine().client().agents().await?;
+    Ok(agents.iter().any(|a| a.agent_type == t.as_str()))
 }
 
 /// Body of `POST /tasks/{agent_type}`.
@@ -80,16 +111,28 @@ pub struct Submitted {
         (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
-        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts; `unknown_agent_type`: no registered definition and no live agent names the type", body = ApiErrorBody),
+        (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
 )]
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(t): Path<String>,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> ApiResult<Response> {
     let t = agent_type(&t)?;
+    if !known_type(&state, &t).await? {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_agent_type",
+            format!(
+                "no registered definition and no live agent names agent type {t:?}: \
+                 a raw task goes only to a type the system knows"
+            ),
+        ));
+    }
     if let Some(n) = req.max_attempts
         && !(1..=100).contains(&n)
     {
@@ -110,6 +153,9 @@ pub async fn submit(
             },
         )
         .await?;
+    audit(&caller, "raw_task", &format!("{t}/{}", enq.task_id));
+    // A known type only (checked above): a request alone never makes the
+    // orchestrator consume another results stream.
     state.engine().watch(t.as_str());
     let loc = HeaderValue::from_str(&format!("/api/v1/tasks/{t}/{}", enq.task_id))
         .unwrap_or_else(|_| HeaderValue::from_static("/api/v1/tasks"));

@@ -1,14 +1,16 @@
 //! `/api/v1/workflows...`: create, read, list, operator actions, event log.
 
 use super::AppState;
+use super::auth::audit;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::tokens::Caller;
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use orchestrator::engine::{NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
 use orchestrator::store::{ListFilter, LogEntry, Page};
@@ -133,6 +135,7 @@ fn location(id: &str) -> HeaderValue {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<Response> {
     let mut conn = state.conn().await?;
@@ -148,6 +151,7 @@ pub async fn create(
             },
         )
         .await?;
+    audit(&caller, "start", &workflow.id);
     let loc = location(&workflow.id);
     let body = view(&state, &mut conn, workflow, version).await?;
     Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
@@ -269,6 +273,12 @@ pub struct ReasonRequest {
     reason: Option<String>,
 }
 
+/// Body of approve and stage replay: nothing to say, but a POST carries
+/// JSON (an empty body or `{}`), like every POST of the API.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoBody {}
+
 fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
     let r = r.reason.unwrap_or_else(|| default.to_owned());
     if r.len() > 1024 {
@@ -278,9 +288,24 @@ fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
 }
 
 /// Carries out an operator's action; 404 / 409 as [`Engine::act`] says.
-async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Json<WorkflowView>> {
+async fn act(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: OperatorAction,
+) -> ApiResult<Json<WorkflowView>> {
+    let name = match &action {
+        OperatorAction::Cancel { .. } => "cancel",
+        OperatorAction::Abort { .. } => "abort",
+        OperatorAction::Approve { .. } => "approve",
+        OperatorAction::Reject { .. } => "reject",
+    };
+    audit(caller, name, id);
     let mut conn = state.conn().await?;
-    let (workflow, version) = state.engine().act(&mut conn, id, &action).await?;
+    let (workflow, version) = state
+        .engine()
+        .act_by(&mut conn, id, &action, Some(&caller.name))
+        .await?;
     Ok(Json(view(state, &mut conn, workflow, version).await?))
 }
 
@@ -307,11 +332,12 @@ async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Js
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "cancelled by an operator")?;
-    act(&state, &id, OperatorAction::Cancel { reason }).await
+    act(&state, &caller, &id, OperatorAction::Cancel { reason }).await
 }
 
 /// Abort a workflow
@@ -337,11 +363,12 @@ pub async fn cancel(
 )]
 pub async fn abort(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "aborted by an operator")?;
-    act(&state, &id, OperatorAction::Abort { reason }).await
+    act(&state, &caller, &id, OperatorAction::Abort { reason }).await
 }
 
 async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Workflow, u64)> {
@@ -363,8 +390,12 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
     tag = "workflows",
     operation_id = "approve_stage",
     params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    request_body = Option<NoBody>,
     responses(
         (status = 200, description = "Approved: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: not an empty object", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
@@ -373,9 +404,11 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
 )]
 pub async fn approve(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
 ) -> ApiResult<Json<WorkflowView>> {
-    act(&state, &id, OperatorAction::Approve { stage }).await
+    act(&state, &caller, &id, OperatorAction::Approve { stage }).await
 }
 
 /// Reject a stage
@@ -402,11 +435,18 @@ pub async fn approve(
 )]
 pub async fn reject(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
 ) -> ApiResult<Json<WorkflowView>> {
     let reason = reason(body, "rejected by an operator")?;
-    act(&state, &id, OperatorAction::Reject { stage, reason }).await
+    act(
+        &state,
+        &caller,
+        &id,
+        OperatorAction::Reject { stage, reason },
+    )
+    .await
 }
 
 /// Replay a dead-lettered stage
@@ -419,19 +459,25 @@ pub async fn reject(
     tag = "workflows",
     operation_id = "replay_stage",
     params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    request_body = Option<NoBody>,
     responses(
         (status = 200, description = "Replayed: the workflow after the transition", body = WorkflowView),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not dead-lettered, or its dead letter is gone", body = ApiErrorBody),
-        (status = 422, description = "`invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: not an empty object; `invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
 )]
 pub async fn replay(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
 ) -> ApiResult<Json<WorkflowView>> {
+    audit(&caller, "replay", &format!("{id}/{stage}"));
     let (wf, _) = stage_exists(&state, &id, &stage).await?;
     let s = wf
         .stage(&stage)
@@ -476,7 +522,10 @@ pub async fn replay(
         &mut conn,
         &agent,
         &orchestrator::ops::dlq::Selection::Ids(vec![entry.id.clone()]),
-        &orchestrator::ops::dlq::ReplayOptions::default(),
+        &orchestrator::ops::dlq::ReplayOptions {
+            by: Some(caller.name.clone()),
+            ..orchestrator::ops::dlq::ReplayOptions::default()
+        },
         |_| {},
     )
     .await?;

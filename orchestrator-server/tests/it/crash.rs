@@ -74,7 +74,7 @@ async fn account(redis: &TestRedis, agents: &Agents, ids: &[String]) {
 async fn kill_9_mid_flight_then_restart_completes_every_workflow_once() {
     let redis = TestRedis::start_with_aof();
     let mut first = Proc::spawn(&redis, "orch-a", &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let ids = create_many(&http, &[&first.url], 200).await;
     // Agents start once all 200 are in, so they all are mid-flight together.
     let agents = Agents::start(&redis, &SDLC);
@@ -121,7 +121,7 @@ async fn two_replicas_share_the_work_and_apply_each_result_once() {
     let agents = Agents::start(&redis, &SDLC);
     let a = Proc::spawn(&redis, "orch-a", &[]).await;
     let b = Proc::spawn(&redis, "orch-b", &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let ids = create_many(&http, &[&a.url, &b.url], 200).await;
     account(&redis, &agents, &ids).await;
     // Both did transitions (not just the creations each was sent).
@@ -192,7 +192,7 @@ async fn duplicate_and_stale_results_change_nothing() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let id = create(
         &http,
         &o.url,
@@ -402,7 +402,7 @@ async fn racing_results_of_parallel_stages_all_count_once() {
     let redis = TestRedis::start();
     let a = InProcess::start(&redis, &["--consumer", "orch-a"]).await;
     let b = InProcess::start(&redis, &["--consumer", "orch-b"]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let r = http
         .post(a.api("/definitions"))
         .header("content-type", "application/yaml")
@@ -440,7 +440,7 @@ async fn sigterm_stops_cleanly_and_loses_nothing() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let mut first = Proc::spawn(&redis, "orch-a", &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let ids = vec![
         create(
             &http,

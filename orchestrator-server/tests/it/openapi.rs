@@ -65,6 +65,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/dlq/{agent_type}/replay"),
     ("POST", "/api/v1/dlq/{agent_type}/purge"),
     ("GET", "/api/v1/dlq/{agent_type}/{id}"),
+    ("GET", "/api/v1/whoami"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/health"),
     ("GET", "/ready"),
@@ -145,6 +146,22 @@ fn the_document_lists_exactly_the_routes() {
             assert_eq!(responses.contains_key("401"), !open, "{what}: 401");
             if !open {
                 assert_eq!(op["security"], json!([{ "bearer": [] }]), "{what}");
+                // The role it needs is in its 403.
+                let forbidden = responses["403"]["description"].as_str().unwrap();
+                assert!(forbidden.contains("role"), "{what}: {forbidden}");
+            }
+            // What the browser guard answers, on every route.
+            assert!(responses.contains_key("403"), "{what}: 403");
+            assert!(responses.contains_key("421"), "{what}: 421");
+            if method == "post" {
+                assert!(responses.contains_key("415"), "{what}: 415");
+                // Every POST carries JSON, so the document says its body is
+                // required.
+                assert_eq!(op["requestBody"]["required"], true, "{what}");
+                assert!(
+                    op["requestBody"]["content"]["application/json"].is_object(),
+                    "{what}"
+                );
             }
         }
     }
@@ -217,8 +234,8 @@ fn the_cli_prints_the_document_without_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_serves_the_document_and_every_route_in_it() {
     let redis = TestRedis::start();
-    let token = "openapi-test-token-0123456789";
-    let o = InProcess::start(&redis, &["--api-token", token]).await;
+    let token = ADMIN;
+    let o = InProcess::start(&redis, &[]).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -835,7 +835,9 @@ async fn the_binary_refuses_every_bearer_route_without_the_exact_token_from_its_
     for (method, path, _) in &guarded {
         let url = format!("{}{}", p.url, concrete(path));
         let req = |auth: Option<&str>| {
-            let mut r = http.request(method.parse().unwrap(), &url);
+            let mut r = http
+                .request(method.parse().unwrap(), &url)
+                .header("content-type", "application/json");
             if let Some(a) = auth {
                 r = r.header("authorization", a);
             }
@@ -905,7 +907,7 @@ async fn a_result_whose_transition_is_refused_stays_pending_until_stored_once() 
 
     // Start the workflow, then stop the orchestrator gracefully.
     let o = InProcess::start_as(&redis, &orch_url, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let r = http
         .post(o.api("/definitions"))
         .header("content-type", "application/yaml")

@@ -35,7 +35,7 @@ async fn sdlc_runs_through_all_five_stages() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let id = create(&http, &o.url, "sdlc", json!({ "project": "demo" })).await;
     wait_ended(&redis, std::slice::from_ref(&id), PATIENCE).await;
 
@@ -116,7 +116,7 @@ async fn independent_stages_run_in_parallel() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &["alpha", "beta", "gamma"]);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(&http, &o, DIAMOND).await;
     let input = json!({ "sleep_ms": { "b": 600, "c": 600 } });
     let id = create(&http, &o.url, "diamond", input).await;
@@ -171,7 +171,7 @@ async fn permanent_failure_compensates_in_reverse_and_fails() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(&http, &o, UNDOABLE).await;
     let id = create(&http, &o.url, "undoable", json!({ "fail": "e2e" })).await;
     let ended = wait_ended(&redis, std::slice::from_ref(&id), PATIENCE).await;
@@ -246,7 +246,7 @@ async fn dead_lettered_stage_blocks_until_replayed() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &["scaffold", "e2e", "deployment"]);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(&http, &o, FRAGILE).await;
     let id = create(&http, &o.url, "fragile", json!({ "dead_letter": "e2e" })).await;
     let mut c = conn(&redis).await;
@@ -272,6 +272,7 @@ async fn dead_lettered_stage_blocks_until_replayed() {
     // Replaying a stage that is not dead-lettered is refused.
     let r = http
         .post(o.api(&format!("/workflows/{id}/stages/scaffold/replay")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -283,6 +284,7 @@ async fn dead_lettered_stage_blocks_until_replayed() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let r = http
         .post(o.api(&format!("/workflows/{id}/stages/e2e/replay")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -309,6 +311,8 @@ async fn dead_lettered_stage_blocks_until_replayed() {
             "task_succeeded"
         ]
     );
+    // The audit trail: the replay names the token that did it.
+    assert_eq!(log[3].event["by"], "test-admin", "{:?}", log[3]);
     // The same task id ran twice (failed, then replayed); every other once.
     let e2e_runs: Vec<_> = agents
         .lab
@@ -328,7 +332,7 @@ async fn aborting_a_blocked_workflow_compensates_it() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(
         &http,
         &o,
@@ -365,6 +369,7 @@ async fn aborting_a_blocked_workflow_compensates_it() {
     // Aborting again: it has ended.
     let r = http
         .post(o.api(&format!("/workflows/{id}/abort")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -378,7 +383,7 @@ async fn cancel_stops_dispatching_and_compensates() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(&http, &o, UNDOABLE).await;
     let id = create(
         &http,
@@ -394,6 +399,7 @@ async fn cancel_stops_dispatching_and_compensates() {
     .await;
     let r = http
         .post(o.api(&format!("/workflows/{id}/cancel")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -446,7 +452,7 @@ async fn approval_stages_wait_for_a_person() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &["alpha"]);
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(&http, &o, GATED).await;
     register(&http, &o, HURRIED).await;
     let approved = create(&http, &o.url, "gated", json!({})).await;
@@ -466,12 +472,14 @@ async fn approval_stages_wait_for_a_person() {
     // Approving a stage that does not wait, or does not exist.
     let r = http
         .post(o.api(&format!("/workflows/{approved}/stages/build/approve")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
     let r = http
         .post(o.api(&format!("/workflows/{approved}/stages/nope/approve")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -479,6 +487,7 @@ async fn approval_stages_wait_for_a_person() {
 
     let r = http
         .post(o.api(&format!("/workflows/{approved}/stages/ship/approve")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -526,7 +535,7 @@ stages:
 async fn stage_timeout_fires_across_an_orchestrator_restart() {
     let redis = TestRedis::start();
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     register(&http, &o, SLOW).await;
     let id = create(&http, &o.url, "slow", json!({})).await;
     // Down before the deadline: no process holds the timer in memory.

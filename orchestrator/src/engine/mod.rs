@@ -282,6 +282,18 @@ impl Engine {
         id: &str,
         action: &OperatorAction,
     ) -> Result<(Workflow, u64)> {
+        self.act_by(conn, id, action, None).await
+    }
+
+    /// [`Engine::act`] recording who did it (`by`, an API token's name) in
+    /// the event log entry of the action.
+    pub async fn act_by<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        action: &OperatorAction,
+        by: Option<&str>,
+    ) -> Result<(Workflow, u64)> {
         let not_found = |what: &'static str, id: &str| Error::NotFound {
             what,
             id: id.to_owned(),
@@ -296,7 +308,8 @@ impl Engine {
         {
             return Err(not_found("stage", stage));
         }
-        match self.signal(conn, id, &action.event()).await? {
+        let event = action.event();
+        match self.one(conn, Item::signal_by(id, &event, by)).await? {
             Outcome::Applied { workflow, version } => Ok((workflow, version)),
             Outcome::Unchanged { workflow, .. } => Err(Error::Conflict(format!(
                 "{} (workflow {id} is {})",
@@ -323,6 +336,18 @@ impl Engine {
         event: &Event,
     ) -> Result<Outcome> {
         self.one(conn, Item::signal(id, event)).await
+    }
+
+    /// [`Engine::signal`] recording who caused `event` (`by`) in its log
+    /// entry.
+    pub async fn signal_by<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        event: &Event,
+        by: Option<&str>,
+    ) -> Result<Outcome> {
+        self.one(conn, Item::signal_by(id, event, by)).await
     }
 
     /// [`Engine::signal`] for a result read from a results stream, which

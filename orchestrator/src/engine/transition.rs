@@ -41,6 +41,9 @@ pub(super) struct Item<'a> {
     /// The task whose result the caller acknowledges afterwards (that
     /// acknowledgement clears its deadline).
     settled: Option<&'a str>,
+    /// Who caused the event (an API token's name), recorded in the log
+    /// entry as the event's `by`.
+    by: Option<&'a str>,
 }
 
 impl<'a> Item<'a> {
@@ -50,6 +53,15 @@ impl<'a> Item<'a> {
             id,
             event: Some(event),
             settled: None,
+            by: None,
+        }
+    }
+
+    /// An event caused by `by` (an operator's action), recorded as such.
+    pub(super) fn signal_by(id: &'a str, event: &'a Event, by: Option<&'a str>) -> Self {
+        Self {
+            by,
+            ..Self::signal(id, event)
         }
     }
 
@@ -59,6 +71,7 @@ impl<'a> Item<'a> {
             id,
             event: Some(event),
             settled: event.settled_task(),
+            by: None,
         }
     }
 
@@ -68,6 +81,7 @@ impl<'a> Item<'a> {
             id,
             event: None,
             settled: None,
+            by: None,
         }
     }
 }
@@ -278,7 +292,10 @@ impl Engine {
                     });
                 }
                 Some((event, (next, commands))) => {
-                    let entry = log_entry(&wf, event, &commands);
+                    let mut entry = log_entry(&wf, event, &commands);
+                    if let (Some(by), serde_json::Value::Object(m)) = (item.by, &mut entry.event) {
+                        m.insert("by".to_owned(), by.into());
+                    }
                     let save = match self
                         .store()
                         .save_invocation(version, &next, &commands, &entry)

@@ -165,6 +165,9 @@ pub struct ReplayOptions {
     pub rate: Option<f64>,
     /// Replay tasks of workflows that have ended too.
     pub force: bool,
+    /// Who replays (an API token's name), recorded in each workflow's
+    /// `replayed` log entry.
+    pub by: Option<String>,
 }
 
 /// The slowest and fastest pace a replay takes (entries per second).
@@ -344,9 +347,17 @@ where
                 _ => None,
             })
             .collect();
-        let mut moved = move_page(engine, conn, &dlq, agent_type, &to_move, pace.as_mut())
-            .await?
-            .into_iter();
+        let mut moved = move_page(
+            engine,
+            conn,
+            &dlq,
+            agent_type,
+            &to_move,
+            pace.as_mut(),
+            opts.by.as_deref(),
+        )
+        .await?
+        .into_iter();
         for (found, verdict) in page.into_iter().zip(verdicts) {
             let item = match found {
                 Err(id) => ReplayItem {
@@ -394,10 +405,11 @@ async fn move_page<C: ConnectionLike + Send>(
     agent_type: &AgentType,
     page: &[&DeadLetter],
     pace: Option<&mut tokio::time::Interval>,
+    by: Option<&str>,
 ) -> Result<Vec<Moved>> {
     let Some(pace) = pace else {
         for d in page {
-            record_in_workflow(engine, conn, d).await;
+            record_in_workflow(engine, conn, d, by).await;
         }
         let ids: Vec<String> = page.iter().map(|d| d.id.clone()).collect();
         return Ok(dlq.replay_many(agent_type, &ids).await?);
@@ -405,7 +417,7 @@ async fn move_page<C: ConnectionLike + Send>(
     let mut out = Vec::with_capacity(page.len());
     for d in page {
         pace.tick().await;
-        record_in_workflow(engine, conn, d).await;
+        record_in_workflow(engine, conn, d, by).await;
         let moved = dlq
             .replay_many(agent_type, std::slice::from_ref(&d.id))
             .await?
@@ -447,6 +459,7 @@ async fn record_in_workflow<C: ConnectionLike + Send>(
     engine: &Engine,
     conn: &mut C,
     d: &DeadLetter,
+    by: Option<&str>,
 ) {
     let (Some(wf_id), Some(stage), Some(task_id)) = (&d.workflow_id, &d.stage, &d.task_id) else {
         return;
@@ -470,7 +483,7 @@ async fn record_in_workflow<C: ConnectionLike + Send>(
     let event = Event::Replayed {
         stage: stage.clone(),
     };
-    match engine.signal(conn, wf_id, &event).await {
+    match engine.signal_by(conn, wf_id, &event, by).await {
         Ok(Outcome::Applied { .. } | Outcome::Unchanged { .. } | Outcome::NotFound) => {}
         Err(e) => {
             tracing::warn!(workflow = %wf_id, error = %e, "cannot record a replay in its workflow");

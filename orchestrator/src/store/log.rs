@@ -30,7 +30,8 @@ pub struct LogEntry {
     pub progress: u8,
     /// When (ms, the orchestrator's clock).
     pub at_ms: u64,
-    /// The event (task outputs left out: they are in the workflow state).
+    /// The event (task outputs left out: they are in the workflow state);
+    /// for an operator's action, `by` names the API token that did it.
     pub event: Value,
     /// Stages dispatched by this transition (`name` or `name.undo`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -107,7 +107,7 @@ async fn a_workflow_runs_the_version_it_was_started_on() {
 async fn a_restart_keeps_an_operators_own_sdlc() {
     let redis = TestRedis::start();
     let o = InProcess::start(&redis, &[]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let (_, v) = body(http.get(o.api("/definitions/sdlc")).send().await.unwrap()).await;
     assert_eq!(v["version"], 1);
     let mine = json!({ "name": "sdlc", "stages": [{ "name": "only", "agent": "alpha" }] });

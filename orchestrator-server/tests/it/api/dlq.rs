@@ -539,7 +539,7 @@ async fn replaying_everything_takes_only_what_was_there() {
     // letters arrive while the replay walks the queue: the replay must take
     // the ones that were there when it began, and end.
     let api = Api {
-        http: reqwest::Client::builder()
+        http: http_builder_as(ADMIN)
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap(),

@@ -1,11 +1,13 @@
 //! The HTTP API: every route's success and error paths, the token, and
 //! server-sent events, a module per area after the server's `src/api/`
-//! (`router` and `auth` test what its `mod.rs` does). Each test states one
+//! (`router`, `auth` and `browser` test what its `mod.rs` and `auth.rs`
+//! do). Each test states one
 //! behaviour, against its own `redis-server` and the real server in-process
 //! on a free port ([`Api`]).
 
 mod agents;
 mod auth;
+mod browser;
 mod definitions;
 mod dlq;
 mod events;
@@ -45,7 +47,7 @@ impl Api {
         let redis = TestRedis::start();
         let o = InProcess::start(&redis, extra).await;
         Self {
-            http: reqwest::Client::new(),
+            http: http(),
             o,
             redis,
         }
@@ -71,9 +73,15 @@ impl Api {
             .unwrap()
     }
 
-    /// `POST` to an API path with no body.
+    /// `POST` to an API path with an empty JSON body (no body, but the
+    /// content type every POST must carry).
     async fn post_empty(&self, path: &str) -> Response {
-        self.http.post(self.url(path)).send().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap()
     }
 
     /// `POST` a body as is, with this content type (none when `None`).

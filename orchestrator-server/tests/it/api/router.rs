@@ -8,5 +8,8 @@ async fn unknown_routes_and_methods_are_refused() {
     refused(api.get("/nope").await, 404, "no_route").await;
     let r = api.http.delete(api.url("/workflows")).send().await.unwrap();
     refused(r, 405, "method_not_allowed").await;
+    // A POST to a route without one is 405 too, whatever its content type.
+    let r = api.post_raw("/agents", None, "").await;
+    refused(r, 405, "method_not_allowed").await;
     api.shutdown().await;
 }

@@ -5,7 +5,9 @@
 
 pub use agent_sdk::testing::{TestRedis, free_port};
 pub use orchestrator::testing::*;
-pub use orchestrator_server::testing::{InProcess, serve_flags, wait_ready};
+pub use orchestrator_server::testing::{
+    ADMIN, InProcess, OPERATOR, VIEWER, http, http_as, http_builder_as, serve_flags, wait_ready,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 

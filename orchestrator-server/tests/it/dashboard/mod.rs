@@ -2,13 +2,18 @@
 //! chromedriver: the token form, the overview following a running workflow
 //! live (fetch-based SSE with the bearer token), a dead-lettered task in the
 //! DLQ view, and its replay from the page resuming the blocked workflow to
-//! completion — with exact counts in Redis and in the agents afterwards.
+//! completion — with exact counts in Redis and in the agents afterwards;
+//! and a token of each role signing in, shown only what its role may do.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/test.sh`
 //! installs them); without them the test fails, it never skips. A
 //! screenshot of every view is saved under `target/dashboard-screenshots/`.
 
-use crate::common::{Agents, InProcess, agent_type, free_port, keys, wait_ended, xlen};
+mod roles;
+
+use crate::common::{
+    ADMIN, Agents, InProcess, agent_type, free_port, http, keys, wait_ended, xlen,
+};
 use agent_sdk::schemas::{DeadLetter, DeadLetterReason};
 use agent_sdk::testing::TestRedis;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -23,7 +28,8 @@ use std::time::{Duration, Instant};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const TOKEN: &str = "dashboard-test-token-7f3a9c2e";
+/// The token the main test signs in with (the test kit's admin).
+const TOKEN: &str = ADMIN;
 /// How long any one thing may take to show on the page.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -267,7 +273,7 @@ async fn create(http: &reqwest::Client, o: &InProcess, input: Value) -> String {
 fn the_page_shows_api_text_as_text_only() {
     // Dead-letter errors and payloads are attacker-controlled: the page never
     // turns API data into markup.
-    let page = include_str!("../../src/api/dashboard.html");
+    let page = include_str!("../../../src/api/dashboard.html");
     for sink in [
         "innerHTML",
         "outerHTML",
@@ -294,16 +300,8 @@ async fn dashboard_follows_a_workflow_live_and_replays_a_dead_letter() {
     let driver = Driver::start().await;
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &AGENTS);
-    let o = InProcess::start(&redis, &["--api-token", TOKEN]).await;
-    let mut auth = reqwest::header::HeaderMap::new();
-    auth.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {TOKEN}").parse().unwrap(),
-    );
-    let http = reqwest::Client::builder()
-        .default_headers(auth)
-        .build()
-        .unwrap();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = http();
     let r = http
         .post(o.api("/definitions"))
         .header("content-type", "application/yaml")
