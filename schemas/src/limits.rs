@@ -157,10 +157,15 @@ mod tests {
     #[test]
     fn json_depth_counts_containers_outside_strings() {
         check_json_depth("body", nested(MAX_DEPTH).as_bytes(), MAX_DEPTH).unwrap();
-        let err = check_json_depth("body", nested(MAX_DEPTH + 1).as_bytes(), MAX_DEPTH).unwrap_err();
+        let err =
+            check_json_depth("body", nested(MAX_DEPTH + 1).as_bytes(), MAX_DEPTH).unwrap_err();
         assert!(err.to_string().contains("depth limit of 64"), "{err}");
         // Brackets inside strings, escaped quotes included, are text.
-        let text = format!(r#"{{"a": "{}\"{}", "b": [1]}}"#, "[".repeat(200), "{".repeat(200));
+        let text = format!(
+            r#"{{"a": "{}\"{}", "b": [1]}}"#,
+            "[".repeat(200),
+            "{".repeat(200)
+        );
         check_json_depth("body", text.as_bytes(), 2).unwrap();
         assert!(check_json_depth("body", text.as_bytes(), 1).is_err());
         // Objects and arrays count alike.
@@ -193,7 +198,13 @@ mod tests {
         let big = json!({ "s": "x".repeat(MAX_INPUT_BYTES) });
         let err = check_input("input", &big).unwrap_err();
         assert!(
-            matches!(err, LimitError::TooLarge { limit: MAX_INPUT_BYTES, .. }),
+            matches!(
+                err,
+                LimitError::TooLarge {
+                    limit: MAX_INPUT_BYTES,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("262144"), "{err}");
