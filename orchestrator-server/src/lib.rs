@@ -6,6 +6,8 @@
 //!   ([`server::serve`] takes a bound listener, so tests run the real thing
 //!   on port 0).
 //! - [`api`]: the HTTP API (axum, utoipa), its view types, the dashboard.
+//! - [`transport`]: how HTTP is served: header, body, request and idle
+//!   timeouts, the connection cap.
 
 pub mod api;
 pub mod config;
@@ -13,6 +15,7 @@ mod error;
 pub mod server;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod transport;
 
 pub use config::ServeConfig;
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::error::{Error, Result};
+use crate::transport;
 use agent_sdk::Client;
 use agent_sdk::connection::{Connector, redis_backoff};
 use agent_sdk::shutdown::pause;
@@ -201,7 +202,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
         changes_tx,
         stop.clone(),
     );
-    let app = api::router(state, cfg.max_body);
+    let app = transport::bound_requests(api::router(state, cfg.max_body), cfg.request_bounds());
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
@@ -209,11 +210,10 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
         namespace = %cfg.redis.namespace,
         consumer = %consumer,
         auth = cfg.api_token.is_some(),
+        max_connections = cfg.max_connections,
         "orchestrator serving"
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+    transport::serve(listener, app, cfg.connection_bounds(), stop.clone()).await;
     tracing::info!("HTTP server stopped; draining the loops");
     loops_stop.cancel();
     tracker.close();
@@ -223,6 +223,5 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     {
         tracing::warn!(grace = ?cfg.shutdown_grace, "loops still busy after the grace period; exiting (unacknowledged results are read again by the next orchestrator)");
     }
-    served?;
     Ok(())
 }

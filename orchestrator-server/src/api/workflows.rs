@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
-use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use super::extract::{ApiJson, ApiQuery, OptionalJson, check_input};
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
 use axum::Json;
@@ -121,12 +121,12 @@ fn location(id: &str) -> HeaderValue {
     responses(
         (status = 201, description = "Created and started", body = WorkflowView,
             headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
         (status = 409, description = "`conflict`: a workflow with this id exists", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
-        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id, or an input over the input limits (62 levels deep, 256 KiB encoded)", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -135,6 +135,7 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<Response> {
+    check_input(&req.input)?;
     let mut conn = state.conn().await?;
     let (workflow, version) = state
         .engine()
@@ -296,7 +297,7 @@ async fn act(state: &AppState, id: &str, action: OperatorAction) -> ApiResult<Js
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Cancelling: the workflow after the transition", body = WorkflowView),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
@@ -326,7 +327,7 @@ pub async fn cancel(
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Aborting: the workflow after the transition", body = WorkflowView),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
@@ -391,7 +392,7 @@ pub async fn approve(
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Rejected: the workflow after the transition", body = WorkflowView),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
