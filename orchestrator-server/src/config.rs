@@ -91,14 +91,16 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
-    /// Longest time to receive a request's whole body; a slower one is
-    /// answered 408 and its connection closed.
+    /// Longest time to receive a request's whole body, from its head's
+    /// arrival; a slower one is answered 408 and its connection closed. (A
+    /// body is read only by a handler, after authentication.)
     #[arg(long, env = "AGENTIC_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
 
-    /// Longest time a handler may take to answer once its body is in (503
-    /// past it). Event streams answer at once and then stream: they are
-    /// bounded by --idle-timeout and --max-connections, not by this.
+    /// Longest time from a request's head to its answer's head, the body's
+    /// arrival included (503 past it). Event streams answer at once and
+    /// then stream: they are bounded by --idle-timeout and
+    /// --max-connections, not by this.
     #[arg(long, env = "AGENTIC_REQUEST_TIMEOUT", default_value = "40s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 

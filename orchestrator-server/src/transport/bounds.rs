@@ -1,23 +1,27 @@
 //! The per-request bounds, as one middleware around the whole router: the
-//! body must arrive within the body timeout (and the body limit), then the
-//! handler must answer within the request timeout. Both answer with the
+//! body must arrive within the body timeout, the answer within the request
+//! timeout, a declared length within the body limit. Each answers with the
 //! API's JSON errors.
 
 use crate::api::error::ApiError;
-use axum::body::{Body, Bytes};
+use axum::BoxError;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// What [`bounded`] enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestBounds {
     /// Longest time to receive the whole body.
     pub body_timeout: Duration,
-    /// Longest time for the handler to answer once the body is in.
+    /// Longest time from the head's arrival to the answer's head.
     pub request_timeout: Duration,
     /// Largest body, in bytes.
     pub max_body: usize,
@@ -25,83 +29,92 @@ pub struct RequestBounds {
 
 /// The middleware (`axum::middleware::from_fn_with_state`).
 ///
-/// The body is read here, whole, before the handler runs: every route takes
-/// a small JSON or YAML body (or none), so nothing streams, and a body that
-/// trickles in is cut at the body timeout instead of holding a handler.
-/// The request timeout then bounds the time to the answer's head: an event
-/// stream answers at once and streams afterwards, so it is not cut by it
-/// (the idle timeout and the connection cap bound those).
+/// The body is not read here: it is handed on with a deadline, so only a
+/// handler reads it, after authentication (an unauthenticated client makes
+/// the server buffer nothing). A body still arriving at the deadline fails
+/// its read, and the answer becomes 408 `body_timeout` with the connection
+/// closed. The request timeout counts from the head's arrival to the
+/// answer's head, so an event stream, which answers at once and streams
+/// afterwards, is not cut by it (the idle timeout and the connection cap
+/// bound those).
 pub async fn bounded(State(b): State<RequestBounds>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
+    let declared = req
+        .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > b.max_body as u64) {
-        return closing(too_large(b.max_body));
+        return closing(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body is over the limit of {} bytes (--max-body)",
+                b.max_body
+            ),
+        ));
     }
-    let body = match tokio::time::timeout(b.body_timeout, read(body, b.max_body)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return closing(e),
-        Err(_) => {
-            tracing::debug!(timeout = ?b.body_timeout, "request body not received in time; closing the connection");
-            return closing(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within the body timeout of {}",
-                    humantime::format_duration(b.body_timeout)
-                ),
-            ));
-        }
+    let late = Arc::new(AtomicBool::new(false));
+    let req = if declared == Some(0) {
+        req
+    } else {
+        let (parts, body) = req.into_parts();
+        let body = with_deadline(body, Instant::now() + b.body_timeout, late.clone());
+        Request::from_parts(parts, body)
     };
-    let req = Request::from_parts(parts, Body::from(body));
-    match tokio::time::timeout(b.request_timeout, next.run(req)).await {
+    let answer = tokio::time::timeout(b.request_timeout, next.run(req)).await;
+    if late.load(Ordering::SeqCst) {
+        tracing::debug!(timeout = ?b.body_timeout, "request body not received in time; closing the connection");
+        return closing(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within the body timeout of {}",
+                humantime::format_duration(b.body_timeout)
+            ),
+        ));
+    }
+    match answer {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(timeout = ?b.request_timeout, "request not answered within the request timeout");
-            ApiError::new(
+            closing(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
                 format!(
                     "no answer within the request timeout of {}",
                     humantime::format_duration(b.request_timeout)
                 ),
-            )
-            .into_response()
+            ))
         }
     }
 }
 
-/// Reads `body` whole, refusing it past `max` bytes.
-async fn read(body: Body, max: usize) -> Result<Bytes, ApiError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        if buf.len() + chunk.len() > max {
-            return Err(too_large(max));
+/// The body's read failed at its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimeout;
+
+/// `body`, failing at `deadline` if it is not all in by then (and saying
+/// so in `late`).
+fn with_deadline(body: Body, deadline: Instant, late: Arc<AtomicBool>) -> Body {
+    let data = body.into_data_stream();
+    let chunks = futures::stream::unfold(Some(data), move |data| {
+        let late = late.clone();
+        async move {
+            let mut data = data?;
+            match tokio::time::timeout_at(deadline, data.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(data))),
+                Ok(Some(Err(e))) => Some((Err(BoxError::from(e)), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    late.store(true, Ordering::SeqCst);
+                    Some((Err(BoxError::from(BodyTimeout)), None))
+                }
+            }
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
+    });
+    Body::from_stream(chunks)
 }
-
-fn too_large(max: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!("the request body is over the limit of {max} bytes (--max-body)"),
-    )
-}
-
 /// The error, with `Connection: close`: the rest of the body is not read, so
 /// the connection cannot carry another request.
 fn closing(e: ApiError) -> Response {
