@@ -72,7 +72,11 @@ pub struct StageDef {
         schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
     )]
     pub name: String,
-    /// Agent type that runs the stage.
+    /// Agent type that runs the stage: 1–64 of `a-z 0-9 - _`.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+    )]
     pub agent: String,
     /// Stages that must complete first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -113,6 +117,10 @@ pub struct StageDef {
 pub struct Compensation {
     /// Agent type that runs the compensation; the stage's own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+    )]
     pub agent: Option<String>,
     /// Merged over the stage's task input (e.g. `{"action": "rollback"}`);
     /// an object nested at most 62 levels, or null.
