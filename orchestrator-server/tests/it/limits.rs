@@ -147,6 +147,36 @@ async fn a_head_sent_byte_by_byte_is_cut_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let (_redis, o) = start(&["--header-timeout", "1s"]).await;
+    let mut s = connect(&o).await;
+    let sent = read_until_closed(&mut s).await;
+    assert!(!sent.contains("200 OK"), "{sent}");
+    o.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_nothing_moves_on_is_closed_at_the_idle_timeout() {
+    // The header timeout out of the way: only the idle clock can close it.
+    let (_redis, o) = start(&[
+        "--header-timeout",
+        "1h",
+        "--request-timeout",
+        "1s",
+        "--idle-timeout",
+        "16s",
+    ])
+    .await;
+    let mut s = connect(&o).await;
+    s.write_all(HEALTH).await.unwrap();
+    let answer = read_health_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Kept alive, then silent both ways: closed once idle.
+    read_until_closed(&mut s).await;
+    o.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_body_sent_byte_by_byte_is_cut_at_the_body_timeout() {
     let (_redis, o) = start(&["--body-timeout", "1s"]).await;
     let s = connect(&o).await;
