@@ -34,7 +34,8 @@ fn duration(what: &str, s: &Option<String>) -> ApiResult<Option<Duration>> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    /// The task input.
+    /// The task input: nested at most 62 levels, at most 256 KiB as the
+    /// task carries it (MessagePack).
     input: Value,
     /// Enqueue at most once per key.
     #[serde(default)]

@@ -24,7 +24,8 @@ pub struct CreateRequest {
     /// Definition version (the latest when absent).
     #[serde(default)]
     version: Option<u32>,
-    /// Workflow input, passed to every stage (null when absent).
+    /// Workflow input, passed to every stage (null when absent): nested at
+    /// most 62 levels, at most 256 KiB as its tasks carry it (MessagePack).
     #[serde(default)]
     input: Value,
     /// Workflow id (1–48 of `A-Z a-z 0-9 - _ .`); generated when absent.
