@@ -149,8 +149,9 @@ pub struct RuntimeConfig {
     #[arg(long, env = "AGENTIC_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Largest task body accepted, in bytes; larger ones are dead-lettered unread.
-    #[arg(long, env = "AGENTIC_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
+    /// Largest task body accepted, in bytes; larger ones are dead-lettered
+    /// unread. The default is the API's (`schemas::limits::MAX_BODY_BYTES`).
+    #[arg(long, env = "AGENTIC_MAX_PAYLOAD", default_value_t = schemas::limits::MAX_BODY_BYTES)]
     pub max_payload: usize,
 
     /// How often due retries and delayed tasks are moved into the task stream.
@@ -191,7 +192,7 @@ impl Default for RuntimeConfig {
             max_deliveries: 5,
             heartbeat: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
-            max_payload: 1024 * 1024,
+            max_payload: schemas::limits::MAX_BODY_BYTES,
             promote_interval: Duration::from_millis(200),
             result_ttl: Duration::from_secs(24 * 3600),
             results_max_len: 0,

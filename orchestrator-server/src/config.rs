@@ -10,6 +10,9 @@ use std::time::Duration;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How often an event stream sends a keep-alive comment (axum's default).
+const EVENT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// Settings of one orchestrator process.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct ServeConfig {
@@ -100,6 +103,38 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
 
+    /// Longest wait for a request's head (request line and headers), from
+    /// when the server starts waiting for it: right after the previous
+    /// answer on a kept-alive connection, so this also closes idle
+    /// kept-alive connections. Slower clients are disconnected.
+    #[arg(long, env = "AGENTIC_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Longest time to receive a request's whole body, from its head's
+    /// arrival; a slower one is answered 408 and its connection closed. (A
+    /// body is read only by a handler, after authentication.)
+    #[arg(long, env = "AGENTIC_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Longest time from a request's head to its answer's head, the body's
+    /// arrival included (503 past it). Event streams answer at once and
+    /// then stream: they are bounded by --idle-timeout and
+    /// --max-connections, not by this.
+    #[arg(long, env = "AGENTIC_REQUEST_TIMEOUT", default_value = "40s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// A connection on which no byte moves either way for this long is
+    /// closed (a client that stopped reading its answer or an event
+    /// stream). Longer than --request-timeout and than the 15 s keep-alive
+    /// comments of event streams.
+    #[arg(long, env = "AGENTIC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most connections served at once; further ones wait, unaccepted, in
+    /// the listen backlog until one closes.
+    #[arg(long, env = "AGENTIC_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Pooled Redis connections for HTTP handlers.
     #[arg(long, env = "AGENTIC_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -118,6 +153,25 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The bounds of each request ([`crate::transport`]).
+    pub fn request_bounds(&self) -> crate::transport::RequestBounds {
+        crate::transport::RequestBounds {
+            body_timeout: self.body_timeout,
+            request_timeout: self.request_timeout,
+            max_body: self.max_body,
+        }
+    }
+
+    /// The bounds of connections ([`crate::transport`]).
+    pub fn connection_bounds(&self) -> crate::transport::ConnectionBounds {
+        crate::transport::ConnectionBounds {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+
     /// Rejects inconsistent settings with a message naming the flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -162,6 +216,25 @@ impl ServeConfig {
         if self.pool_wait.is_zero() {
             return bad("--pool-wait must be above 0".into());
         }
+        for (flag, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--request-timeout", self.request_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return bad(format!("{flag} must be between 100ms and 1h"));
+            }
+        }
+        if self.idle_timeout <= self.request_timeout.max(EVENT_KEEP_ALIVE) {
+            return bad(format!(
+                "--idle-timeout must be longer than --request-timeout and than the {}s \
+                 keep-alive of event streams (a quiet stream or a working handler moves no byte)",
+                EVENT_KEEP_ALIVE.as_secs()
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            return bad("--max-connections must be 1..=65536".into());
+        }
         Ok(())
     }
 }
@@ -205,6 +278,14 @@ mod tests {
             (&["--parallelism", "0"][..], "--parallelism"),
             (&["--redis-url", "http://:pw@h"][..], "--redis-url"),
             (&["--watch", "a,STREAMS"][..], "STREAMS"),
+            (&["--header-timeout", "0s"][..], "--header-timeout"),
+            (&["--body-timeout", "2h"][..], "--body-timeout"),
+            (&["--idle-timeout", "30s"][..], "--idle-timeout"),
+            (
+                &["--idle-timeout", "10s", "--request-timeout", "5s"][..],
+                "--idle-timeout",
+            ),
+            (&["--max-connections", "0"][..], "--max-connections"),
         ] {
             let e = parse(args).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");

@@ -7,6 +7,8 @@
 //!   on port 0).
 //! - [`api`]: the HTTP API (axum, utoipa), its view types, the dashboard.
 //! - [`tokens`]: API tokens, their roles and the tokens file.
+//! - [`transport`]: how HTTP is served: header, body, request and idle
+//!   timeouts, the connection cap.
 
 pub mod api;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod server;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tokens;
+pub mod transport;
 
 pub use config::ServeConfig;
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::error::{Error, Result};
+use crate::transport;
 use agent_sdk::Client;
 use agent_sdk::connection::{Connector, redis_backoff};
 use agent_sdk::shutdown::pause;
@@ -222,18 +223,17 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     let addr = listener.local_addr()?;
     let access = api::Access::new(tokens, addr, &cfg.allowed_hosts);
     let state = AppState::new(engine.clone(), pool, access, changes_tx, stop.clone());
-    let app = api::router(state, cfg.max_body);
+    let app = transport::bound_requests(api::router(state, cfg.max_body), cfg.request_bounds());
     tracing::info!(
         %addr,
         redis = %connector.redacted_url(),
         namespace = %cfg.redis.namespace,
         consumer = %consumer,
         tokens = token_count,
+        max_connections = cfg.max_connections,
         "orchestrator serving"
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+    transport::serve(listener, app, cfg.connection_bounds(), stop.clone()).await;
     tracing::info!("HTTP server stopped; draining the loops");
     loops_stop.cancel();
     tracker.close();
@@ -243,6 +243,5 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     {
         tracing::warn!(grace = ?cfg.shutdown_grace, "loops still busy after the grace period; exiting (unacknowledged results are read again by the next orchestrator)");
     }
-    served?;
     Ok(())
 }

@@ -9,7 +9,9 @@ fn main() {
     let mut runs_ms: Vec<f64> = (0..7)
         .map(|_| {
             let t = Instant::now();
-            let plan = def.validate().expect("a random DAG is valid");
+            // Beyond the 256 stages a definition may have: the planner's
+            // cost, not the limit, is measured.
+            let plan = def.validate_within(10_000).expect("a random DAG is valid");
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             assert_eq!(plan.levels.iter().map(Vec::len).sum::<usize>(), 10_000);
             ms

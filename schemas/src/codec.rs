@@ -70,7 +70,10 @@ impl Encoding {
                 // A `&[u8]` reader advances as it reads, so what is left after the
                 // value is exactly the trailing bytes.
                 let mut de = rmp_serde::Deserializer::new(bytes);
-                de.set_max_depth(limits.max_depth);
+                // rmp-serde refuses the level at which its counter reaches
+                // zero: a counter of `max_depth + 1` admits `max_depth`
+                // levels, the same count as the JSON check below.
+                de.set_max_depth(limits.max_depth.saturating_add(1));
                 let value = T::deserialize(&mut de).map_err(|e| err(e.to_string()))?;
                 // Trailing bytes mean the producer and we disagree on framing:
                 // refuse rather than silently drop them.
@@ -80,8 +83,13 @@ impl Encoding {
                     Err(err("trailing bytes after the value".into()))
                 }
             }
-            // serde_json stops at a fixed recursion depth of 128 on its own.
-            Self::Json => serde_json::from_slice(bytes).map_err(|e| err(e.to_string())),
+            // serde_json stops at 128 levels on its own; the same limit as
+            // MessagePack is checked first so both encodings agree.
+            Self::Json => {
+                crate::limits::check_json_depth("the body", bytes, limits.max_depth)
+                    .map_err(|e| err(e.to_string()))?;
+                serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))
+            }
         }
     }
 }
@@ -91,15 +99,18 @@ impl Encoding {
 pub struct DecodeLimits {
     /// Largest body accepted, in bytes; checked before decoding.
     pub max_bytes: usize,
-    /// Deepest nesting accepted in MessagePack (rmp-serde allows 1024 by default).
+    /// Deepest nesting of arrays and maps accepted, the outermost counting
+    /// as 1 (rmp-serde allows 1024 by default, serde_json 128).
     pub max_depth: usize,
 }
 
 impl Default for DecodeLimits {
+    /// [`limits::MAX_BODY_BYTES`](crate::limits::MAX_BODY_BYTES) and
+    /// [`limits::MAX_DEPTH`](crate::limits::MAX_DEPTH): what the API accepts.
     fn default() -> Self {
         Self {
-            max_bytes: 1024 * 1024,
-            max_depth: 64,
+            max_bytes: crate::limits::MAX_BODY_BYTES,
+            max_depth: crate::limits::MAX_DEPTH,
         }
     }
 }
@@ -166,6 +177,26 @@ mod tests {
             max_depth: 200,
         };
         assert!(decode_any::<Value>(&bytes, shallow).is_ok());
+    }
+
+    #[test]
+    fn both_encodings_accept_exactly_max_depth_levels() {
+        let nested = |levels: usize| -> Value {
+            let text = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+            serde_json::from_str(&text).unwrap()
+        };
+        let limits = DecodeLimits::default();
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            // An envelope is one level: its input may nest one less.
+            let at = TaskEnvelope::new("t", nested(limits.max_depth - 1));
+            let bytes = enc.encode(&at).unwrap();
+            let back: TaskEnvelope = enc.decode(&bytes, limits).unwrap();
+            assert_eq!(back, at, "{enc}");
+            let over = TaskEnvelope::new("t", nested(limits.max_depth));
+            let bytes = enc.encode(&over).unwrap();
+            let err = enc.decode::<TaskEnvelope>(&bytes, limits).unwrap_err();
+            assert!(err.to_string().contains("depth"), "{enc}: {err}");
+        }
     }
 
     #[test]

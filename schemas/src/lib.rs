@@ -3,7 +3,8 @@
 //! Everything that crosses Redis is defined here: key names ([`keys`]), the
 //! entry field names ([`fields`]), the task / result / dead-letter envelopes
 //! ([`envelope`], [`dead_letter`]), the registry record ([`registry`]), the
-//! codecs ([`codec`]), and the contracts between the orchestrator and the
+//! codecs ([`codec`]), the input limits shared by the API and the workers
+//! ([`limits`]), and the contracts between the orchestrator and the
 //! agents: the stage input ([`stage_input`]) and the task-id grammar
 //! ([`task_id`]); plus stream entry ids ([`entry_id`]) and the name rules of
 //! a file inside a project tree ([`tree_path`]). This crate does no I/O, so any process — an agent, the
@@ -18,6 +19,7 @@ mod error;
 pub mod fields;
 pub mod json_schema;
 pub mod keys;
+pub mod limits;
 pub mod names;
 pub mod registry;
 pub mod stage_input;

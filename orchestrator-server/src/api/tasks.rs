@@ -4,7 +4,7 @@
 use super::AppState;
 use super::auth::audit;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, check_input};
 use crate::tokens::Caller;
 use agent_sdk::EnqueueOptions;
 use agent_sdk::schemas::{AgentType, ResultEnvelope};
@@ -65,7 +65,8 @@ async fn known_type(state: &AppState, t: &AgentType) -> ApiResult<bool> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    /// The task input.
+    /// The task input: nested at most 62 levels, at most 256 KiB as the
+    /// task carries it (MessagePack).
     input: Value,
     /// Enqueue at most once per key.
     #[serde(default)]
@@ -108,10 +109,10 @@ pub struct Submitted {
     responses(
         (status = 202, description = "Enqueued (or a duplicate of the same idempotency key)", body = Submitted,
             headers(("Location" = String, description = "`/api/v1/tasks/{agent_type}/{task_id}`"))),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
-        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts; `unknown_agent_type`: no registered definition and no live agent names the type", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts, or an input over the input limits (62 levels deep, 256 KiB encoded); `unknown_agent_type`: no registered definition and no live agent names the type", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -138,6 +139,7 @@ pub async fn submit(
     {
         return Err(ApiError::invalid("max_attempts must be 1..=100"));
     }
+    check_input(&req.input)?;
     let enq = state
         .engine()
         .client()

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::auth::audit;
 use super::error::{ApiError, ApiErrorBody, ApiResult};
-use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use super::extract::{ApiJson, ApiQuery, OptionalJson, check_input};
 use crate::tokens::Caller;
 use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
@@ -26,7 +26,8 @@ pub struct CreateRequest {
     /// Definition version (the latest when absent).
     #[serde(default)]
     version: Option<u32>,
-    /// Workflow input, passed to every stage (null when absent).
+    /// Workflow input, passed to every stage (null when absent): nested at
+    /// most 62 levels, at most 256 KiB as its tasks carry it (MessagePack).
     #[serde(default)]
     input: Value,
     /// Workflow id (1–48 of `A-Z a-z 0-9 - _ .`); generated when absent.
@@ -123,12 +124,12 @@ fn location(id: &str) -> HeaderValue {
     responses(
         (status = 201, description = "Created and started", body = WorkflowView,
             headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
         (status = 409, description = "`conflict`: a workflow with this id exists", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
-        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id, or an input over the input limits (62 levels deep, 256 KiB encoded)", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -138,6 +139,7 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<Response> {
+    check_input(&req.input)?;
     let mut conn = state.conn().await?;
     let (workflow, version) = state
         .engine()
@@ -321,7 +323,7 @@ async fn act(
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Cancelling: the workflow after the transition", body = WorkflowView),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
@@ -352,7 +354,7 @@ pub async fn cancel(
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Aborting: the workflow after the transition", body = WorkflowView),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
@@ -424,7 +426,7 @@ pub async fn approve(
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Rejected: the workflow after the transition", body = WorkflowView),
-        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),

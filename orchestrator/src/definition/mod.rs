@@ -15,7 +15,7 @@
 //! ```
 
 use crate::error::{DefinitionError, Result};
-use agent_sdk::schemas::AgentType;
+use agent_sdk::schemas::{AgentType, limits};
 use petgraph::Direction;
 use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -23,10 +23,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-/// Largest definition accepted by the parsers, in bytes (1 MiB).
-pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
-/// Most stages a definition may have.
-pub const MAX_STAGES: usize = 10_000;
+/// Largest definition accepted by the parsers, in bytes (256 KiB;
+/// [`limits::MAX_DEFINITION_BYTES`]).
+pub const MAX_DEFINITION_BYTES: usize = limits::MAX_DEFINITION_BYTES;
+/// Most stages a definition may have (256; [`limits::MAX_STAGES`]): each
+/// names an agent type whose results the orchestrator consumes.
+pub const MAX_STAGES: usize = limits::MAX_STAGES;
 /// Longest definition or stage name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Range of `max_attempts` when given.
@@ -42,6 +44,10 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// Name: 1–64 of `a-z 0-9 - _`.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+    )]
     pub name: String,
     /// Version, assigned when the definition is registered (1, 2, …);
     /// a running workflow keeps the version it started with.
@@ -50,7 +56,8 @@ pub struct Definition {
     /// What the workflow is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The stages; order is free, `depends_on` decides it.
+    /// The stages (1–256); order is free, `depends_on` decides it.
+    #[cfg_attr(feature = "utoipa", schema(min_items = 1, max_items = 256))]
     pub stages: Vec<StageDef>,
 }
 
@@ -60,8 +67,16 @@ pub struct Definition {
 #[serde(deny_unknown_fields)]
 pub struct StageDef {
     /// Name, unique in the definition: 1–64 of `a-z 0-9 - _`.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+    )]
     pub name: String,
-    /// Agent type that runs the stage.
+    /// Agent type that runs the stage: 1–64 of `a-z 0-9 - _`.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+    )]
     pub agent: String,
     /// Stages that must complete first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,8 +117,13 @@ pub struct StageDef {
 pub struct Compensation {
     /// Agent type that runs the compensation; the stage's own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+    )]
     pub agent: Option<String>,
-    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`).
+    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`);
+    /// an object nested at most 62 levels, or null.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub input: serde_json::Value,
 }
@@ -121,20 +141,26 @@ impl Definition {
     ///
     /// Refuses inputs over [`MAX_DEFINITION_BYTES`] before parsing, and more
     /// than [`MAX_STAGES`] stages. Does not [`validate`](Self::validate).
+    /// (The YAML parser stops at 128 levels by itself; `validate` bounds the
+    /// only free-form field, `compensate.input`.)
     pub fn from_yaml(text: &str) -> Result<Self> {
         check_size(text)?;
         let def: Self =
             serde_norway::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
-        check_stage_count(def.stages.len())?;
+        check_stage_count(def.stages.len(), MAX_STAGES)?;
         Ok(def)
     }
 
-    /// Parses a definition written in JSON; same limits as [`from_yaml`](Self::from_yaml).
+    /// Parses a definition written in JSON; same limits as
+    /// [`from_yaml`](Self::from_yaml), and nesting within
+    /// [`limits::MAX_DEPTH`] like every JSON body.
     pub fn from_json(text: &str) -> Result<Self> {
         check_size(text)?;
+        limits::check_json_depth("the definition", text.as_bytes(), limits::MAX_DEPTH)
+            .map_err(|e| DefinitionError::Invalid(e.to_string()))?;
         let def: Self =
             serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
-        check_stage_count(def.stages.len())?;
+        check_stage_count(def.stages.len(), MAX_STAGES)?;
         Ok(def)
     }
 
@@ -200,7 +226,8 @@ impl Definition {
     /// compensation agents) valid agent types; 1 to [`MAX_STAGES`] stages with
     /// unique names; every dependency names another stage, once; no cycles;
     /// `max_attempts` in [`MAX_ATTEMPTS`]; `timeout` within
-    /// [`MIN_TIMEOUT`]..=[`MAX_TIMEOUT`]; `compensate.input` an object or null.
+    /// [`MIN_TIMEOUT`]..=[`MAX_TIMEOUT`]; `compensate.input` an object or
+    /// null within the input limits ([`limits::check_input`]).
     ///
     /// A stage's level is 0 without dependencies, else 1 + the highest level
     /// of its dependencies; within a level stages keep definition order.
@@ -209,6 +236,12 @@ impl Definition {
     /// A cycle is reported in running order, from the stage defined first
     /// back to it: `a -> b -> c -> a` means b depends on a, c on b, a on c.
     pub fn validate(&self) -> Result<Plan> {
+        self.validate_within(MAX_STAGES)
+    }
+
+    /// [`validate`](Self::validate) with another stage limit: for measuring
+    /// the planner beyond what is accepted (`examples/plan_bench.rs`).
+    pub fn validate_within(&self, max_stages: usize) -> Result<Plan> {
         check_name("definition name", &self.name).map_err(DefinitionError::Invalid)?;
         if self.stages.is_empty() {
             return Err(DefinitionError::Invalid(format!(
@@ -216,7 +249,7 @@ impl Definition {
                 self.name
             )));
         }
-        check_stage_count(self.stages.len())?;
+        check_stage_count(self.stages.len(), max_stages)?;
 
         // Each stage alone, and the name → index map.
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.stages.len());
@@ -387,6 +420,11 @@ impl StageDef {
                     json_kind(&c.input)
                 ));
             }
+            // Its fields travel in the compensation's task, beside the
+            // stage input's: the same bounds as a workflow's input.
+            if let Err(e) = limits::check_input("compensate.input", &c.input) {
+                return invalid(e.to_string());
+            }
         }
         Ok(())
     }
@@ -413,17 +451,17 @@ fn check_name(what: &str, value: &str) -> std::result::Result<(), String> {
 fn check_size(text: &str) -> Result<()> {
     if text.len() > MAX_DEFINITION_BYTES {
         return Err(DefinitionError::Invalid(format!(
-            "definition of {} bytes is over the limit of {MAX_DEFINITION_BYTES} bytes (1 MiB)",
+            "definition of {} bytes is over the limit of {MAX_DEFINITION_BYTES} bytes (256 KiB)",
             text.len()
         )));
     }
     Ok(())
 }
 
-fn check_stage_count(n: usize) -> Result<()> {
-    if n > MAX_STAGES {
+fn check_stage_count(n: usize, max: usize) -> Result<()> {
+    if n > max {
         return Err(DefinitionError::Invalid(format!(
-            "definition has {n} stages, over the limit of {MAX_STAGES}"
+            "definition has {n} stages, over the stage limit of {max}"
         )));
     }
     Ok(())

@@ -487,27 +487,81 @@ fn size_limits() {
             Err(DefinitionError::Invalid(msg)) => msg,
             other => panic!("{other:?}"),
         };
-        assert!(msg.contains("1048576") && msg.contains("1 MiB"), "{msg}");
+        assert!(msg.contains("262144") && msg.contains("256 KiB"), "{msg}");
     }
 
     let many = random_dag(MAX_STAGES + 1, 7);
     let msg = invalid(many.validate());
-    assert!(msg.contains("10000"), "{msg}");
+    assert!(
+        msg.contains("257 stages, over the stage limit of 256"),
+        "{msg}"
+    );
     let json = serde_json::to_string(&many).unwrap();
     assert!(json.len() <= MAX_DEFINITION_BYTES);
     assert!(matches!(
         Definition::from_json(&json),
-        Err(DefinitionError::Invalid(m)) if m.contains("10000")
+        Err(DefinitionError::Invalid(m)) if m.contains("stage limit of 256")
+    ));
+    let yaml = serde_norway::to_string(&many).unwrap();
+    assert!(matches!(
+        Definition::from_yaml(&yaml),
+        Err(DefinitionError::Invalid(m)) if m.contains("stage limit of 256")
     ));
     let at_limit = random_dag(MAX_STAGES, 7);
     check_plan(&at_limit, &at_limit.validate().unwrap());
 }
 
 #[test]
+fn json_nested_past_the_depth_limit_is_refused_before_parsing() {
+    let deep = |levels: usize| {
+        format!(
+            r#"{{"name": "x", "stages": [{{"name": "a", "agent": "a", "compensate": {{"input": {{"k": {}1{}}}}}}}]}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    // Body levels: definition, stages, stage, compensate, input, then the array.
+    let msg = match Definition::from_json(&deep(60)) {
+        Err(DefinitionError::Invalid(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(msg.contains("depth limit of 64"), "{msg}");
+    Definition::from_json(&deep(59)).unwrap();
+}
+
+#[test]
+fn compensate_input_is_held_to_the_input_limits() {
+    let with_input = |input: serde_json::Value| Definition {
+        name: "x".into(),
+        version: 0,
+        description: None,
+        stages: vec![StageDef {
+            compensate: Some(Compensation { agent: None, input }),
+            ..stage("a", &[])
+        }],
+    };
+    let nested = |levels: usize| -> serde_json::Value {
+        serde_json::from_str(&format!("{}1{}", "[".repeat(levels), "]".repeat(levels))).unwrap()
+    };
+    // An object of depth 62 (its field 61 deep) is the deepest accepted.
+    with_input(serde_json::json!({ "k": nested(61) }))
+        .validate()
+        .unwrap();
+    let msg = invalid(with_input(serde_json::json!({ "k": nested(62) })).validate());
+    assert!(
+        msg.contains("compensate.input") && msg.contains("depth limit of 62"),
+        "{msg}"
+    );
+    let big = serde_json::json!({ "k": "x".repeat(agent_sdk::schemas::limits::MAX_INPUT_BYTES) });
+    let msg = invalid(with_input(big).validate());
+    assert!(msg.contains("over the limit of 262144 bytes"), "{msg}");
+}
+
+#[test]
 fn random_dag_of_a_thousand_stages() {
     for seed in [1, 0x9e37_79b9_7f4a_7c15, 42] {
         let d = random_dag(1000, seed);
-        let plan = d.validate().unwrap();
+        let plan = d.validate_within(1000).unwrap();
         check_plan(&d, &plan);
         assert!(plan.levels.len() > 1);
     }
