@@ -116,7 +116,7 @@ async fn a_head_sent_byte_by_byte_is_cut_at_the_header_timeout() {
     // every 200 ms for as long as the server takes it.
     let trickle = tokio::spawn(async move {
         if write
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
             .await
             .is_err()
         {
@@ -182,8 +182,12 @@ async fn a_body_sent_byte_by_byte_is_cut_at_the_body_timeout() {
     let s = connect(&o).await;
     let (mut read, mut write) = s.into_split();
     let trickle = tokio::spawn(async move {
-        let head = "POST /api/v1/workflows HTTP/1.1\r\nHost: x\r\n\
-                    Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"input\": \"";
+        let head = format!(
+            "POST /api/v1/workflows HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"input\": \"",
+            orchestrator_server::testing::ADMIN
+        );
         if write.write_all(head.as_bytes()).await.is_err() {
             return;
         }
@@ -242,7 +246,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 #[tokio::test]
 async fn a_slow_handler_is_answered_503_at_the_request_timeout_but_event_streams_live_on() {
     let (_redis, o) = start(&["--request-timeout", "1s"]).await;
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http();
     // Waiting 20 s for a result that never comes outlasts the request timeout.
     let r = http
         .get(o.api("/tasks/alpha/never?wait=20s"))
@@ -284,7 +288,7 @@ async fn a_slow_handler_is_answered_503_at_the_request_timeout_but_event_streams
 #[tokio::test]
 async fn json_deeper_than_a_worker_decodes_is_refused_naming_the_limit() {
     let (_redis, o) = start(&[]).await;
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http();
     // The body: {"definition": …, "input": <63 levels>} is 64 deep, one past.
     for (path, body) in [
         (
@@ -340,7 +344,7 @@ async fn json_deeper_than_a_worker_decodes_is_refused_naming_the_limit() {
 #[tokio::test]
 async fn an_input_over_the_size_limit_is_refused_naming_it() {
     let (_redis, o) = start(&[]).await;
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http();
     // Under the 1 MiB body limit as JSON, over the 256 KiB its task may carry.
     let input = json!({ "blob": "x".repeat(limits::MAX_INPUT_BYTES + 1) });
     for (path, body) in [
@@ -372,7 +376,7 @@ async fn an_input_over_the_size_limit_is_refused_naming_it() {
 async fn an_input_at_the_depth_limit_runs_on_a_real_worker() {
     let (redis, o) = start(&[]).await;
     let agents = Agents::start(&redis, &["alpha"]);
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http();
     let def = "name: deep\nstages:\n  - name: build\n    agent: alpha\n    max_attempts: 1\n";
     let (status, v) = define(&http, &o, "application/yaml", def.into()).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
@@ -430,7 +434,7 @@ async fn an_input_at_the_depth_limit_runs_on_a_real_worker() {
 #[tokio::test]
 async fn a_definition_of_2000_stages_is_refused_naming_the_stage_limit() {
     let (_redis, o) = start(&[]).await;
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http();
     let stages: Vec<Value> = (0..2000)
         .map(|i| json!({ "name": format!("s{i}"), "agent": format!("a{i}") }))
         .collect();
@@ -473,7 +477,7 @@ async fn a_definition_of_2000_stages_is_refused_naming_the_stage_limit() {
 #[tokio::test]
 async fn a_definition_over_the_byte_limit_is_refused_naming_it() {
     let (_redis, o) = start(&[]).await;
-    let http = reqwest::Client::new();
+    let http = orchestrator_server::testing::http();
     let text = format!(
         "name: big\ndescription: {}\nstages:\n  - name: build\n    agent: alpha\n",
         "x".repeat(limits::MAX_DEFINITION_BYTES)
