@@ -6,6 +6,7 @@
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
 use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
 use agent_sdk::{Client, EnqueueOptions};
+use agent_toolkit::{Jail, JailArgs};
 use deployment_agent::{App, Deployed, DeploymentAgent};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
@@ -17,7 +18,11 @@ async fn releases_switch_prune_and_roll_back() {
     let client = Client::connect(&redis.url(), "dep").await.unwrap();
     let releases = tempfile::tempdir().unwrap();
     let worker = RunningWorker::spawn(
-        DeploymentAgent::new(client.artifacts(), releases.path().to_owned()),
+        DeploymentAgent::new(
+            client.artifacts(),
+            releases.path().to_owned(),
+            Jail::new(&JailArgs::default()).await.unwrap(),
+        ),
         "deployment",
         worker_config(&redis, "dep"),
     );

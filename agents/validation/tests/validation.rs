@@ -6,6 +6,7 @@
 use agent_sdk::schemas::{AgentType, ErrorKind, TaskStatus};
 use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
 use agent_sdk::{Client, EnqueueOptions};
+use agent_toolkit::{Jail, JailArgs};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -34,11 +35,16 @@ fn errors(findings: &[Finding]) -> Vec<&Finding> {
         .collect()
 }
 
-#[test]
-fn generated_projects_pass_and_planted_problems_are_found() {
+async fn jail() -> Jail {
+    Jail::new(&JailArgs::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn generated_projects_pass_and_planted_problems_are_found() {
+    let jail = jail().await;
     for template in ["python-package", "node-service", "rust-lib"] {
         let dir = project(template, &[]);
-        let (lang, files, findings) = check_tree(dir.path()).unwrap();
+        let (lang, files, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
         assert!(lang.is_some() && files >= 4, "{template}");
         assert!(errors(&findings).is_empty(), "{template}: {findings:#?}");
     }
@@ -51,7 +57,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
             ("notes.txt", "aws id AKIAABCDEFGHIJKLMNOP here\n"),
         ],
     );
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     let secrets: Vec<(&str, Option<usize>)> = errors(&findings)
         .iter()
         .filter(|f| f.rule == "secret")
@@ -67,7 +73,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
         "python-package",
         &[("src/demo_app/broken.py", "def f(:\n    pass\n")],
     );
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     let e = errors(&findings);
     assert!(
         e.iter()
@@ -76,7 +82,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
     );
 
     let dir = project("node-service", &[("src/bad.js", "function (\n")]);
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     assert!(
         errors(&findings)
             .iter()
@@ -91,7 +97,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
     )
     .unwrap();
     std::fs::write(dir.path().join("big.bin"), vec![b'a'; 2 * 1024 * 1024]).unwrap();
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     let rules: Vec<&str> = errors(&findings).iter().map(|f| f.rule.as_str()).collect();
     assert!(
         rules.contains(&"name") && rules.contains(&"size"),
@@ -100,7 +106,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
 
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("hello.txt"), "hi").unwrap();
-    let (lang, _, findings) = check_tree(empty.path()).unwrap();
+    let (lang, _, findings, _) = check_tree(empty.path(), &jail).await.unwrap();
     assert!(lang.is_none());
     assert!(
         errors(&findings).iter().any(|f| f.rule == "manifest"),
@@ -113,7 +119,7 @@ async fn the_agent_fails_permanently_with_its_findings() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "val").await.unwrap();
     let worker = RunningWorker::spawn(
-        ValidationAgent::new(client.artifacts()),
+        ValidationAgent::new(client.artifacts(), jail().await),
         "validation",
         worker_config(&redis, "val"),
     );

@@ -1,0 +1,169 @@
+//! The jail with real bubblewrap, real processes and real cgroups: what a
+//! program inside sees and cannot do, and that nothing it starts outlives
+//! its run — at the end, at the timeout, and when the run is dropped.
+
+#![allow(clippy::unwrap_used)]
+
+use agent_toolkit::{Jail, JailArgs, JailCommand};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+async fn jail() -> Jail {
+    Jail::new(&JailArgs::default()).await.unwrap()
+}
+
+fn sh(script: &str, timeout: Duration) -> JailCommand {
+    JailCommand::new("sh", timeout).args(["-c", script])
+}
+
+/// Pids of host processes whose command line contains `marker`.
+fn alive(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) until no process carries `marker`; panics naming them.
+async fn wait_all_gone(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = alive(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes {left:?} ({marker}) survived the jail"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_file(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_program_runs_as_the_jail_uid_without_network_and_reports_its_limits() {
+    let j = jail().await;
+    assert!(j.is_jailed());
+    let dir = tempfile::tempdir().unwrap();
+    let script = "id -u; id -g; cat /proc/net/dev | tail -n +3 | cut -d: -f1; ls /proc | grep -c '^[0-9]'; \
+                  touch /project/made && echo wrote-project; touch /usr/x 2>/dev/null || echo usr-read-only; \
+                  env | sort";
+    let out = j
+        .run(dir.path(), &sh(script, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.success, "{}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert_eq!(&lines[..2], ["65534", "65534"], "{}", out.output);
+    // The only interface is the namespace's own loopback.
+    assert_eq!(lines[2].trim(), "lo", "{}", out.output);
+    assert!(out.output.contains("wrote-project") && out.output.contains("usr-read-only"));
+    assert!(dir.path().join("made").exists());
+    assert!(
+        !out.output.contains("AGENTIC") && !out.output.contains("REDIS"),
+        "{}",
+        out.output
+    );
+    assert_eq!(out.limits.jail, "bwrap");
+    assert_eq!(
+        (out.limits.memory.as_str(), out.limits.pids.as_str()),
+        ("cgroup", "cgroup")
+    );
+    assert_eq!(out.limits.cpu, "rlimit");
+}
+
+/// A `setsid` daemon beating into the project, then the program hangs.
+fn daemon_then_hang(marker: &str) -> String {
+    format!(
+        "setsid sh -c 'while :; do date > /project/hb; sleep 0.05; done' {marker} & \
+         sleep 1000 # {marker}"
+    )
+}
+
+#[tokio::test]
+async fn a_dropped_run_takes_its_whole_tree_with_it() {
+    let j = jail().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("jail-drop-{}", std::process::id());
+    let cmd = sh(&daemon_then_hang(&marker), Duration::from_secs(600));
+    let hb = dir.path().join("hb");
+    // The run's future is dropped as the SDK drops a handler (timeout, lost lease).
+    tokio::select! {
+        r = j.run(dir.path(), &cmd) => panic!("the run ended by itself: {r:?}"),
+        () = async {
+            wait_for_file(&hb).await;
+            // The daemon is alive on the host when the run is dropped.
+            assert!(!alive(&marker).is_empty());
+        } => {}
+    }
+    wait_all_gone(&marker).await;
+}
+
+#[tokio::test]
+async fn the_timeout_kills_the_tree_a_setsid_daemon_included() {
+    let j = jail().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("jail-timeout-{}", std::process::id());
+    let out = j
+        .run(
+            dir.path(),
+            &sh(&daemon_then_hang(&marker), Duration::from_secs(3)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.timed_out && !out.success, "{out:?}");
+    assert!(dir.path().join("hb").exists(), "the daemon never ran");
+    wait_all_gone(&marker).await;
+}
+
+#[tokio::test]
+async fn a_missing_bwrap_is_refused_unless_the_operator_says_unsafe() {
+    let missing = JailArgs {
+        jail_bwrap: "/nonexistent/bwrap".into(),
+        ..JailArgs::default()
+    };
+    let e = Jail::new(&missing).await.unwrap_err().to_string();
+    assert!(
+        e.contains("cannot be made")
+            && e.contains("/nonexistent/bwrap")
+            && e.contains("--unsafe-no-jail"),
+        "{e}"
+    );
+    let unsafe_args = JailArgs {
+        unsafe_no_jail: true,
+        ..missing
+    };
+    let j = Jail::new(&unsafe_args).await.unwrap();
+    assert!(!j.is_jailed());
+    let dir = tempfile::tempdir().unwrap();
+    let out = j
+        .run(dir.path(), &sh("pwd; echo $HOME", Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.success, "{}", out.output);
+    assert!(
+        out.output
+            .starts_with(&dir.path().to_string_lossy().into_owned()),
+        "{}",
+        out.output
+    );
+    assert_eq!(out.limits.jail, "none");
+    assert_eq!(out.limits.cpu, "rlimit");
+}
