@@ -264,9 +264,11 @@ pub async fn check_tree(root: &Path, jail: &Jail) -> std::io::Result<CheckedTree
     Ok((language, files, out, limits))
 }
 
+/// What reading a project found, and the syntax checks still to run.
+type Planned = (Option<Language>, usize, Vec<Finding>, Vec<Syntax>);
+
 /// The checks that read the project's files, and the syntax checks to run.
-#[allow(clippy::type_complexity)]
-fn plan_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<Finding>, Vec<Syntax>)> {
+fn plan_tree(root: &Path) -> std::io::Result<Planned> {
     let mut out = Vec::new();
     let mut plan = Vec::new();
     let files = files_under(root)?;
