@@ -10,6 +10,7 @@ use agent_toolkit::{Jail, JailArgs};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 use validation_agent::{Finding, Report, Severity, ValidationAgent, check_tree};
 
@@ -183,4 +184,118 @@ async fn the_agent_fails_permanently_with_its_findings() {
     let r = run(json!({ "nothing": 1 })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
     worker.shutdown().await;
+}
+
+/// A `build.rs` runs under `cargo check`: in the jail it can neither reach
+/// Redis on loopback nor write outside its project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_script_is_jailed() {
+    let redis = TestRedis::start();
+    let marker = format!("buildrs{}", std::process::id());
+    let cwd = std::env::current_dir().unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let build = r#"use std::io::Write;
+fn main() {
+    let mut r = String::new();
+    match std::net::TcpStream::connect(("127.0.0.1", @PORT@)) {
+        Ok(mut s) => {
+            let _ = s.write_all(b"SET pwned-@MARKER@ 1\r\n");
+            r += "redis=CONNECTED ";
+        }
+        Err(e) => r += &format!("redis=blocked({:?}) ", e.kind()),
+    }
+    for d in ["@HOME@", "@CWD@", "/usr", "/etc"] {
+        match std::fs::write(format!("{d}/pwned-@MARKER@"), "x") {
+            Ok(()) => r += &format!("{d}=WROTE "),
+            Err(e) => r += &format!("{d}=refused({:?}) ", e.kind()),
+        }
+    }
+    panic!("BUILD REPORT {r}");
+}
+"#
+    .replace("@PORT@", &redis.port().to_string())
+    .replace("@MARKER@", &marker)
+    .replace("@HOME@", &home)
+    .replace("@CWD@", &cwd.to_string_lossy());
+    let dir = project("rust-lib", &[("build.rs", build.as_str())]);
+    let (_, _, findings, limits) = check_tree(dir.path(), &jail().await).await.unwrap();
+    let f = errors(&findings)
+        .into_iter()
+        .find(|f| f.rule == "syntax" && f.file == "Cargo.toml")
+        .unwrap_or_else(|| panic!("the build script's failure is not a finding: {findings:#?}"))
+        .clone();
+    let report = f
+        .message
+        .lines()
+        .find(|l| l.contains("BUILD REPORT"))
+        .unwrap_or_else(|| panic!("no report: {}", f.message));
+    assert!(
+        report.contains("redis=blocked(ConnectionRefused)"),
+        "{report}"
+    );
+    assert!(!report.contains("WROTE"), "{report}");
+    assert_eq!(limits.unwrap().jail, "bwrap");
+    for d in [Path::new(&home), &cwd, Path::new("/usr"), Path::new("/etc")] {
+        assert!(
+            !d.join(format!("pwned-{marker}")).exists(),
+            "{} written",
+            d.display()
+        );
+    }
+    let pwned: Option<String> = redis::cmd("GET")
+        .arg(format!("pwned-{marker}"))
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(pwned, None);
+}
+
+/// File names are never options and a project module never shadows the
+/// checker: `--require=evil.js` is checked as a file, `py_compile.py` is
+/// not imported by `python3 -I -m py_compile`.
+#[tokio::test]
+async fn a_file_name_cannot_become_an_option_or_a_module() {
+    let jail = jail().await;
+    let evil = "require('fs').writeFileSync('/project/evil-ran', 'yes');\n";
+    // `node --check --require=evil.js` would preload node_modules/evil.js.
+    let dir = project("node-service", &[("node_modules/evil.js", evil)]);
+    std::fs::write(dir.path().join("--require=evil.js"), "const ok = 1;\n").unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
+    assert!(
+        !dir.path().join("evil-ran").exists(),
+        "node preloaded evil.js: {findings:#?}"
+    );
+    assert!(errors(&findings).is_empty(), "{findings:#?}");
+
+    let shadow = "open('/project/shadow-ran', 'w').write('yes')\n";
+    let dir = project("python-package", &[("py_compile.py", shadow)]);
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
+    assert!(
+        !dir.path().join("shadow-ran").exists(),
+        "py_compile.py was imported: {findings:#?}"
+    );
+    assert!(errors(&findings).is_empty(), "{findings:#?}");
+}
+
+/// Without a jail the agent refuses to start: exit 64, saying why.
+#[tokio::test]
+async fn without_the_jail_the_agent_refuses_to_start() {
+    let logs = tempfile::tempdir().unwrap();
+    let mut p = agent_sdk::testing::Proc::spawn(
+        "validation-agent",
+        env!("CARGO_BIN_EXE_validation-agent"),
+        &[
+            "--jail-bwrap".into(),
+            "/nonexistent/bwrap".into(),
+            "--releases-dir".into(),
+            logs.path().to_string_lossy().into_owned(),
+        ][..2],
+        &[("PATH", &std::env::var("PATH").unwrap())],
+        logs.path().join("agent.log"),
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(60)).await, Some(64));
+    let log = p.log_text();
+    assert!(
+        log.contains("cannot be made") && log.contains("--unsafe-no-jail"),
+        "{log}"
+    );
 }
