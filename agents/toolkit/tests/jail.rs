@@ -171,3 +171,44 @@ async fn a_missing_bwrap_is_refused_unless_the_operator_says_unsafe() {
     assert_eq!(out.limits.jail, "none");
     assert_eq!(out.limits.cpu, "rlimit");
 }
+
+/// The agent's own v1 cgroup directory for `controller`, when it can make
+/// cgroups there.
+fn own_cgroup(controller: &str) -> Option<std::path::PathBuf> {
+    let mount = Path::new("/sys/fs/cgroup").join(controller);
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, list, path) = (p.next()?, p.next()?, p.next()?);
+            list.split(',')
+                .any(|c| c == controller)
+                .then(|| mount.join(path.trim_start_matches('/')))
+        })
+        .filter(|p| p.is_dir())
+        .unwrap_or(mount);
+    let probe = own.join(format!("jail-test-{}", std::process::id()));
+    (std::fs::create_dir(&probe).is_ok() && std::fs::remove_dir(&probe).is_ok()).then_some(own)
+}
+
+#[tokio::test]
+async fn cgroups_left_by_a_dead_agent_are_removed_at_start() {
+    let Some(parent) = own_cgroup("pids") else {
+        // No cgroups to leave behind here: the jail still starts.
+        assert!(jail().await.is_jailed());
+        return;
+    };
+    // A pid no process has: the agent that made it is gone.
+    let dead = (4_000_000..)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let stale = parent.join(format!("agentic-jail-{dead}-0"));
+    std::fs::create_dir(&stale).unwrap();
+    let live = parent.join(format!("agentic-jail-{}-999999", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    jail().await;
+    assert!(!stale.exists(), "{} was left", stale.display());
+    assert!(live.exists(), "a live agent's cgroup was removed");
+    std::fs::remove_dir(&live).unwrap();
+}

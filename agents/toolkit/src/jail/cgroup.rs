@@ -57,6 +57,38 @@ fn make(controller: &str, name: &str, settings: &[(&str, String)]) -> Option<Pat
     Some(dir)
 }
 
+/// Kills and removes the cgroups an agent that died (SIGKILL, a crash)
+/// left behind: `agentic-jail-<pid>-<n>` whose agent pid is gone.
+pub(crate) fn sweep_stale() {
+    for controller in ["memory", "pids"] {
+        let Some(parent) = own_dir(controller) else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("agentic-jail-")
+                .and_then(|rest| rest.split('-').next())
+            else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let mut stale = Cgroup::default();
+                let slot = if controller == "memory" {
+                    &mut stale.memory
+                } else {
+                    &mut stale.pids
+                };
+                *slot = Some(e.path());
+                stale.kill_and_remove();
+            }
+        }
+    }
+}
+
 impl Cgroup {
     /// Makes the cgroups of one run with these limits (best effort).
     pub(crate) fn create(memory_bytes: u64, pids: u64) -> Self {

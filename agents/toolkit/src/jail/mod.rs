@@ -274,9 +274,12 @@ impl Jail {
     /// it, refuses ([`JailError::Unavailable`]) unless `unsafe_no_jail`,
     /// which logs a warning and returns an unjailed runner.
     pub async fn new(args: &JailArgs) -> Result<Self, JailError> {
-        let toolchains = tokio::task::spawn_blocking(Toolchains::detect)
-            .await
-            .unwrap_or_default();
+        let toolchains = tokio::task::spawn_blocking(|| {
+            cgroup::sweep_stale();
+            Toolchains::detect()
+        })
+        .await
+        .unwrap_or_default();
         let make = |mode| Self {
             inner: Arc::new(Inner {
                 mode,

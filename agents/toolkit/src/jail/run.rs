@@ -125,11 +125,11 @@ impl Jail {
             }
             a.extend([os("--ro-bind"), b.into(), b.into()]);
         }
-        // /tmp as on any host (1777): bwrap's default 0755 is root's only.
-        let tmp = [
-            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
-        ];
-        a.extend(tmp.map(os));
+        // /tmp as on any host (1777: bwrap's default 0755 is root's only),
+        // no larger than the memory limit (its pages count in the cgroup too).
+        a.extend(["--dev", "/dev", "--proc", "/proc", "--perms", "1777"].map(os));
+        a.extend([os("--size"), os(inner.memory_bytes.to_string())]);
+        a.extend(["--tmpfs", "/tmp"].map(os));
         let bind = if writable { "--bind" } else { "--ro-bind" };
         a.extend([os(bind), dir.into(), os(PROJECT_DIR)]);
         a.extend([os("--chdir"), os(PROJECT_DIR), os("--clearenv")]);
