@@ -12,7 +12,7 @@ use scaffold_agent::{Request, generate};
 use serde_json::json;
 use std::time::Duration;
 
-fn agent(redis: &TestRedis, extra: &[&str], log: std::path::PathBuf) -> Proc {
+fn agent(redis: &TestRedis, extra: &[&str], unsafe_env: bool, log: std::path::PathBuf) -> Proc {
     let mut args = vec![
         "--redis-url".to_owned(),
         redis.url(),
@@ -27,6 +27,7 @@ fn agent(redis: &TestRedis, extra: &[&str], log: std::path::PathBuf) -> Proc {
         &[
             ("PATH", &std::env::var("PATH").unwrap()),
             ("HOME", &std::env::var("HOME").unwrap()),
+            ("AGENTIC_UNSAFE_NO_JAIL", if unsafe_env { "1" } else { "0" }),
         ],
         log,
     )
@@ -39,6 +40,7 @@ async fn without_bwrap_the_agent_refuses_to_start_unless_told_it_is_unsafe() {
     let mut refused = agent(
         &redis,
         &["--jail-bwrap", "/nonexistent/bwrap"],
+        false,
         logs.path().join("refused.log"),
     );
     assert_eq!(refused.wait_exit(Duration::from_secs(60)).await, Some(64));
@@ -52,7 +54,9 @@ async fn without_bwrap_the_agent_refuses_to_start_unless_told_it_is_unsafe() {
 
     let mut unsafe_agent = agent(
         &redis,
-        &["--jail-bwrap", "/nonexistent/bwrap", "--unsafe-no-jail"],
+        // The operator's explicit word, here from the environment.
+        &["--jail-bwrap", "/nonexistent/bwrap"],
+        true,
         logs.path().join("unsafe.log"),
     );
     let client = Client::connect(&redis.url(), "startup").await.unwrap();

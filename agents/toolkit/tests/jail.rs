@@ -212,3 +212,20 @@ async fn cgroups_left_by_a_dead_agent_are_removed_at_start() {
     assert!(live.exists(), "a live agent's cgroup was removed");
     std::fs::remove_dir(&live).unwrap();
 }
+
+#[tokio::test]
+async fn jailed_code_never_runs_as_root() {
+    for args in [
+        JailArgs {
+            jail_uid: 0,
+            ..JailArgs::default()
+        },
+        JailArgs {
+            jail_gid: 0,
+            ..JailArgs::default()
+        },
+    ] {
+        let e = Jail::new(&args).await.unwrap_err().to_string();
+        assert!(e.contains("must not be 0"), "{e}");
+    }
+}

@@ -65,7 +65,7 @@ pub struct JailArgs {
     pub jail_output_kib: usize,
     /// Run untrusted code WITHOUT the jail (rlimits only): for hosts where
     /// bubblewrap cannot work, when the operator accepts the risk.
-    #[arg(long, env = "AGENTIC_UNSAFE_NO_JAIL")]
+    #[arg(long, env = "AGENTIC_UNSAFE_NO_JAIL", value_parser = clap::builder::FalseyValueParser::new())]
     pub unsafe_no_jail: bool,
 }
 
@@ -93,6 +93,9 @@ pub enum JailError {
          namespaces, or pass --unsafe-no-jail (AGENTIC_UNSAFE_NO_JAIL=1) to run it with rlimits only"
     )]
     Unavailable(String),
+    /// The jail's settings make no sense.
+    #[error("bad jail settings: {0}")]
+    Settings(String),
     /// A step of a run failed.
     #[error("{what}: {source}")]
     Io {
@@ -291,6 +294,16 @@ impl Jail {
                 toolchains: toolchains.clone(),
             }),
         };
+        if args.jail_uid == 0 || args.jail_gid == 0 {
+            return Err(JailError::Settings(
+                "--jail-uid and --jail-gid must not be 0: jailed code never runs as root".into(),
+            ));
+        }
+        if args.jail_pids < 16 || args.jail_memory_mib < 64 {
+            return Err(JailError::Settings(
+                "--jail-pids must be at least 16 and --jail-memory-mib at least 64".into(),
+            ));
+        }
         for tool in ["prlimit", "setpriv"] {
             if find_program(Path::new(tool)).is_none() {
                 return Err(JailError::Unavailable(format!(
