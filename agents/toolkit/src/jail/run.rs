@@ -132,6 +132,10 @@ impl Jail {
         a.extend(["--tmpfs", "/tmp"].map(os));
         let bind = if writable { "--bind" } else { "--ro-bind" };
         a.extend([os(bind), dir.into(), os(PROJECT_DIR)]);
+        // The root bwrap builds (a tmpfs holding the mount points, /etc's
+        // among them) is read-only too: in a user namespace the jail's uid
+        // would own it.
+        a.extend([os("--remount-ro"), os("/")]);
         a.extend([os("--chdir"), os(PROJECT_DIR), os("--clearenv")]);
         for (k, v) in env {
             a.extend([os("--setenv"), os(k), os(v)]);
