@@ -88,4 +88,32 @@ mod tests {
         c.push(b"short");
         assert_eq!(c.finish(), ("short".to_owned(), 5, false));
     }
+
+    #[test]
+    fn a_tail_of_huge_lines_stays_small() {
+        let mut c = Capture::new(256 * 1024);
+        c.push("é".repeat(200_000).as_bytes());
+        let (output, output_bytes, output_truncated) = c.finish();
+        let run = super::super::RunOutput {
+            success: true,
+            timed_out: false,
+            code: Some(0),
+            output,
+            output_bytes,
+            output_truncated,
+            limits: super::super::Enforcement {
+                jail: "bwrap".into(),
+                uid: 65534,
+                memory: "cgroup".into(),
+                pids: "cgroup".into(),
+                cpu: "rlimit".into(),
+                file_size: "rlimit".into(),
+                output: "capture".into(),
+            },
+            limits_hit: vec!["output".into()],
+        };
+        let tail = run.tail(40);
+        assert!(tail.len() <= super::super::TAIL_BYTES + 6, "{}", tail.len());
+        assert!(tail.starts_with("[...] é"), "{}", &tail[..20]);
+    }
 }

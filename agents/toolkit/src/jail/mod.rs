@@ -39,6 +39,9 @@ use toolchain::Toolchains;
 /// Largest file a jailed program may write (RLIMIT_FSIZE).
 pub const FILE_SIZE_LIMIT: u64 = 1024 * 1024 * 1024;
 
+/// Most bytes [`RunOutput::tail`] returns.
+pub const TAIL_BYTES: usize = 8 * 1024;
+
 /// Where the project is inside the jail.
 pub const PROJECT_DIR: &str = "/project";
 
@@ -163,10 +166,19 @@ pub struct RunOutput {
 }
 
 impl RunOutput {
-    /// The last `n` lines of the output.
+    /// The last `n` lines of the output, at most [`TAIL_BYTES`] of them
+    /// (a suite can print lines of megabytes).
     pub fn tail(&self, n: usize) -> String {
         let lines: Vec<&str> = self.output.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+        if tail.len() <= TAIL_BYTES {
+            return tail;
+        }
+        let mut from = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(from) {
+            from += 1;
+        }
+        format!("[...] {}", &tail[from..])
     }
 
     /// A summary of the run's limits for a result or an error's details.
