@@ -163,3 +163,52 @@ async fn without_the_jail_the_agent_refuses_to_start() {
         "{log}"
     );
 }
+
+/// A smoke check runs the project's code: jailed, the release read-only,
+/// no network. A hostile `src/index.js` can neither change the release it
+/// is loaded from nor reach Redis.
+#[tokio::test]
+async fn a_hostile_smoke_check_is_jailed_with_its_release_read_only() {
+    let redis = TestRedis::start();
+    let releases = tempfile::tempdir().unwrap();
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("package.json"), "{\"name\": \"shop\"}").unwrap();
+    std::fs::create_dir_all(tree.path().join("src")).unwrap();
+    let hostile = "const fs = require('fs');\nconst net = require('net');\n\
+        try { fs.writeFileSync(__dirname + '/pwned', 'x'); console.log('WROTE'); }\n\
+        catch (e) { console.log('write refused: ' + e.code); }\n\
+        const s = net.connect(@PORT@, '127.0.0.1');\n\
+        s.on('connect', () => { console.log('CONNECTED'); process.exit(0); });\n\
+        s.on('error', (e) => { console.log('connect refused: ' + e.code); process.exit(3); });\n"
+        .replace("@PORT@", &redis.port().to_string());
+    std::fs::write(tree.path().join("src/index.js"), hostile).unwrap();
+    let jail = Jail::new(&JailArgs::default()).await.unwrap();
+    let app = App::new(releases.path(), "shop");
+    let err = deployment_agent::deploy(&jail, &app, tree.path(), "r1")
+        .await
+        .unwrap_err();
+    let m = err.message();
+    assert!(m.contains("smoke check failed"), "{m}");
+    assert!(m.contains("write refused: EROFS"), "{m}");
+    assert!(m.contains("connect refused: ECONNREFUSED"), "{m}");
+    assert!(!m.contains("WROTE") && !m.contains("CONNECTED"), "{m}");
+    assert_eq!(app.current(), None);
+    let pwned: Vec<_> = walk(releases.path())
+        .into_iter()
+        .chain(walk(tree.path()))
+        .filter(|p| p.ends_with("pwned"))
+        .collect();
+    assert!(pwned.is_empty(), "{pwned:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

@@ -153,6 +153,9 @@ async fn the_agent_fails_permanently_with_its_findings() {
     .await;
     assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
     let report: Report = serde_json::from_value(r.output.unwrap()).unwrap();
+    // The syntax checks ran in the jail, and the report says how it held them.
+    let limits = report.limits.clone().unwrap();
+    assert_eq!((limits.jail.as_str(), limits.uid), ("bwrap", 65534));
     assert!(
         report
             .findings
