@@ -126,7 +126,7 @@ async fn the_timeout_kills_the_tree_a_setsid_daemon_included() {
     let out = j
         .run(
             dir.path(),
-            &sh(&daemon_then_hang(&marker), Duration::from_secs(3)),
+            &sh(&daemon_then_hang(&marker), Duration::from_secs(10)),
         )
         .await
         .unwrap()
