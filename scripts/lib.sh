@@ -72,12 +72,16 @@ ensure_curl() {
 }
 
 # Installs what the reference agents run when missing: git (integration),
-# node (node-service projects) and python3 (python-package projects).
+# node (node-service projects), python3 (python-package projects) and
+# bubblewrap (the jail).
 ensure_agent_tools() {
   local missing=()
   command -v git >/dev/null 2>&1 || missing+=(git)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  # The jail of the agents that run projects' code (e2e, validation,
+  # deployment): without it they refuse to start.
+  command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (apt-get)..." >&2
     as_root apt-get update -qq

@@ -25,7 +25,9 @@ pub mod asked;
 pub use asked::{Asked, Input, Request, asked};
 
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
-use agent_toolkit::{Checked, Language, artifact_of, check_project_name, run, unpack_private};
+use agent_toolkit::{
+    Checked, Jail, JailCommand, Language, artifact_of, check_project_name, unpack_private,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,7 +145,9 @@ const PYTHON_SMOKE: &str =
 /// The project's smoke check in `dir`: does it load? What it loads is
 /// named by an argument of a fixed program, never written into its code:
 /// a directory name is data, whatever it holds.
-fn smoke(dir: &Path) -> Result<(), AgentError> {
+///
+/// It runs the project's code, so in `jail`, with the release read-only.
+async fn smoke(jail: &Jail, dir: &Path) -> Result<(), AgentError> {
     let (program, args): (&str, Vec<String>) = match Language::detect(dir) {
         Some(Language::Node) => (
             "node",
@@ -188,19 +192,16 @@ fn smoke(dir: &Path) -> Result<(), AgentError> {
             ));
         }
     };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match run(
-        dir,
-        program,
-        &args,
-        &[("PYTHONDONTWRITEBYTECODE", "1")],
-        SMOKE_TIMEOUT,
-    ) {
+    let cmd = JailCommand::new(program, SMOKE_TIMEOUT)
+        .args(&args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .read_only();
+    match jail.run(dir, &cmd).await {
         Ok(Some(r)) if r.success => Ok(()),
-        Ok(Some(r)) => Err(AgentError::permanent(format!(
-            "smoke check failed: {}",
-            r.tail(30)
-        ))),
+        Ok(Some(r)) => Err(
+            AgentError::permanent(format!("smoke check failed: {}", r.tail(30)))
+                .with_details(serde_json::json!({ "limits": r.limits_json() })),
+        ),
         Ok(None) => Err(AgentError::permanent(format!(
             "smoke check: {program} is not installed"
         ))),
@@ -211,7 +212,9 @@ fn smoke(dir: &Path) -> Result<(), AgentError> {
 }
 
 /// Installs the tree at `tree` as release `id` of `app` and makes it current.
-pub fn deploy(app: &App, tree: &Path, id: &str) -> Result<Deployed, AgentError> {
+///
+/// The smoke check runs in `jail`.
+pub async fn deploy(jail: &Jail, app: &App, tree: &Path, id: &str) -> Result<Deployed, AgentError> {
     let dest = app.releases().join(id);
     std::fs::create_dir_all(app.releases()).map_err(io("creating the releases directory"))?;
     if !dest.is_dir() {
@@ -221,7 +224,7 @@ pub fn deploy(app: &App, tree: &Path, id: &str) -> Result<Deployed, AgentError> 
         std::fs::rename(tree, &staging)
             .or_else(|_| copy_dir(tree, &staging))
             .map_err(io("installing the release"))?;
-        if let Err(e) = smoke(&staging) {
+        if let Err(e) = smoke(jail, &staging).await {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
@@ -293,14 +296,16 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 pub struct DeploymentAgent {
     artifacts: Artifacts,
     releases: PathBuf,
+    jail: Jail,
 }
 
 impl DeploymentAgent {
-    /// Releases live under `releases`.
-    pub fn new(artifacts: Artifacts, releases: PathBuf) -> Self {
+    /// Releases live under `releases`; smoke checks run in `jail`.
+    pub fn new(artifacts: Artifacts, releases: PathBuf, jail: Jail) -> Self {
         Self {
             artifacts,
             releases,
+            jail,
         }
     }
 }
@@ -340,8 +345,7 @@ impl Agent for DeploymentAgent {
         let (_dir, tree) = unpack_private(&self.artifacts, &sha).await?;
         let name =
             asked::app_to_deploy(asked.app.as_deref(), asked.requested_app.as_deref(), &tree)?;
-        tokio::task::spawn_blocking(move || deploy(&App::new(&releases, &name), &tree, &id))
-            .await
-            .map_err(|e| AgentError::retryable(format!("deployment stopped: {e}")))?
+        // Dropping this future (timeout, lost lease) kills a running smoke check.
+        deploy(&self.jail, &App::new(&releases, &name), &tree, &id).await
     }
 }

@@ -6,6 +6,7 @@
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
 use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
 use agent_sdk::{Client, EnqueueOptions};
+use agent_toolkit::{Jail, JailArgs};
 use deployment_agent::{App, Deployed, DeploymentAgent};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
@@ -17,7 +18,11 @@ async fn releases_switch_prune_and_roll_back() {
     let client = Client::connect(&redis.url(), "dep").await.unwrap();
     let releases = tempfile::tempdir().unwrap();
     let worker = RunningWorker::spawn(
-        DeploymentAgent::new(client.artifacts(), releases.path().to_owned()),
+        DeploymentAgent::new(
+            client.artifacts(),
+            releases.path().to_owned(),
+            Jail::new(&JailArgs::default()).await.unwrap(),
+        ),
         "deployment",
         worker_config(&redis, "dep"),
     );
@@ -152,7 +157,11 @@ impl Kit {
         let client = Client::connect(&redis.url(), ns).await.unwrap();
         let releases = tempfile::tempdir().unwrap();
         let worker = RunningWorker::spawn(
-            DeploymentAgent::new(client.artifacts(), releases.path().to_owned()),
+            DeploymentAgent::new(
+                client.artifacts(),
+                releases.path().to_owned(),
+                Jail::new(&JailArgs::default()).await.unwrap(),
+            ),
             "deployment",
             worker_config(redis, ns),
         );
@@ -347,4 +356,77 @@ async fn a_package_name_shaped_like_code_is_never_run() {
         .unwrap();
     assert!(marker.exists(), "the control ran nothing");
     kit.worker.shutdown().await;
+}
+
+/// Without a jail the agent refuses to start: exit 64, saying why.
+#[tokio::test]
+async fn without_the_jail_the_agent_refuses_to_start() {
+    let logs = tempfile::tempdir().unwrap();
+    let mut p = agent_sdk::testing::Proc::spawn(
+        "deployment-agent",
+        env!("CARGO_BIN_EXE_deployment-agent"),
+        &[
+            "--jail-bwrap".into(),
+            "/nonexistent/bwrap".into(),
+            "--releases-dir".into(),
+            logs.path().to_string_lossy().into_owned(),
+        ][..],
+        &[("PATH", &std::env::var("PATH").unwrap())],
+        logs.path().join("agent.log"),
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(60)).await, Some(64));
+    let log = p.log_text();
+    assert!(
+        log.contains("cannot be made") && log.contains("--unsafe-no-jail"),
+        "{log}"
+    );
+}
+
+/// A smoke check runs the project's code: jailed, the release read-only,
+/// no network. A hostile `src/index.js` can neither change the release it
+/// is loaded from nor reach Redis.
+#[tokio::test]
+async fn a_hostile_smoke_check_is_jailed_with_its_release_read_only() {
+    let redis = TestRedis::start();
+    let releases = tempfile::tempdir().unwrap();
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("package.json"), "{\"name\": \"shop\"}").unwrap();
+    std::fs::create_dir_all(tree.path().join("src")).unwrap();
+    let hostile = "const fs = require('fs');\nconst net = require('net');\n\
+        try { fs.writeFileSync(__dirname + '/pwned', 'x'); console.log('WROTE'); }\n\
+        catch (e) { console.log('write refused: ' + e.code); }\n\
+        const s = net.connect(@PORT@, '127.0.0.1');\n\
+        s.on('connect', () => { console.log('CONNECTED'); process.exit(0); });\n\
+        s.on('error', (e) => { console.log('connect refused: ' + e.code); process.exit(3); });\n"
+        .replace("@PORT@", &redis.port().to_string());
+    std::fs::write(tree.path().join("src/index.js"), hostile).unwrap();
+    let jail = Jail::new(&JailArgs::default()).await.unwrap();
+    let app = App::new(releases.path(), "shop");
+    let err = deployment_agent::deploy(&jail, &app, tree.path(), "r1")
+        .await
+        .unwrap_err();
+    let m = err.message();
+    assert!(m.contains("smoke check failed"), "{m}");
+    assert!(m.contains("write refused: EROFS"), "{m}");
+    assert!(m.contains("connect refused: ECONNREFUSED"), "{m}");
+    assert!(!m.contains("WROTE") && !m.contains("CONNECTED"), "{m}");
+    assert_eq!(app.current(), None);
+    let pwned: Vec<_> = walk(releases.path())
+        .into_iter()
+        .chain(walk(tree.path()))
+        .filter(|p| p.ends_with("pwned"))
+        .collect();
+    assert!(pwned.is_empty(), "{pwned:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }

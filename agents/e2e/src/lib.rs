@@ -1,7 +1,10 @@
 //! `e2e-agent`: runs a project's own test suite — `cargo test --offline`,
-//! `python3 -m unittest`, `node --test` — in a private temporary directory,
-//! with a scrubbed environment, resource limits and a timeout, and reports
-//! the pass/fail counts parsed from the runner's output.
+//! `python3 -m unittest`, `node --test` — in the [`Jail`] (bubblewrap: its
+//! own uid, no network, a read-only root, the unpacked project the only
+//! writable directory, memory/process/CPU/file-size/output limits, the whole
+//! tree killed at the end, at the timeout or when the handler is dropped),
+//! and reports the pass/fail counts parsed from the runner's output with the
+//! limits in force and any it hit.
 //!
 //! Input: `{"artifact": "<sha256>"}`, or as a workflow stage the artifact of
 //! the stage it depends on (see [`agent_toolkit::artifact_of`]); an input
@@ -12,7 +15,8 @@
 use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
 use agent_toolkit::{
-    ArtifactRequest, Checked, Language, RunOutput, Unread, artifact_of, run, unpack_private,
+    ArtifactRequest, Checked, Enforcement, Jail, JailCommand, Language, RunOutput, Unread,
+    artifact_of, unpack_private,
 };
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -39,6 +43,14 @@ pub struct Outcome {
     pub failed: u64,
     /// How long the run took.
     pub duration_ms: u64,
+    /// What enforced each limit (jail, memory, pids, cpu, file size, output).
+    pub limits: Enforcement,
+    /// Limits the suite ran into (`memory`, `pids`, `output`).
+    pub limits_hit: Vec<String>,
+    /// Bytes the suite printed.
+    pub output_bytes: u64,
+    /// Whether only the start and end of the output were kept.
+    pub output_truncated: bool,
 }
 
 static CARGO: LazyLock<Option<Regex>> =
@@ -113,33 +125,38 @@ fn command(language: Language) -> (&'static str, &'static [&'static str]) {
 /// One suite's run: language, command, how it ended, (passed, failed).
 pub type SuiteRun = (Language, String, RunOutput, Option<(u64, u64)>);
 
-/// Runs the tests of the project at `root`; the run and its counts.
-pub fn test_tree(root: &Path, timeout: Duration) -> Result<SuiteRun, AgentError> {
+/// Runs the tests of the project at `root` in `jail`; the run and its counts.
+pub async fn test_tree(
+    jail: &Jail,
+    root: &Path,
+    timeout: Duration,
+) -> Result<SuiteRun, AgentError> {
     let language = Language::detect(root).ok_or_else(|| {
         AgentError::permanent("no Cargo.toml, pyproject.toml or package.json: nothing to test")
     })?;
     let (program, args) = command(language);
-    let target = root.join(".e2e-target");
-    let target = target.to_string_lossy().into_owned();
-    let out = run(
-        root,
-        program,
-        args,
-        &[
-            ("CARGO_TARGET_DIR", target.as_str()),
-            ("PYTHONDONTWRITEBYTECODE", "1"),
-        ],
-        timeout,
-    )
-    .map_err(|e| AgentError::retryable(format!("cannot run {program}: {e}")))?
-    .ok_or_else(|| AgentError::permanent(format!("{program} is not installed on this worker")))?;
+    let cmd = JailCommand::new(program, timeout)
+        .args(args)
+        .env_project_path("CARGO_TARGET_DIR", ".e2e-target")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = jail
+        .run(root, &cmd)
+        .await
+        .map_err(|e| AgentError::retryable(format!("cannot run {program}: {e}")))?
+        .ok_or_else(|| {
+            AgentError::permanent(format!("{program} is not installed on this worker"))
+        })?;
     let counts = counts(language, &out.output);
-    Ok((
-        language,
-        format!("{program} {}", args.join(" ")),
-        out,
-        counts,
-    ))
+    Ok((language, cmd.display(), out, counts))
+}
+
+/// ", limits hit: memory, pids" when the suite ran into any.
+fn hit(out: &RunOutput) -> String {
+    if out.limits_hit.is_empty() {
+        String::new()
+    } else {
+        format!("; limits hit: {}", out.limits_hit.join(", "))
+    }
 }
 
 /// The agent.
@@ -147,12 +164,18 @@ pub fn test_tree(root: &Path, timeout: Duration) -> Result<SuiteRun, AgentError>
 pub struct E2eAgent {
     artifacts: Artifacts,
     timeout: Duration,
+    jail: Jail,
 }
 
 impl E2eAgent {
-    /// An agent reading projects from `artifacts`, giving each suite `timeout`.
-    pub fn new(artifacts: Artifacts, timeout: Duration) -> Self {
-        Self { artifacts, timeout }
+    /// An agent reading projects from `artifacts`, running each suite in
+    /// `jail` for at most `timeout`.
+    pub fn new(artifacts: Artifacts, timeout: Duration, jail: Jail) -> Self {
+        Self {
+            artifacts,
+            timeout,
+            jail,
+        }
     }
 }
 
@@ -165,29 +188,32 @@ impl Agent for E2eAgent {
         let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
         let timeout = self.timeout;
         let started = Instant::now();
-        let (language, cmd, out, counts) =
-            tokio::task::spawn_blocking(move || test_tree(&root, timeout))
-                .await
-                .map_err(|e| AgentError::retryable(format!("test run stopped: {e}")))??;
+        // Dropping this future (the SDK's timeout, a lost lease) kills the
+        // jail and everything the suite started.
+        let (language, cmd, out, counts) = test_tree(&self.jail, &root, timeout).await?;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (passed, failed) = counts.unwrap_or((0, 0));
-        let details = json!({ "command": cmd, "passed": passed, "failed": failed, "tail": out.tail(TAIL_LINES) });
+        let details = json!({ "command": cmd, "passed": passed, "failed": failed,
+                              "tail": out.tail(TAIL_LINES), "limits": out.limits_json() });
         if out.timed_out {
             return Err(AgentError::retryable(format!(
-                "tests timed out after {}",
-                humantime::format_duration(timeout)
+                "tests timed out after {}{}",
+                humantime::format_duration(timeout),
+                hit(&out)
             ))
             .with_details(details));
         }
         if !out.success || failed > 0 {
             return Err(AgentError::permanent(format!(
-                "tests failed: {passed} passed, {failed} failed ({cmd})"
+                "tests failed: {passed} passed, {failed} failed ({cmd}{})",
+                hit(&out)
             ))
             .with_details(details));
         }
         if counts.is_none() {
             return Err(AgentError::permanent(format!(
-                "{cmd} succeeded but reported no test counts"
+                "{cmd} succeeded but reported no test counts{}",
+                hit(&out)
             ))
             .with_details(details));
         }
@@ -198,6 +224,10 @@ impl Agent for E2eAgent {
             passed,
             failed,
             duration_ms,
+            limits: out.limits,
+            limits_hit: out.limits_hit,
+            output_bytes: out.output_bytes,
+            output_truncated: out.output_truncated,
         })
     }
 }

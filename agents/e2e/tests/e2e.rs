@@ -6,6 +6,7 @@
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
 use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
 use agent_sdk::{Client, EnqueueOptions, RuntimeConfig};
+use agent_toolkit::{Jail, JailArgs};
 use e2e_agent::{E2eAgent, Outcome};
 use scaffold_agent::{Request, generate};
 use serde_json::json;
@@ -36,7 +37,11 @@ async fn suites_pass_fail_and_time_out_as_they_should() {
         ..worker_config(&redis, "e2e")
     };
     let worker = RunningWorker::spawn(
-        E2eAgent::new(client.artifacts(), Duration::from_secs(60)),
+        E2eAgent::new(
+            client.artifacts(),
+            Duration::from_secs(60),
+            Jail::new(&JailArgs::default()).await.unwrap(),
+        ),
         "e2e",
         cfg.clone(),
     );
@@ -94,7 +99,11 @@ async fn suites_pass_fail_and_time_out_as_they_should() {
 
     // A suite that hangs: killed at the timeout, a retryable failure.
     let worker = RunningWorker::spawn(
-        E2eAgent::new(client.artifacts(), Duration::from_secs(2)),
+        E2eAgent::new(
+            client.artifacts(),
+            Duration::from_secs(2),
+            Jail::new(&JailArgs::default()).await.unwrap(),
+        ),
         "e2e",
         cfg,
     );

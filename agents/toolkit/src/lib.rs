@@ -7,10 +7,14 @@
 //!   output by the stage it depends on.
 //! - [`unpack_private`]: that artifact, unpacked where no one else looks.
 //! - [`Language`]: a project's language, from its manifest.
-//! - [`run`]: a program run in a project directory with a scrubbed
-//!   environment, resource limits and a timeout.
+//! - [`jail`]: every untrusted program (a project's tests, smoke check,
+//!   build) runs in the [`Jail`]: bubblewrap namespaces, its own uid,
+//!   a read-only root, limits, and the whole process tree killed at the end.
 
 pub mod input;
+pub mod jail;
+
+pub use jail::{Enforcement, Jail, JailArgs, JailCommand, JailError, RunOutput};
 
 pub use input::{
     ArtifactField, ArtifactRequest, Checked, Loose, NamesArtifact, Unread, WithArtifact,
@@ -21,8 +25,6 @@ use agent_sdk::schemas::TaskInput;
 use agent_sdk::{AgentError, Artifacts};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The artifact digest a task is about: the one its direct input names
 /// (`{"artifact": "<sha256>"}` or `{"artifact": {"sha256": ...}}`), or, for
@@ -114,99 +116,6 @@ impl Language {
         .into_iter()
         .find_map(|(m, l)| root.join(m).is_file().then_some(l))
     }
-}
-
-/// How a sandboxed run ended.
-#[derive(Debug, Clone)]
-pub struct RunOutput {
-    /// Exit success.
-    pub success: bool,
-    /// Killed at the timeout.
-    pub timed_out: bool,
-    /// Standard output and error, as text.
-    pub output: String,
-}
-
-impl RunOutput {
-    /// The last `n` lines of the output.
-    pub fn tail(&self, n: usize) -> String {
-        let lines: Vec<&str> = self.output.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-}
-
-/// Environment variables a toolchain needs; everything else is dropped.
-const KEPT_ENV: [&str; 6] = [
-    "PATH",
-    "HOME",
-    "CARGO_HOME",
-    "RUSTUP_HOME",
-    "RUSTUP_TOOLCHAIN",
-    "LANG",
-];
-
-/// Runs `program args` in `dir` with a scrubbed environment (only
-/// [`KEPT_ENV`], plus `extra_env`), limits on CPU time and written file size
-/// (through the shell's `ulimit`), and a wall-clock `timeout` after which it
-/// is killed. `Ok(None)`: the program is not installed.
-pub fn run(
-    dir: &Path,
-    program: &str,
-    args: &[&str],
-    extra_env: &[(&str, &str)],
-    timeout: Duration,
-) -> std::io::Result<Option<RunOutput>> {
-    if !installed(program) {
-        return Ok(None);
-    }
-    let cpu = timeout.as_secs().max(1) * 2;
-    // 1 GiB per written file, in 512-byte blocks.
-    let script = format!("ulimit -t {cpu} && ulimit -f 2097152 && exec \"$@\"");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg("sandbox")
-        .arg(program)
-        .args(args);
-    cmd.current_dir(dir).env_clear();
-    for k in KEPT_ENV {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
-        }
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let log = dir.join(".sandbox-output");
-    let out = std::fs::File::create(&log)?;
-    cmd.stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let mut child = cmd.spawn()?;
-    let deadline = Instant::now() + timeout;
-    let (success, timed_out) = loop {
-        if let Some(status) = child.try_wait()? {
-            break (status.success(), false);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break (false, true);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = String::from_utf8_lossy(&std::fs::read(&log)?).into_owned();
-    let _ = std::fs::remove_file(&log);
-    Ok(Some(RunOutput {
-        success,
-        timed_out,
-        output,
-    }))
-}
-
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! `validation-agent`: unpacks a project artifact into a private temporary
 //! directory and checks it — a manifest for its language that parses, the
 //! files that language needs, name rules, file sizes, a secret scan, and the
-//! language's own syntax check when its toolchain is installed.
+//! language's own syntax check when its toolchain is installed. Syntax
+//! checks run the project's code (`cargo check` builds `build.rs` and proc
+//! macros), so they run in the [`Jail`]; a file name is passed as `./name`,
+//! never as something a program could take for an option, and Python runs
+//! isolated (`-I`: no project file shadows `py_compile`).
 //!
 //! Input: `{"artifact": "<sha256>"}`, or, as a workflow stage, the artifact
 //! of the stage it depends on (see [`agent_toolkit::artifact_of`]); an input
@@ -25,7 +29,9 @@ use agent_sdk::artifacts::refused_names;
 use agent_sdk::schemas::TaskInput;
 use agent_sdk::{Agent, AgentError, Artifacts, TaskContext};
 pub use agent_toolkit::Language;
-use agent_toolkit::{ArtifactRequest, Checked, Unread, artifact_of, run, unpack_private};
+use agent_toolkit::{
+    ArtifactRequest, Checked, Enforcement, Jail, JailCommand, Unread, artifact_of, unpack_private,
+};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -93,6 +99,9 @@ pub struct Report {
     pub files: usize,
     /// Everything found, errors first.
     pub findings: Vec<Finding>,
+    /// What enforced the limits of the jailed syntax checks, when any ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Enforcement>,
 }
 
 /// Secret patterns: (rule detail, pattern). Kept strict to avoid noise.
@@ -206,40 +215,76 @@ pub fn syntax_command(language: Language, file: &str) -> (&'static str, Vec<Stri
     }
 }
 
-fn syntax(dir: &Path, file: &str, language: Language, out: &mut Vec<Finding>) {
+/// A syntax check to run in the jail: the file it is about and the command.
+#[derive(Debug)]
+struct Syntax {
+    file: String,
+    cmd: JailCommand,
+}
+
+fn syntax(file: &str, language: Language, plan: &mut Vec<Syntax>) {
     let (program, args) = syntax_command(language, file);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let args = args.as_slice();
-    let target = dir.join(".validation-target");
-    let target = target.to_string_lossy();
-    let env = [
-        ("CARGO_TARGET_DIR", target.as_ref()),
-        ("PYTHONDONTWRITEBYTECODE", "1"),
-    ];
-    match run(dir, program, args, &env, CHECK_TIMEOUT) {
-        Ok(None) => out.push(finding(
-            file,
-            None,
-            Severity::Info,
-            "syntax",
-            format!("{program} is not installed: syntax not checked"),
-        )),
-        Err(e) => out.push(finding(
-            file,
-            None,
-            Severity::Warning,
-            "syntax",
-            format!("{program} could not run: {e}"),
-        )),
-        Ok(Some(r)) if r.success => {}
-        Ok(Some(r)) if r.timed_out => out.push(finding(
-            file,
-            None,
-            Severity::Error,
-            "syntax",
-            format!("{program} ran over {CHECK_TIMEOUT:?}"),
-        )),
-        Ok(Some(r)) => out.push(finding(file, None, Severity::Error, "syntax", r.tail(20))),
+    let cmd = JailCommand::new(program, CHECK_TIMEOUT)
+        .args(&args)
+        .env_project_path("CARGO_TARGET_DIR", ".validation-target")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    plan.push(Syntax {
+        file: file.to_owned(),
+        cmd,
+    });
+}
+
+/// Runs one syntax check in `jail`; what enforced its limits, when it ran.
+async fn run_syntax(
+    jail: &Jail,
+    dir: &Path,
+    check: &Syntax,
+    out: &mut Vec<Finding>,
+) -> Option<Enforcement> {
+    let (file, program) = (check.file.as_str(), check.cmd.program());
+    let hit = |r: &agent_toolkit::RunOutput| {
+        if r.limits_hit.is_empty() {
+            String::new()
+        } else {
+            format!(" (limits hit: {})", r.limits_hit.join(", "))
+        }
+    };
+    match jail.run(dir, &check.cmd).await {
+        Ok(None) => {
+            out.push(finding(
+                file,
+                None,
+                Severity::Info,
+                "syntax",
+                format!("{program} is not installed: syntax not checked"),
+            ));
+            None
+        }
+        Err(e) => {
+            out.push(finding(
+                file,
+                None,
+                Severity::Warning,
+                "syntax",
+                format!("{program} could not run: {e}"),
+            ));
+            None
+        }
+        Ok(Some(r)) => {
+            if r.timed_out {
+                out.push(finding(
+                    file,
+                    None,
+                    Severity::Error,
+                    "syntax",
+                    format!("{program} ran over {CHECK_TIMEOUT:?}{}", hit(&r)),
+                ));
+            } else if !r.success {
+                let message = format!("{}{}", r.tail(20), hit(&r));
+                out.push(finding(file, None, Severity::Error, "syntax", message));
+            }
+            Some(r.limits)
+        }
     }
 }
 
@@ -276,8 +321,35 @@ fn check_manifest(root: &Path, file: &str, section: Option<&str>, out: &mut Vec<
     }
 }
 
-/// Checks the project unpacked at `root`.
-pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<Finding>)> {
+/// What a check of a project found: its language, its number of files,
+/// the findings, and what enforced the limits of its jailed checks.
+pub type CheckedTree = (Option<Language>, usize, Vec<Finding>, Option<Enforcement>);
+
+/// Checks the project unpacked at `root`, running its syntax checks in `jail`.
+pub async fn check_tree(root: &Path, jail: &Jail) -> std::io::Result<CheckedTree> {
+    let owned = root.to_owned();
+    let (language, files, mut out, plan) = tokio::task::spawn_blocking(move || plan_tree(&owned))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let mut limits = None;
+    for check in &plan {
+        limits = run_syntax(jail, root, check, &mut out).await.or(limits);
+    }
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.file.cmp(&b.file))
+            .then(a.line.cmp(&b.line))
+    });
+    Ok((language, files, out, limits))
+}
+
+/// What reading a project found, and the syntax checks still to run.
+type Planned = (Option<Language>, usize, Vec<Finding>, Vec<Syntax>);
+
+/// The checks that read the project's files, and the syntax checks to run.
+fn plan_tree(root: &Path) -> std::io::Result<Planned> {
+    let mut plan = Vec::new();
     let mut out = bad_names(root)?;
     let refused: Vec<PathBuf> = out.iter().map(|f| root.join(&f.file)).collect();
     // A refused file is named, never read or handed to a checker.
@@ -350,7 +422,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
                 ));
             }
             if !out.iter().any(|f| f.severity == Severity::Error) {
-                syntax(root, "Cargo.toml", Language::Rust, &mut out);
+                syntax("Cargo.toml", Language::Rust, &mut plan);
             }
         }
         Some(Language::Python) => {
@@ -359,7 +431,7 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
                 .iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "py"))
             {
-                syntax(root, &rel(root, p), Language::Python, &mut out);
+                syntax(&rel(root, p), Language::Python, &mut plan);
             }
         }
         Some(Language::Node) => {
@@ -368,29 +440,24 @@ pub fn check_tree(root: &Path) -> std::io::Result<(Option<Language>, usize, Vec<
                 .iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "js"))
             {
-                syntax(root, &rel(root, p), Language::Node, &mut out);
+                syntax(&rel(root, p), Language::Node, &mut plan);
             }
         }
     }
-    out.sort_by(|a, b| {
-        b.severity
-            .cmp(&a.severity)
-            .then(a.file.cmp(&b.file))
-            .then(a.line.cmp(&b.line))
-    });
-    Ok((language, files.len(), out))
+    Ok((language, files.len(), out, plan))
 }
 
 /// The agent.
 #[derive(Debug, Clone)]
 pub struct ValidationAgent {
     artifacts: Artifacts,
+    jail: Jail,
 }
 
 impl ValidationAgent {
-    /// An agent reading projects from `artifacts`.
-    pub fn new(artifacts: Artifacts) -> Self {
-        Self { artifacts }
+    /// An agent reading projects from `artifacts`, running syntax checks in `jail`.
+    pub fn new(artifacts: Artifacts, jail: Jail) -> Self {
+        Self { artifacts, jail }
     }
 }
 
@@ -430,13 +497,13 @@ impl Agent for ValidationAgent {
 
     async fn handle(&self, _ctx: &TaskContext, input: Self::Input) -> Result<Report, AgentError> {
         let sha = artifact_of(&input.into_result("bad input")?)?;
-        let (language, files, findings) = match self.refused_names(&sha).await? {
-            refused if !refused.is_empty() => (None, 0, refused),
+        let (language, files, findings, limits) = match self.refused_names(&sha).await? {
+            refused if !refused.is_empty() => (None, 0, refused, None),
             _ => {
                 let (_dir, root) = unpack_private(&self.artifacts, &sha).await?;
-                tokio::task::spawn_blocking(move || check_tree(&root))
+                // Dropping this future (timeout, lost lease) kills a running check.
+                check_tree(&root, &self.jail)
                     .await
-                    .map_err(|e| AgentError::retryable(format!("checking stopped: {e}")))?
                     .map_err(|e| AgentError::retryable(format!("reading the project: {e}")))?
             }
         };
@@ -445,6 +512,7 @@ impl Agent for ValidationAgent {
             language,
             files,
             findings,
+            limits,
         };
         let errors: Vec<&Finding> = report
             .findings
@@ -459,9 +527,8 @@ impl Agent for ValidationAgent {
                 first.line.map(|l| format!(":{l}")).unwrap_or_default(),
                 first.message.lines().next().unwrap_or("")
             );
-            return Err(
-                AgentError::permanent(msg).with_details(json!({ "findings": report.findings }))
-            );
+            return Err(AgentError::permanent(msg)
+                .with_details(json!({ "findings": report.findings, "limits": report.limits })));
         }
         Ok(report)
     }

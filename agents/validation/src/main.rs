@@ -1,6 +1,7 @@
 //! `validation-agent`: serves agent type `validation` (see the library docs).
 
 use agent_sdk::RuntimeConfig;
+use agent_toolkit::{Jail, JailArgs};
 use clap::Parser;
 use std::process::ExitCode;
 use validation_agent::ValidationAgent;
@@ -11,14 +12,23 @@ use validation_agent::ValidationAgent;
 struct Cli {
     #[command(flatten)]
     runtime: RuntimeConfig,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let jail = cli.jail;
     agent_sdk::daemon::run("validation-agent", "validation", cli.runtime, async |cfg| {
+        // Syntax checks build project code: no jail, no agent (exit 64),
+        // unless the operator passed --unsafe-no-jail.
+        let jail = Jail::new(&jail)
+            .await
+            .map_err(|e| agent_sdk::Error::Config(e.to_string()))?;
         Ok(ValidationAgent::new(
             agent_sdk::daemon::client(cfg).await?.artifacts(),
+            jail,
         ))
     })
     .await

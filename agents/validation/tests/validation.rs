@@ -6,6 +6,7 @@
 use agent_sdk::schemas::{AgentType, ErrorKind, TaskStatus};
 use agent_sdk::testing::{RunningWorker, TestRedis, worker_config};
 use agent_sdk::{Client, EnqueueOptions};
+use agent_toolkit::{Jail, JailArgs};
 use scaffold_agent::{Request, generate};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -38,11 +39,16 @@ fn errors(findings: &[Finding]) -> Vec<&Finding> {
         .collect()
 }
 
-#[test]
-fn generated_projects_pass_and_planted_problems_are_found() {
+async fn jail() -> Jail {
+    Jail::new(&JailArgs::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn generated_projects_pass_and_planted_problems_are_found() {
+    let jail = jail().await;
     for template in ["python-package", "node-service", "rust-lib"] {
         let dir = project(template, &[]);
-        let (lang, files, findings) = check_tree(dir.path()).unwrap();
+        let (lang, files, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
         assert!(lang.is_some() && files >= 4, "{template}");
         assert!(errors(&findings).is_empty(), "{template}: {findings:#?}");
     }
@@ -55,7 +61,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
             ("notes.txt", "aws id AKIAABCDEFGHIJKLMNOP here\n"),
         ],
     );
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     let secrets: Vec<(&str, Option<usize>)> = errors(&findings)
         .iter()
         .filter(|f| f.rule == "secret")
@@ -71,7 +77,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
         "python-package",
         &[("src/demo_app/broken.py", "def f(:\n    pass\n")],
     );
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     let e = errors(&findings);
     assert!(
         e.iter()
@@ -80,7 +86,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
     );
 
     let dir = project("node-service", &[("src/bad.js", "function (\n")]);
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     assert!(
         errors(&findings)
             .iter()
@@ -95,7 +101,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
     )
     .unwrap();
     std::fs::write(dir.path().join("big.bin"), vec![b'a'; 2 * 1024 * 1024]).unwrap();
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
     let rules: Vec<&str> = errors(&findings).iter().map(|f| f.rule.as_str()).collect();
     assert!(
         rules.contains(&"name") && rules.contains(&"size"),
@@ -104,7 +110,7 @@ fn generated_projects_pass_and_planted_problems_are_found() {
 
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("hello.txt"), "hi").unwrap();
-    let (lang, _, findings) = check_tree(empty.path()).unwrap();
+    let (lang, _, findings, _) = check_tree(empty.path(), &jail).await.unwrap();
     assert!(lang.is_none());
     assert!(
         errors(&findings).iter().any(|f| f.rule == "manifest"),
@@ -117,7 +123,7 @@ async fn the_agent_fails_permanently_with_its_findings() {
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "val").await.unwrap();
     let worker = RunningWorker::spawn(
-        ValidationAgent::new(client.artifacts()),
+        ValidationAgent::new(client.artifacts(), jail().await),
         "validation",
         worker_config(&redis, "val"),
     );
@@ -150,6 +156,9 @@ async fn the_agent_fails_permanently_with_its_findings() {
     .await;
     assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
     let report: Report = serde_json::from_value(r.output.unwrap()).unwrap();
+    // The syntax checks ran in the jail, and the report says how it held them.
+    let limits = report.limits.clone().unwrap();
+    assert_eq!((limits.jail.as_str(), limits.uid), ("bwrap", 65534));
     assert!(
         report
             .findings
@@ -181,6 +190,125 @@ async fn the_agent_fails_permanently_with_its_findings() {
     let r = run(json!({ "nothing": 1 })).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
     worker.shutdown().await;
+}
+
+/// A `build.rs` runs under `cargo check`: in the jail it can neither reach
+/// Redis on loopback nor write outside its project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_script_is_jailed() {
+    let redis = TestRedis::start();
+    let marker = format!("buildrs{}", std::process::id());
+    let cwd = std::env::current_dir().unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let build = r#"use std::io::Write;
+fn main() {
+    let mut r = String::new();
+    match std::net::TcpStream::connect(("127.0.0.1", @PORT@)) {
+        Ok(mut s) => {
+            let _ = s.write_all(b"SET pwned-@MARKER@ 1\r\n");
+            r += "redis=CONNECTED ";
+        }
+        Err(e) => r += &format!("redis=blocked({:?}) ", e.kind()),
+    }
+    for d in ["@HOME@", "@CWD@", "/usr", "/etc"] {
+        match std::fs::write(format!("{d}/pwned-@MARKER@"), "x") {
+            Ok(()) => r += &format!("{d}=WROTE "),
+            Err(e) => r += &format!("{d}=refused({:?}) ", e.kind()),
+        }
+    }
+    panic!("BUILD REPORT {r}");
+}
+"#
+    .replace("@PORT@", &redis.port().to_string())
+    .replace("@MARKER@", &marker)
+    .replace("@HOME@", &home)
+    .replace("@CWD@", &cwd.to_string_lossy());
+    let dir = project("rust-lib", &[("build.rs", build.as_str())]);
+    let (_, _, findings, limits) = check_tree(dir.path(), &jail().await).await.unwrap();
+    let f = errors(&findings)
+        .into_iter()
+        .find(|f| f.rule == "syntax" && f.file == "Cargo.toml")
+        .unwrap_or_else(|| panic!("the build script's failure is not a finding: {findings:#?}"))
+        .clone();
+    let report = f
+        .message
+        .lines()
+        .find(|l| l.contains("BUILD REPORT"))
+        .unwrap_or_else(|| panic!("no report: {}", f.message));
+    assert!(
+        report.contains("redis=blocked(ConnectionRefused)"),
+        "{report}"
+    );
+    assert!(!report.contains("WROTE"), "{report}");
+    assert_eq!(limits.unwrap().jail, "bwrap");
+    for d in [Path::new(&home), &cwd, Path::new("/usr"), Path::new("/etc")] {
+        assert!(
+            !d.join(format!("pwned-{marker}")).exists(),
+            "{} written",
+            d.display()
+        );
+    }
+    let pwned: Option<String> = redis::cmd("GET")
+        .arg(format!("pwned-{marker}"))
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(pwned, None);
+}
+
+/// File names are never options and a project module never shadows the
+/// checker: `--require=evil.js` is checked as a file, `py_compile.py` is
+/// not imported by `python3 -I -m py_compile`.
+#[tokio::test]
+async fn a_file_name_cannot_become_an_option_or_a_module() {
+    let jail = jail().await;
+    let evil = "require('fs').writeFileSync('/project/evil-ran', 'yes');\n";
+    // `node --check --require=evil.js` would preload node_modules/evil.js.
+    let dir = project("node-service", &[("node_modules/evil.js", evil)]);
+    std::fs::write(dir.path().join("--require=evil.js"), "const ok = 1;\n").unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
+    assert!(
+        !dir.path().join("evil-ran").exists(),
+        "node preloaded evil.js: {findings:#?}"
+    );
+    // The name itself is refused (named, never handed to a checker).
+    let named: Vec<(&str, &str)> = errors(&findings)
+        .iter()
+        .map(|f| (f.file.as_str(), f.rule.as_str()))
+        .collect();
+    assert_eq!(named, [("--require=evil.js", "file_name")], "{findings:#?}");
+
+    let shadow = "open('/project/shadow-ran', 'w').write('yes')\n";
+    let dir = project("python-package", &[("py_compile.py", shadow)]);
+    let (_, _, findings, _) = check_tree(dir.path(), &jail).await.unwrap();
+    assert!(
+        !dir.path().join("shadow-ran").exists(),
+        "py_compile.py was imported: {findings:#?}"
+    );
+    assert!(errors(&findings).is_empty(), "{findings:#?}");
+}
+
+/// Without a jail the agent refuses to start: exit 64, saying why.
+#[tokio::test]
+async fn without_the_jail_the_agent_refuses_to_start() {
+    let logs = tempfile::tempdir().unwrap();
+    let mut p = agent_sdk::testing::Proc::spawn(
+        "validation-agent",
+        env!("CARGO_BIN_EXE_validation-agent"),
+        &[
+            "--jail-bwrap".into(),
+            "/nonexistent/bwrap".into(),
+            "--releases-dir".into(),
+            logs.path().to_string_lossy().into_owned(),
+        ][..2],
+        &[("PATH", &std::env::var("PATH").unwrap())],
+        logs.path().join("agent.log"),
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(60)).await, Some(64));
+    let log = p.log_text();
+    assert!(
+        log.contains("cannot be made") && log.contains("--unsafe-no-jail"),
+        "{log}"
+    );
 }
 
 /// A `.tar.gz` with entries written byte by byte: the tar crate refuses to
@@ -215,15 +343,15 @@ fn touches(marker: &Path) -> String {
 /// tree on disk (unpacking would refuse it first) the name is a finding and
 /// the preload never runs; and the checker's arguments keep even such a
 /// name an operand, run for real with the same node.
-#[test]
-fn an_option_shaped_file_name_is_a_finding_and_never_an_option() {
+#[tokio::test]
+async fn an_option_shaped_file_name_is_a_finding_and_never_an_option() {
     let marks = tempfile::tempdir().unwrap();
     let marker = marks.path().join("preloaded");
     let dir = project("node-service", &[]);
     std::fs::write(dir.path().join("--require=evil.js"), "let fine = 1\n").unwrap();
     std::fs::create_dir_all(dir.path().join("node_modules")).unwrap();
     std::fs::write(dir.path().join("node_modules/evil.js"), touches(&marker)).unwrap();
-    let (_, _, findings) = check_tree(dir.path()).unwrap();
+    let (_, _, findings, _) = check_tree(dir.path(), &jail().await).await.unwrap();
     let named: Vec<(&str, &str)> = errors(&findings)
         .iter()
         .map(|f| (f.file.as_str(), f.rule.as_str()))
@@ -259,8 +387,8 @@ fn an_option_shaped_file_name_is_a_finding_and_never_an_option() {
 
 /// `python3 -m py_compile` imported `py_compile` from the project
 /// directory first; `-I` keeps the project off the path.
-#[test]
-fn a_project_py_compile_module_is_never_imported() {
+#[tokio::test]
+async fn a_project_py_compile_module_is_never_imported() {
     let marks = tempfile::tempdir().unwrap();
     let marker = marks.path().join("imported");
     let planted = format!(
@@ -268,7 +396,7 @@ fn a_project_py_compile_module_is_never_imported() {
         marker.display().to_string()
     );
     let dir = project("python-package", &[("py_compile.py", planted.as_str())]);
-    let (lang, _, findings) = check_tree(dir.path()).unwrap();
+    let (lang, _, findings, _) = check_tree(dir.path(), &jail().await).await.unwrap();
     assert_eq!(lang, Some(Language::Python));
     assert!(errors(&findings).is_empty(), "{findings:#?}");
     assert!(!marker.exists(), "the project's py_compile.py ran");
@@ -292,7 +420,7 @@ async fn refused_names_in_an_artifact_fail_the_stage_with_findings_naming_them()
     let redis = TestRedis::start();
     let client = Client::connect(&redis.url(), "val-names").await.unwrap();
     let worker = RunningWorker::spawn(
-        ValidationAgent::new(client.artifacts()),
+        ValidationAgent::new(client.artifacts(), jail().await),
         "validation",
         worker_config(&redis, "val-names"),
     );
