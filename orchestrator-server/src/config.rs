@@ -72,6 +72,18 @@ pub struct ServeConfig {
     #[arg(long = "watch", env = "AGENTIC_WATCH", value_delimiter = ',')]
     pub watch: Vec<String>,
 
+    /// Most agent types this orchestrator watches (results consumed,
+    /// deadlines polled). A type is watched because a registered definition
+    /// names it or `--watch` does, never because of a request alone;
+    /// registering a definition that would go over this is refused.
+    #[arg(long, env = "AGENTIC_MAX_AGENT_TYPES", default_value_t = orchestrator::engine::DEFAULT_MAX_AGENT_TYPES)]
+    pub max_agent_types: usize,
+
+    /// `/metrics` asks for the API token like `/api/v1` does (the auth layer
+    /// reads this through `AppState::metrics_token_required`).
+    #[arg(long, env = "AGENTIC_METRICS_TOKEN_REQUIRED")]
+    pub metrics_token_required: bool,
+
     /// Directory of workflow definitions (`*.yaml`, `*.yml`, `*.json`)
     /// registered at start.
     #[arg(long, env = "AGENTIC_DEFINITIONS")]
@@ -120,6 +132,19 @@ impl ServeConfig {
                  or --insecure-no-auth if a proxy in front authenticates",
                 self.listen
             ));
+        }
+        if self.max_agent_types == 0 || self.max_agent_types > 100_000 {
+            return bad("--max-agent-types must be 1..=100000".into());
+        }
+        if self.watch.len() > self.max_agent_types {
+            return bad(format!(
+                "--watch names {} agent types, over --max-agent-types {}",
+                self.watch.len(),
+                self.max_agent_types
+            ));
+        }
+        if self.metrics_token_required && self.api_token.is_none() {
+            return bad("--metrics-token-required needs --api-token (or AGENTIC_API_TOKEN)".into());
         }
         if self.result_batch == 0 || self.result_batch > 10_000 {
             return bad("--result-batch must be 1..=10000".into());

@@ -16,9 +16,9 @@ struct ServeCli {
 }
 
 /// Flags of a test orchestrator: short timings so recovery happens within a
-/// test's patience.
+/// test's patience. A flag of `extra` replaces the default one of that name.
 pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
+    let defaults: Vec<String> = [
         "--redis-url",
         &redis.url(),
         "--namespace",
@@ -41,6 +41,12 @@ pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<Strin
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut v: Vec<String> = defaults
+        .chunks(2)
+        .filter(|pair| !extra.contains(&pair[0].as_str()))
+        .flatten()
+        .cloned()
+        .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }

@@ -56,6 +56,8 @@ struct Inner {
     engine: Arc<Engine>,
     pool: deadpool_redis::Pool,
     token: Option<String>,
+    /// `/metrics` asks for the token too (`--metrics-token-required`).
+    metrics_token_required: std::sync::atomic::AtomicBool,
     changes: broadcast::Sender<Arc<Change>>,
     stop: CancellationToken,
     /// Agent types found by the last keyspace scan, and when.
@@ -80,11 +82,28 @@ impl AppState {
                 engine,
                 pool,
                 token,
+                metrics_token_required: std::sync::atomic::AtomicBool::new(false),
                 changes,
                 stop,
                 types: tokio::sync::Mutex::default(),
             }),
         }
+    }
+
+    /// Makes `/metrics` ask for the token like `/api/v1` does.
+    pub fn with_metrics_token_required(self, required: bool) -> Self {
+        self.inner
+            .metrics_token_required
+            .store(required, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// Whether `/metrics` asks for the token (`--metrics-token-required`):
+    /// the hook the auth layer reads.
+    pub fn metrics_token_required(&self) -> bool {
+        self.inner
+            .metrics_token_required
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn engine(&self) -> &Engine {
@@ -206,9 +225,15 @@ async fn auth(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    check_token(&state, req.headers())?;
+    Ok(next.run(req).await)
+}
+
+/// Whether `headers` carry the configured bearer token (compared in
+/// constant time); always when none is configured.
+fn check_token(state: &AppState, headers: &header::HeaderMap) -> Result<(), ApiError> {
     if let Some(expected) = &state.inner.token {
-        let given = req
-            .headers()
+        let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -227,5 +252,5 @@ async fn auth(
             ));
         }
     }
-    Ok(next.run(req).await)
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod crash;
 mod dashboard;
+mod hostile;
 mod openapi;
 mod outbox;
 mod workflows;
