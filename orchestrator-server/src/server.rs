@@ -104,6 +104,11 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     if let Some(dir) = &cfg.definitions {
         defs.extend(read_definitions(dir)?);
     }
+    // Workflows stored before the status counters existed are counted into
+    // them, once (every later start finds them seeded and returns at once).
+    if let Some(n) = orchestrator::ops::counts::seed_counts(engine.store(), &mut conn).await? {
+        tracing::info!(workflows = n, "status counters seeded");
+    }
     // `--watch` first: the operator's types are never crowded out.
     for t in &cfg.watch {
         engine.watch(t)?;

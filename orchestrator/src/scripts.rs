@@ -32,6 +32,10 @@ pub(crate) static TIMERS: LazyLock<Script> =
 pub(crate) static CLAIM_TIMERS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/claim_timers.lua")));
 
+/// Count every stored workflow by status into the counters, once.
+pub(crate) static SEED_COUNTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/seed_counts.lua")));
+
 /// Register a definition as its next version.
 pub(crate) static REGISTER_DEFINITION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/register_definition.lua")));

@@ -141,7 +141,9 @@ async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
 /// number of round trips: workflows by status (counters the transitions
 /// keep, never a walk over the workflows), backlog, delayed and DLQ size
 /// per watched agent type. With `--metrics-token-required` it asks for the
-/// API token.
+/// API token (401 `unauthorized` without it; not in this document, which
+/// describes the default, open `/metrics`: the auth layer's roles will
+/// settle how the document says it).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -150,7 +152,6 @@ async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4",
             content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 401, description = "`unauthorized`: `--metrics-token-required` is set and the bearer token is missing or wrong", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
 )]

@@ -487,3 +487,149 @@ async fn a_definition_over_the_cap_found_at_start_gets_no_workflows() {
     );
     o.shutdown().await;
 }
+
+/// The shared reader itself: new entries of every stream come through one
+/// reader, and entries a dead consumer took on each stream are taken over
+/// after `claim_idle` — reclaim covers every stream of the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reader_over_many_streams_reads_and_reclaims_each() {
+    use agent_sdk::stream::{ManyReader, TakeAll};
+    use std::collections::BTreeSet;
+    let redis = TestRedis::start();
+    let mut c = conn(&redis).await;
+    let streams = ["many:a", "many:b", "many:c"];
+    for s in streams {
+        let () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(s)
+            .arg("g")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(s)
+            .arg("*")
+            .arg("k")
+            .arg("old")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // A consumer takes the first entry of each stream and dies.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("dead")
+        .arg("STREAMS")
+        .arg(&streams[..])
+        .arg(&[">", ">", ">"][..])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for s in streams {
+        let _: String = redis::cmd("XADD")
+            .arg(s)
+            .arg("*")
+            .arg("k")
+            .arg("new")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let connector = agent_sdk::connection::Connector::new(&redis.url()).unwrap();
+    let mut rc = connector.conn("test", Duration::from_secs(5));
+    let mut reader = ManyReader::new(
+        "g",
+        "live",
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+    );
+    for s in streams {
+        assert!(reader.add(s));
+    }
+    assert!(!reader.add(streams[0]), "a stream joins once");
+    let stop = agent_sdk::CancellationToken::new();
+    let mut seen = BTreeSet::new();
+    let want: BTreeSet<(String, String)> = streams
+        .iter()
+        .flat_map(|s| [(s.to_string(), "old".into()), (s.to_string(), "new".into())])
+        .collect();
+    tokio::time::timeout(PATIENCE, async {
+        while seen != want {
+            for (stream, taken) in reader.next(&mut rc, &stop, 10, &TakeAll).await.unwrap() {
+                for d in taken.entries {
+                    let k = d.entry.text("k").unwrap().to_owned();
+                    seen.insert((stream.clone(), k));
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not every entry came through: {seen:?}"));
+    // Every entry is now pending at the live consumer alone.
+    for s in streams {
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(s)
+            .arg("g")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .arg("dead")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(pending, redis::Value::Array(vec![]), "{s}");
+    }
+}
+
+/// Workflows stored before the counters existed are counted into them at
+/// the first start, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_stored_before_the_counters_are_counted_at_start() {
+    let redis = TestRedis::start();
+    let gated = "name: gated\nstages:\n  - name: build\n    agent: alpha\n    approval: true\n";
+    let def = orchestrator::Definition::parse(gated).unwrap();
+    let mut c = conn(&redis).await;
+    let (def, _) = orchestrator::catalog::Catalog::new(keys())
+        .register(&mut c, &def)
+        .await
+        .unwrap();
+    seed_waiting(&redis, &def, 30).await;
+    // As an older version would have left them: no counters.
+    let () = redis::cmd("DEL")
+        .arg(keys().workflow_counts())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = reqwest::Client::new();
+    let metrics = |o: &InProcess| http.get(format!("{}/metrics", o.url)).send();
+    let m = metrics(&o).await.unwrap().text().await.unwrap();
+    assert!(
+        m.contains("orchestrator_workflows{status=\"awaiting_approval\"} 30"),
+        "{m}"
+    );
+    // One more through the API; a restart does not count again.
+    let r = http
+        .post(o.api("/workflows"))
+        .json(&json!({ "definition": "gated", "input": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    o.shutdown().await;
+    let o = InProcess::start(&redis, &[]).await;
+    let m = metrics(&o).await.unwrap().text().await.unwrap();
+    assert!(
+        m.contains("orchestrator_workflows{status=\"awaiting_approval\"} 31"),
+        "{m}"
+    );
+    let store = store();
+    assert_eq!(
+        counts::active_counts(&store, &mut c).await.unwrap(),
+        counts::count_active_by_scan(&store, &mut c).await.unwrap()
+    );
+    o.shutdown().await;
+}

@@ -48,6 +48,33 @@ pub async fn status_counts<C: ConnectionLike + Send>(
         .collect())
 }
 
+/// Counts the workflows stored before the counters existed into them, the
+/// first time it runs against a Redis (`seed_counts.lua`: atomic, exact at
+/// that instant); every later call returns at once with `None`. The server
+/// calls it at start. Returns how many workflows were counted.
+///
+/// Replicas of a version without the counters, still running during an
+/// upgrade, move statuses without moving the counters: upgrade them all.
+pub async fn seed_counts<C: ConnectionLike + Send>(
+    store: &WorkflowStore,
+    conn: &mut C,
+) -> Result<Option<u64>> {
+    let keys = store.keys();
+    // `N:wf:{<id>}` around a placeholder id: what the script puts ids in.
+    let sample = keys.workflow("x")?;
+    let (prefix, suffix) = sample
+        .rsplit_once('x')
+        .ok_or_else(|| crate::Error::Config(format!("unexpected workflow key {sample:?}")))?;
+    let n: i64 = crate::scripts::SEED_COUNTS
+        .key(keys.workflow_counts())
+        .key(keys.workflows_all())
+        .arg(prefix)
+        .arg(suffix)
+        .invoke_async(conn)
+        .await?;
+    Ok(u64::try_from(n).ok())
+}
+
 /// Workflows that have not ended, by status (every such status present,
 /// 0 included), from the counters ([`status_counts`]).
 pub async fn active_counts<C: ConnectionLike + Send>(
