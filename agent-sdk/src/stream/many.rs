@@ -154,7 +154,8 @@ impl ManyReader {
     /// The upkeep due on every stream: the idle scans of the reclaim passes
     /// that are due in one pipelined round trip, then claims where
     /// something was abandoned and own pending lists that may hold unseen
-    /// entries. Stops at the first stream that took something.
+    /// entries. What every stream took, by stream; a failed call ends the
+    /// upkeep (the caller reads every own pending list again).
     async fn upkeep<P: ReadPolicy>(
         &mut self,
         c: &mut redis::aio::MultiplexedConnection,
