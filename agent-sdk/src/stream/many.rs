@@ -14,7 +14,7 @@
 //! would have to be split per node, a reader each (not done here).
 
 use super::{GroupReader, ReadPolicy, Step, Taken, parse_read_reply_by_stream};
-use crate::connection::Conn;
+use crate::connection::{Conn, is_connection_error};
 use crate::shutdown::pause;
 use redis::streams::StreamPendingCountReply;
 use std::sync::Arc;
@@ -109,15 +109,16 @@ impl ManyReader {
             if stop.is_cancelled() {
                 return None;
             }
-            if self.readers.is_empty() {
-                return (!pause(stop, self.block).await).then(Vec::new);
-            }
-            for r in &mut self.readers {
-                if !r.ensure_group(conn, stop).await {
+            let mut c = conn.get(stop).await?;
+            if let Err(e) = self.create_missing_groups(&mut c).await {
+                if !conn.failed(&e, stop).await {
                     return None;
                 }
+                continue;
             }
-            let mut c = conn.get(stop).await?;
+            if !self.readers.iter().any(|r| r.group_ready) {
+                return (!pause(stop, self.block).await).then(Vec::new);
+            }
             let taken = match self.upkeep(&mut c, want, policy).await {
                 Ok(t) if t.is_empty() => self.read_new(&mut c, want).await,
                 other => other,
@@ -151,6 +152,25 @@ impl ManyReader {
         }
     }
 
+    /// Creates the group on every stream that has none yet. A stream whose
+    /// group Redis refuses to create (an ACL, a key of another type) is
+    /// left out of the reads until it can be, so it never holds up the
+    /// others; only a broken connection is an error.
+    async fn create_missing_groups(
+        &mut self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<()> {
+        for r in self.readers.iter_mut().filter(|r| !r.group_ready) {
+            if let Err(e) = r.create_group(c).await {
+                if is_connection_error(&e) {
+                    return Err(e);
+                }
+                tracing::warn!(stream = %r.stream, group = %self.group, error = %e, "cannot create the consumer group; the stream is left out of the reads until it can be");
+            }
+        }
+        Ok(())
+    }
+
     /// The upkeep due on every stream: the idle scans of the reclaim passes
     /// that are due in one pipelined round trip, then claims where
     /// something was abandoned and own pending lists that may hold unseen
@@ -166,6 +186,9 @@ impl ManyReader {
         let mut reclaim = Vec::new();
         let mut own = Vec::new();
         for (i, r) in self.readers.iter_mut().enumerate() {
+            if !r.group_ready {
+                continue;
+            }
             match r.upkeep_due() {
                 Some(Step::Reclaim) => reclaim.push(i),
                 Some(Step::Own(from)) => own.push((i, from)),
@@ -223,10 +246,11 @@ impl ManyReader {
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS");
-        for r in &self.readers {
+        let ready: Vec<&GroupReader> = self.readers.iter().filter(|r| r.group_ready).collect();
+        for r in &ready {
             cmd.arg(&r.stream);
         }
-        for _ in &self.readers {
+        for _ in &ready {
             cmd.arg(">");
         }
         let reply: redis::Value = cmd.query_async(c).await?;
