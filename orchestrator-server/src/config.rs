@@ -229,6 +229,12 @@ mod tests {
             (&["--parallelism", "0"][..], "--parallelism"),
             (&["--redis-url", "http://:pw@h"][..], "--redis-url"),
             (&["--watch", "a,STREAMS"][..], "STREAMS"),
+            (&["--max-agent-types", "0"][..], "--max-agent-types"),
+            (
+                &["--max-agent-types", "1", "--watch", "a,b"][..],
+                "--max-agent-types",
+            ),
+            (&["--metrics-token-required"][..], "--api-token"),
         ] {
             let e = parse(args).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");

@@ -106,8 +106,13 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     }
     // Workflows stored before the status counters existed are counted into
     // them, once (every later start finds them seeded and returns at once).
-    if let Some(n) = orchestrator::ops::counts::seed_counts(engine.store(), &mut conn).await? {
-        tracing::info!(workflows = n, "status counters seeded");
+    // Failing that only costs figures, never the start.
+    match orchestrator::ops::counts::seed_counts(engine.store(), &mut conn).await {
+        Ok(Some(n)) => tracing::info!(workflows = n, "status counters seeded"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot seed the status counters; /metrics may undercount workflows stored before them (tried again at the next start)");
+        }
     }
     // `--watch` first: the operator's types are never crowded out.
     for t in &cfg.watch {

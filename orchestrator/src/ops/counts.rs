@@ -60,6 +60,16 @@ pub async fn seed_counts<C: ConnectionLike + Send>(
     conn: &mut C,
 ) -> Result<Option<u64>> {
     let keys = store.keys();
+    // Seeded already (every start but the first): a plain read, so a start
+    // under an ACL that only lets it read here goes on.
+    let seeded: bool = redis::cmd("HEXISTS")
+        .arg(keys.workflow_counts())
+        .arg("_seeded")
+        .query_async(conn)
+        .await?;
+    if seeded {
+        return Ok(None);
+    }
     // `N:wf:{<id>}` around a placeholder id: what the script puts ids in.
     let sample = keys.workflow("x")?;
     let (prefix, suffix) = sample
