@@ -6,8 +6,9 @@
 //! acknowledged, retried with backoff, or dead-lettered — crash, restart,
 //! pause or poison notwithstanding. [`Client`] enqueues tasks and reads
 //! results; [`DeadLetters`] inspects, replays and purges the DLQ;
-//! [`stream::GroupReader`] is the consumer-group reader the worker and the
-//! orchestrator's results consumer share.
+//! [`stream::GroupReader`] is the consumer-group reader of the worker, and
+//! [`stream::ManyReader`] the same reader over many streams on one
+//! connection, for the orchestrator's results consumer.
 //!
 //! ```no_run
 //! use agent_sdk::{Agent, AgentError, TaskContext, Worker, RuntimeConfig};

@@ -24,6 +24,10 @@
 //! acknowledges: what an entry's handling means — a worker's fenced commit,
 //! the orchestrator's apply-then-ack — is the caller's.
 
+mod many;
+
+pub use many::ManyReader;
+
 use crate::connection::Conn;
 use crate::scripts;
 use redis::aio::ConnectionLike;
@@ -174,19 +178,39 @@ pub(crate) fn parse_entries(v: redis::Value) -> Vec<Entry> {
 
 /// The entries of an `XREADGROUP` reply (nil when the read timed out).
 fn parse_read_reply(v: redis::Value) -> Vec<Entry> {
-    // [[stream key, entries], …] in RESP2; a map of key → entries in RESP3.
-    let streams: Vec<redis::Value> = match v {
+    parse_read_reply_by_stream(v)
+        .into_iter()
+        .flat_map(|(_, entries)| entries)
+        .collect()
+}
+
+/// The entries of an `XREADGROUP` reply, by stream (nil when the read
+/// timed out): `[[stream key, entries], …]` in RESP2, a map of key →
+/// entries in RESP3.
+fn parse_read_reply_by_stream(v: redis::Value) -> Vec<(String, Vec<Entry>)> {
+    let streams: Vec<(redis::Value, redis::Value)> = match v {
         redis::Value::Array(streams) => streams
             .into_iter()
             .filter_map(|s| match s {
-                redis::Value::Array(kv) => kv.into_iter().nth(1),
+                redis::Value::Array(kv) => {
+                    let mut kv = kv.into_iter();
+                    Some((kv.next()?, kv.next()?))
+                }
                 _ => None,
             })
             .collect(),
-        redis::Value::Map(kv) => kv.into_iter().map(|(_, v)| v).collect(),
+        redis::Value::Map(kv) => kv,
         _ => Vec::new(),
     };
-    streams.into_iter().flat_map(parse_entries).collect()
+    streams
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&value_bytes(k)).into_owned(),
+                parse_entries(v),
+            )
+        })
+        .collect()
 }
 
 /// The bytes of a stream field value (always a bulk string from Redis; the
@@ -346,38 +370,60 @@ impl GroupReader {
                 return None;
             }
             let mut c = conn.get(stop).await?;
-            let step = if Instant::now() >= self.next_reclaim {
-                self.next_reclaim = Instant::now() + reclaim_interval(self.claim_idle);
-                Step::Reclaim
-            } else if let Some(from) = self.own.clone() {
-                Step::Own(from)
-            } else {
-                Step::New
-            };
-            let r = match step {
-                Step::Reclaim => self.reclaim(&mut c, want, policy).await,
-                Step::Own(from) => self.recover_own(&mut c, from, want, policy).await,
-                Step::New => self.read_new(&mut c, want).await,
-            };
-            match r {
+            let step = self.upkeep_due().unwrap_or(Step::New);
+            match self.take(&mut c, step, want, policy).await {
                 Ok(taken) => {
                     conn.succeeded();
                     return Some(taken);
                 }
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    tracing::warn!(stream = %self.stream, group = %self.group, "consumer group missing (stream deleted or flushed); recreating it");
-                    self.group_ready = false;
-                    self.own = None;
-                }
                 Err(e) => {
-                    // The call may have run on the server with its reply lost.
-                    self.own = Some(None);
-                    if !conn.failed(&e, stop).await {
+                    if !self.after_error(&e) && !conn.failed(&e, stop).await {
                         return None;
                     }
                 }
             }
         }
+    }
+
+    /// The upkeep step due, if one is: a reclaim pass every
+    /// [`reclaim_interval`] (its clock restarts now), else our own pending
+    /// list when it may hold entries never seen.
+    fn upkeep_due(&mut self) -> Option<Step> {
+        if Instant::now() >= self.next_reclaim {
+            self.next_reclaim = Instant::now() + reclaim_interval(self.claim_idle);
+            Some(Step::Reclaim)
+        } else {
+            self.own.clone().map(Step::Own)
+        }
+    }
+
+    async fn take<C: ConnectionLike + Send, P: ReadPolicy>(
+        &mut self,
+        c: &mut C,
+        step: Step,
+        want: usize,
+        policy: &P,
+    ) -> redis::RedisResult<Taken> {
+        match step {
+            Step::Reclaim => self.reclaim(c, want, policy).await,
+            Step::Own(from) => self.recover_own(c, from, want, policy).await,
+            Step::New => self.read_new(c, want).await,
+        }
+    }
+
+    /// Takes a failed call into account: a missing group (the stream was
+    /// deleted or flushed) is created again at the next step — `true`,
+    /// nothing else to do; any other error — `false` — may have run on the
+    /// server with its reply lost, so our own pending list is read again.
+    fn after_error(&mut self, e: &redis::RedisError) -> bool {
+        if e.code() == Some("NOGROUP") {
+            tracing::warn!(stream = %self.stream, group = %self.group, "consumer group missing (stream deleted or flushed); recreating it");
+            self.group_ready = false;
+            self.own = None;
+            return true;
+        }
+        self.own = Some(None);
+        false
     }
 
     async fn create_group<C: ConnectionLike + Send>(
@@ -493,21 +539,38 @@ impl GroupReader {
         want: usize,
         policy: &P,
     ) -> redis::RedisResult<Taken> {
+        let idle: StreamPendingCountReply = self.reclaim_scan().query_async(c).await?;
+        self.reclaimed(c, idle, want, policy).await
+    }
+
+    /// The `XPENDING … IDLE` call of a reclaim pass, from where the last
+    /// one stopped.
+    fn reclaim_scan(&self) -> redis::Cmd {
         let start = self
             .reclaim_cursor
             .as_ref()
             .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let idle_ms = self.claim_idle.as_millis() as u64;
-        let idle: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&self.stream)
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.stream)
             .arg(&self.group)
             .arg("IDLE")
-            .arg(idle_ms)
+            .arg(self.claim_idle.as_millis() as u64)
             .arg(start)
             .arg("+")
-            .arg(RECLAIM_SCAN)
-            .query_async(c)
-            .await?;
+            .arg(RECLAIM_SCAN);
+        cmd
+    }
+
+    /// The rest of a reclaim pass, given what its scan found idle: claims
+    /// what the policy chooses.
+    async fn reclaimed<C: ConnectionLike + Send, P: ReadPolicy>(
+        &mut self,
+        c: &mut C,
+        idle: StreamPendingCountReply,
+        want: usize,
+        policy: &P,
+    ) -> redis::RedisResult<Taken> {
+        let idle_ms = self.claim_idle.as_millis() as u64;
         self.reclaim_cursor = if idle.ids.len() < RECLAIM_SCAN {
             None // wrapped: the next pass starts from the beginning
         } else {

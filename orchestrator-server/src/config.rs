@@ -94,6 +94,18 @@ pub struct ServeConfig {
     #[arg(long = "watch", env = "AGENTIC_WATCH", value_delimiter = ',')]
     pub watch: Vec<String>,
 
+    /// Most agent types this orchestrator watches (results consumed,
+    /// deadlines polled). A type is watched because a registered definition
+    /// names it or `--watch` does, never because of a request alone;
+    /// registering a definition that would go over this is refused.
+    #[arg(long, env = "AGENTIC_MAX_AGENT_TYPES", default_value_t = orchestrator::engine::DEFAULT_MAX_AGENT_TYPES)]
+    pub max_agent_types: usize,
+
+    /// `/metrics` asks for the API token like `/api/v1` does (the auth layer
+    /// reads this through `AppState::metrics_token_required`).
+    #[arg(long, env = "AGENTIC_METRICS_TOKEN_REQUIRED")]
+    pub metrics_token_required: bool,
+
     /// Directory of workflow definitions (`*.yaml`, `*.yml`, `*.json`)
     /// registered at start.
     #[arg(long, env = "AGENTIC_DEFINITIONS")]
@@ -185,6 +197,16 @@ impl ServeConfig {
         for h in &self.allowed_hosts {
             crate::api::host_name(h)
                 .ok_or_else(|| Error::Config(format!("--allowed-host {h:?} is not a host name")))?;
+        }
+        if self.max_agent_types == 0 || self.max_agent_types > 100_000 {
+            return bad("--max-agent-types must be 1..=100000".into());
+        }
+        if self.watch.len() > self.max_agent_types {
+            return bad(format!(
+                "--watch names {} agent types, over --max-agent-types {}",
+                self.watch.len(),
+                self.max_agent_types
+            ));
         }
         if self.result_batch == 0 || self.result_batch > 10_000 {
             return bad("--result-batch must be 1..=10000".into());
@@ -286,6 +308,11 @@ mod tests {
                 "--idle-timeout",
             ),
             (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--max-agent-types", "0"][..], "--max-agent-types"),
+            (
+                &["--max-agent-types", "1", "--watch", "a,b"][..],
+                "--max-agent-types",
+            ),
         ] {
             let e = parse(args).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");

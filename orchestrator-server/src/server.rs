@@ -114,7 +114,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
             }
         }
     };
-    let (engine, mut watch_rx) = Engine::new(client);
+    let (mut engine, watch_rx) = Engine::new(client);
+    engine.set_max_agent_types(cfg.max_agent_types);
     let engine = Arc::new(engine);
 
     // The built-in `sdlc` only when none is registered (an operator's own
@@ -129,17 +130,33 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     if let Some(dir) = &cfg.definitions {
         defs.extend(read_definitions(dir)?);
     }
+    // Workflows stored before the status counters existed are counted into
+    // them, once (every later start finds them seeded and returns at once).
+    // Failing that only costs figures, never the start.
+    match orchestrator::ops::counts::seed_counts(engine.store(), &mut conn).await {
+        Ok(Some(n)) => tracing::info!(workflows = n, "status counters seeded"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot seed the status counters; /metrics may undercount workflows stored before them (tried again at the next start)");
+        }
+    }
+    // `--watch` first: the operator's types are never crowded out.
+    for t in &cfg.watch {
+        engine.watch(t)?;
+    }
     for d in &defs {
-        let (stored, created) = engine.catalog().register(&mut conn, d).await?;
+        let (stored, created) = engine.register_definition(&mut conn, d).await?;
         if created {
             tracing::info!(definition = %stored.name, version = stored.version, "registered definition");
         }
     }
+    // Definitions registered before (by any replica, or before the cap
+    // existed) are watched up to the cap; one that does not fit is named,
+    // and its workflows are refused at creation rather than left waiting.
     for d in engine.catalog().latest_all(&mut conn).await? {
-        engine.watch_definition(&d);
-    }
-    for t in &cfg.watch {
-        engine.watch(t);
+        if let Err(e) = engine.watch_definition(&d) {
+            tracing::error!(definition = %d.name, error = %e, "definition not watched: raise --max-agent-types to run it");
+        }
     }
 
     let pool = deadpool_redis::Pool::builder(
@@ -173,30 +190,16 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     let tracker = TaskTracker::new();
     // Loops stop on their own token: the HTTP server drains first.
     let loops_stop = CancellationToken::new();
-    {
-        let engine = engine.clone();
-        let conn = conn.clone();
-        let connector = connector.clone();
-        let loops_stop = loops_stop.clone();
-        let t2 = tracker.clone();
-        tracker.spawn(async move {
-            loop {
-                let t = tokio::select! {
-                    _ = loops_stop.cancelled() => return,
-                    t = watch_rx.recv() => match t { Some(t) => t, None => return },
-                };
-                let reader = connector.conn("results", settings.block + Duration::from_secs(5));
-                t2.spawn(results::consume(
-                    engine.clone(),
-                    conn.clone(),
-                    reader,
-                    t,
-                    settings.clone(),
-                    loops_stop.clone(),
-                ));
-            }
-        });
-    }
+    // One results consumer for every watched type, on one connection of
+    // its own for its blocking reads: a type watched later joins its set.
+    tracker.spawn(results::consume(
+        engine.clone(),
+        conn.clone(),
+        connector.conn("results", settings.block + Duration::from_secs(5)),
+        watch_rx,
+        settings,
+        loops_stop.clone(),
+    ));
     tracker.spawn(timers::run(
         engine.clone(),
         conn.clone(),
@@ -222,7 +225,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
 
     let addr = listener.local_addr()?;
     let access = api::Access::new(tokens, addr, &cfg.allowed_hosts);
-    let state = AppState::new(engine.clone(), pool, access, changes_tx, stop.clone());
+    let state = AppState::new(engine.clone(), pool, access, changes_tx, stop.clone())
+        .with_metrics_token_required(cfg.metrics_token_required);
     let app = transport::bound_requests(api::router(state, cfg.max_body), cfg.request_bounds());
     tracing::info!(
         %addr,

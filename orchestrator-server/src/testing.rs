@@ -62,9 +62,9 @@ pub fn http() -> reqwest::Client {
 
 /// Flags of a test orchestrator: short timings so recovery happens within a
 /// test's patience, and the tokens of [`tokens_file`] (unless `extra` names
-/// other tokens).
+/// other tokens). A flag of `extra` replaces the default one of that name.
 pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
+    let defaults: Vec<String> = [
         "--redis-url",
         &redis.url(),
         "--namespace",
@@ -87,6 +87,12 @@ pub fn serve_flags(redis: &TestRedis, listen: &str, extra: &[&str]) -> Vec<Strin
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut v: Vec<String> = defaults
+        .chunks(2)
+        .filter(|pair| !extra.contains(&pair[0].as_str()))
+        .flatten()
+        .cloned()
+        .collect();
     let own_tokens = extra
         .iter()
         .any(|f| matches!(*f, "--tokens-file" | "--api-token-file" | "--token-out"));

@@ -5,6 +5,7 @@
 //! Redis refuses it whole instead of stopping it half done.
 
 use redis::Script;
+use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
 /// Store a transition: state + outbox + event log, with a version check.
@@ -31,6 +32,33 @@ pub(crate) static TIMERS: LazyLock<Script> =
 pub(crate) static CLAIM_TIMERS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/claim_timers.lua")));
 
+/// Count every stored workflow by status into the counters, once.
+pub(crate) static SEED_COUNTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/seed_counts.lua")));
+
 /// Register a definition as its next version.
 pub(crate) static REGISTER_DEFINITION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/register_definition.lua")));
+
+/// Runs `calls` of `script` in one round trip: a single call as `EVALSHA`
+/// (which loads the script when Redis does not have it), several in one
+/// pipeline that loads it first (a pipelined `EVALSHA` cannot). One reply
+/// per call.
+pub(crate) async fn invoke_all<C: ConnectionLike + Send, T: redis::FromRedisValue>(
+    conn: &mut C,
+    script: &redis::Script,
+    calls: &[&redis::ScriptInvocation<'_>],
+) -> redis::RedisResult<Vec<T>> {
+    match calls {
+        [] => Ok(Vec::new()),
+        [one] => Ok(vec![one.invoke_async(conn).await?]),
+        many => {
+            let mut pipe = redis::pipe();
+            pipe.load_script(script).ignore();
+            for inv in many {
+                pipe.invoke_script(inv);
+            }
+            pipe.query_async(conn).await
+        }
+    }
+}

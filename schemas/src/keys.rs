@@ -125,6 +125,13 @@ impl Keys {
         format!("{}:wfs:active", self.ns)
     }
 
+    /// `N:wfs:counts` — hash: workflows by status (`running` → n, …),
+    /// moved by the transition script in the same step as the status, so
+    /// `/metrics` reads them in one call and every replica agrees.
+    pub fn workflow_counts(&self) -> String {
+        format!("{}:wfs:counts", self.ns)
+    }
+
     /// `N:wfs:changes` — pub/sub channel: one message per stored transition,
     /// for live views (SSE). Losing one costs a view a refresh, never state.
     pub fn workflow_changes(&self) -> String {

@@ -105,8 +105,9 @@ pub async fn create(
         other => orchestrator::Error::from(other).into(),
     })?;
     let mut conn = state.conn().await?;
-    let (stored, created) = state.engine().catalog().register(&mut conn, &def).await?;
-    state.engine().watch_definition(&stored);
+    // Refused (422, naming --max-agent-types) before anything is stored
+    // when its agent types would take the orchestrator over its cap.
+    let (stored, created) = state.engine().register_definition(&mut conn, &def).await?;
     if created {
         audit(
             &caller,

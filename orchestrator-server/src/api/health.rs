@@ -5,8 +5,9 @@ use super::error::{ApiError, ApiErrorBody, ApiResult};
 use agent_sdk::schemas::{AgentType, ORCHESTRATOR_GROUP};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use orchestrator::machine::WorkflowStatus;
 use serde::Serialize;
 use std::fmt::Write;
 use std::sync::OnceLock;
@@ -96,24 +97,33 @@ async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
         .query_async(&mut conn)
         .await
         .map_err(|e| unavailable(format!("redis: {e}")))?;
+    // Every watched stream's groups in one round trip, however many types.
     let types = state.engine().watched_types();
-    for t in &types {
-        let Ok(t) = AgentType::new(t.clone()) else {
-            continue;
-        };
-        let stream = state.engine().keys().results(&t);
-        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
-            redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&stream)
-                .query_async(&mut conn)
-                .await;
-        let has = groups.ok().is_some_and(|gs| {
-            gs.iter().any(|g| {
-                g.get("name")
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                    .is_some_and(|n| n == ORCHESTRATOR_GROUP)
-            })
+    let streams: Vec<String> = types
+        .iter()
+        .filter_map(|t| AgentType::new(t.clone()).ok())
+        .map(|t| state.engine().keys().results(&t))
+        .collect();
+    if streams.is_empty() {
+        return Ok(types);
+    }
+    let mut pipe = redis::pipe();
+    for stream in &streams {
+        // A missing stream is an error reply, read as "no group" below.
+        pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+    }
+    let replies: Vec<redis::Value> = pipe
+        .ignore_errors()
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| unavailable(format!("redis: {e}")))?;
+    for (stream, reply) in streams.iter().zip(replies) {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::from_redis_value(reply).unwrap_or_default();
+        let has = groups.iter().any(|g| {
+            g.get("name")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .is_some_and(|n| n == ORCHESTRATOR_GROUP)
         });
         if !has {
             return Err(unavailable(format!(
@@ -127,8 +137,13 @@ async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
 /// Prometheus metrics
 ///
 /// `GET /metrics` — Prometheus text: this process's counters and
-/// histograms, plus figures read from Redis at each scrape (workflows by
-/// status, backlog, delayed and DLQ size per agent type).
+/// histograms, plus figures read from Redis at each scrape in a fixed
+/// number of round trips: workflows by status (counters the transitions
+/// keep, never a walk over the workflows), backlog, delayed and DLQ size
+/// per watched agent type. With `--metrics-token-required` it asks for the
+/// API token (401 `unauthorized` without it; not in this document, which
+/// describes the default, open `/metrics`: the auth layer's roles will
+/// settle how the document says it).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -140,25 +155,42 @@ async fn check_ready(state: &AppState) -> ApiResult<Vec<String>> {
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
 )]
-pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    // Any role may read the figures; with the flag, only a known token.
+    if state.metrics_token_required() && state.caller(&headers).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics needs a bearer token (--metrics-token-required): send Authorization: Bearer <token>",
+        ));
+    }
     let mut out = String::new();
     let mut conn = state.conn().await?;
     let store = state.engine().store();
     let keys = state.engine().keys();
 
-    let by_status = orchestrator::ops::counts::active_counts(store, &mut conn).await?;
+    let by_status = orchestrator::ops::counts::status_counts(store, &mut conn).await?;
     let total: u64 = redis::cmd("ZCARD")
         .arg(keys.workflows_all())
         .query_async(&mut conn)
         .await
         .map_err(orchestrator::Error::from)?;
+    let ended = |s: &str| WorkflowStatus::parse(s).is_some_and(|s| s.is_terminal());
     let _ = writeln!(
         out,
         "# HELP orchestrator_workflows Workflows that have not ended, by status."
     );
     let _ = writeln!(out, "# TYPE orchestrator_workflows gauge");
-    for (s, n) in &by_status {
+    for (s, n) in by_status.iter().filter(|(s, _)| !ended(s)) {
         let _ = writeln!(out, "orchestrator_workflows{{status=\"{s}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP orchestrator_workflows_ended Workflows that have ended, by final status."
+    );
+    let _ = writeln!(out, "# TYPE orchestrator_workflows_ended gauge");
+    for (s, n) in by_status.iter().filter(|(s, _)| ended(s)) {
+        let _ = writeln!(out, "orchestrator_workflows_ended{{status=\"{s}\"}} {n}");
     }
     let _ = writeln!(
         out,

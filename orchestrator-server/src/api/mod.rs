@@ -56,6 +56,8 @@ struct Inner {
     engine: Arc<Engine>,
     pool: deadpool_redis::Pool,
     access: Access,
+    /// `/metrics` asks for a token too (`--metrics-token-required`).
+    metrics_token_required: std::sync::atomic::AtomicBool,
     changes: broadcast::Sender<Arc<Change>>,
     stop: CancellationToken,
     /// Agent types found by the last keyspace scan, and when.
@@ -80,11 +82,28 @@ impl AppState {
                 engine,
                 pool,
                 access,
+                metrics_token_required: std::sync::atomic::AtomicBool::new(false),
                 changes,
                 stop,
                 types: tokio::sync::Mutex::default(),
             }),
         }
+    }
+
+    /// Makes `/metrics` ask for the token like `/api/v1` does.
+    pub fn with_metrics_token_required(self, required: bool) -> Self {
+        self.inner
+            .metrics_token_required
+            .store(required, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// Whether `/metrics` asks for the token (`--metrics-token-required`):
+    /// the hook the auth layer reads.
+    pub fn metrics_token_required(&self) -> bool {
+        self.inner
+            .metrics_token_required
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn engine(&self) -> &Engine {

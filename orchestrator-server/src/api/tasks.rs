@@ -156,9 +156,9 @@ pub async fn submit(
         )
         .await?;
     audit(&caller, "raw_task", &format!("{t}/{}", enq.task_id));
-    // A known type only (checked above): a request alone never makes the
-    // orchestrator consume another results stream.
-    state.engine().watch(t.as_str());
+    // The type is not watched because of this request: a request alone
+    // never makes the orchestrator consume a stream. Standalone results are
+    // read by their caller (`GET /tasks/{type}/{id}`).
     let loc = HeaderValue::from_str(&format!("/api/v1/tasks/{t}/{}", enq.task_id))
         .unwrap_or_else(|_| HeaderValue::from_static("/api/v1/tasks"));
     let body = Submitted {

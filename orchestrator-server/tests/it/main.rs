@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod crash;
 mod dashboard;
+mod hostile;
 mod limits;
 mod openapi;
 mod outbox;

@@ -48,6 +48,12 @@ pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Most workflow states kept in memory (see [`Engine::signal`]).
 const STATE_CACHE_CAP: usize = 100_000;
 
+/// Most agent types one orchestrator watches unless told otherwise
+/// ([`Engine::set_max_agent_types`]). Each is a results stream in the
+/// shared reader's set, a deadline set polled every timer tick and a
+/// stream scanned at every reclaim: bounded work, but work.
+pub const DEFAULT_MAX_AGENT_TYPES: usize = 256;
+
 /// What an event did to a workflow.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -147,6 +153,7 @@ pub struct Engine {
     catalog: Catalog,
     client: Client,
     watched: RwLock<HashSet<String>>,
+    max_agent_types: usize,
     watch_tx: mpsc::UnboundedSender<AgentType>,
     /// States this process stored last, with their version (outbox empty).
     cache: Mutex<HashMap<String, (Workflow, u64)>>,
@@ -165,6 +172,7 @@ impl Engine {
                 catalog: Catalog::new(keys),
                 client,
                 watched: RwLock::default(),
+                max_agent_types: DEFAULT_MAX_AGENT_TYPES,
                 watch_tx,
                 cache: Mutex::default(),
             },
@@ -192,18 +200,41 @@ impl Engine {
         self.store.keys()
     }
 
-    /// Makes sure the results of `agent` are consumed.
-    pub fn watch(&self, agent: &str) {
-        let known = self.watched.read().is_ok_and(|w| w.contains(agent));
-        if known {
-            return;
+    /// Caps the agent types this engine watches (at least 1).
+    pub fn set_max_agent_types(&mut self, max: usize) {
+        self.max_agent_types = max.max(1);
+    }
+
+    /// The most agent types this engine watches.
+    pub fn max_agent_types(&self) -> usize {
+        self.max_agent_types
+    }
+
+    /// Makes sure the results of `agent` are consumed: the type joins the
+    /// shared reader's set (announced on the channel [`Engine::new`]
+    /// returned). Refused once [`Engine::max_agent_types`] types are
+    /// watched. Only a registered definition or the operator's `--watch`
+    /// should bring a type here, never a request alone.
+    pub fn watch(&self, agent: &str) -> Result<()> {
+        let t = AgentType::new(agent)?;
+        let Ok(mut w) = self.watched.write() else {
+            return Err(Error::Config(
+                "the watched agent types are unreadable".into(),
+            ));
+        };
+        if w.contains(agent) {
+            return Ok(());
         }
-        if let Ok(t) = AgentType::new(agent)
-            && let Ok(mut w) = self.watched.write()
-            && w.insert(agent.to_owned())
-        {
-            let _ = self.watch_tx.send(t);
+        if w.len() >= self.max_agent_types {
+            return Err(Error::Invalid(format!(
+                "agent type {agent:?} cannot be watched: this orchestrator watches {} agent \
+                 types already, the most --max-agent-types allows",
+                w.len()
+            )));
         }
+        w.insert(agent.to_owned());
+        let _ = self.watch_tx.send(t);
+        Ok(())
     }
 
     /// Agent types whose results are consumed, sorted.
@@ -217,16 +248,65 @@ impl Engine {
         v
     }
 
-    /// Watches every agent type `def` dispatches to.
-    pub fn watch_definition(&self, def: &Definition) {
-        for s in &def.stages {
-            self.watch(&s.agent);
-            if let Some(c) = &s.compensate
-                && let Some(a) = &c.agent
-            {
-                self.watch(a);
-            }
+    /// Every agent type `def` dispatches to (stages and compensations),
+    /// sorted, once each.
+    pub fn definition_types(def: &Definition) -> Vec<&str> {
+        let mut v: Vec<&str> = def
+            .stages
+            .iter()
+            .flat_map(|s| {
+                std::iter::once(s.agent.as_str())
+                    .chain(s.compensate.as_ref().and_then(|c| c.agent.as_deref()))
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Refuses `def` if watching its agent types would take this engine
+    /// over [`Engine::max_agent_types`]; the message names the definition,
+    /// how many types it adds and the cap.
+    pub fn check_watchable(&self, def: &Definition) -> Result<()> {
+        let watched = self.watched.read().map(|w| w.clone()).unwrap_or_default();
+        let new = Self::definition_types(def)
+            .into_iter()
+            .filter(|t| !watched.contains(*t))
+            .count();
+        if watched.len() + new > self.max_agent_types {
+            return Err(Error::Invalid(format!(
+                "definition {:?} names {new} agent types not watched yet; with the {} watched \
+                 already that is over the limit of {} (--max-agent-types)",
+                def.name,
+                watched.len(),
+                self.max_agent_types
+            )));
         }
+        Ok(())
+    }
+
+    /// Watches every agent type `def` dispatches to, or none of them when
+    /// that would go over the cap ([`Engine::check_watchable`]).
+    pub fn watch_definition(&self, def: &Definition) -> Result<()> {
+        self.check_watchable(def)?;
+        for t in Self::definition_types(def) {
+            self.watch(t)?;
+        }
+        Ok(())
+    }
+
+    /// Registers `def` as its next version and watches its agent types;
+    /// refused before anything is stored when they would take this engine
+    /// over its cap. Returns the stored definition and whether it is new.
+    pub async fn register_definition<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        def: &Definition,
+    ) -> Result<(std::sync::Arc<Definition>, bool)> {
+        self.check_watchable(def)?;
+        let (stored, created) = self.catalog.register(conn, def).await?;
+        self.watch_definition(&stored)?;
+        Ok((stored, created))
     }
 
     /// Creates and starts a workflow; returns it as stored.
@@ -243,6 +323,8 @@ impl Engine {
             None => uuid::Uuid::now_v7().to_string(),
         };
         let def = self.catalog.get(conn, &req.definition, req.version).await?;
+        // A workflow whose results nobody would read is refused up front.
+        self.watch_definition(&def)?;
         let now = now_ms();
         let fresh = Workflow::new(id.clone(), &def, req.input, now);
         let Some((started, commands)) = machine::apply(&fresh, &def, &Event::Started, now) else {
@@ -251,7 +333,6 @@ impl Engine {
                 def.name, def.version
             )));
         };
-        self.watch_definition(&def);
         let entry = log_entry(&fresh, &Event::Started, &commands);
         // One round trip: indexed first (a crash in between leaves an index
         // entry without a workflow, which is skipped and pruned, never a
@@ -269,8 +350,14 @@ impl Engine {
         metrics::counter!("orchestrator_workflows_created_total").increment(1);
         if self.carry_out(conn, &def, &id, 1, &commands, None).await? {
             self.remember(&started, 1);
+            return Ok((started, 1));
         }
-        Ok((started, 1))
+        // Something moved it on already (a refused dispatch failed it, an
+        // operator, a fast result): answer with what is stored now.
+        match self.store.load(conn, &id).await? {
+            Some(s) => Ok((s.workflow, s.version)),
+            None => Ok((started, 1)),
+        }
     }
 
     /// Carries out an operator's `action` on workflow `id`; returns the
@@ -415,10 +502,16 @@ impl Engine {
         settled: Option<&str>,
     ) -> Result<bool> {
         let plan = self.plan(def, id, commands, settled, None)?;
-        let cleared = self
+        let carried = self
             .carry_out_all(conn, &[plan], &[(id, version, false)])
             .await?;
-        Ok(cleared.first().copied().unwrap_or(false))
+        let Some(carried) = carried.into_iter().next() else {
+            return Ok(false);
+        };
+        if let Some((task, why)) = carried.refused {
+            self.refuse(conn, id, &task, &why).await?;
+        }
+        Ok(carried.cleared)
     }
 
     fn cached(&self, id: &str) -> Option<(Workflow, u64)> {

@@ -17,13 +17,13 @@
 //! so one bad item cannot fail its neighbours and every item gets its own
 //! error.
 
-use super::dispatch::{CarryOut, invoke_all};
+use super::dispatch::CarryOut;
 use super::{Engine, Outcome, Result};
 use crate::definition::Definition;
 use crate::error::Error;
 use crate::machine::log::log_entry;
 use crate::machine::{self, Command, Event, Workflow};
-use crate::scripts;
+use crate::scripts::{self, invoke_all};
 use agent_sdk::clock::now_ms;
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
@@ -393,10 +393,11 @@ impl Engine {
                 (items[j.at].id, j.version, ended)
             })
             .collect();
-        let cleared = self.carry_out_all(conn, &plans, &outboxes).await?;
-        for (j, cleared) in ready.into_iter().zip(cleared) {
+        let carried = self.carry_out_all(conn, &plans, &outboxes).await?;
+        for (j, carried) in ready.into_iter().zip(carried) {
             let id = items[j.at].id;
-            let outcome = match j.state {
+            let cleared = carried.cleared;
+            let mut outcome = match j.state {
                 JobState::Applied { next, .. } => {
                     if next.status.is_terminal() {
                         self.forget(id);
@@ -417,6 +418,18 @@ impl Engine {
                     version: j.version,
                 },
             };
+            if let Some((task, why)) = carried.refused {
+                // This item's own transition is stored whatever comes of
+                // the refusal: if storing it fails, the outbox still holds
+                // the refused dispatch, and the sweeper finds it again.
+                match self.refuse(conn, id, &task, &why).await {
+                    Ok(o @ Outcome::Applied { .. }) => outcome = o,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(workflow = id, task = %task, error = %e, "cannot store a refused dispatch yet; the sweeper tries again");
+                    }
+                }
+            }
             out[j.at] = Some(Ok(Done {
                 outcome,
                 carried_out: j.carried_out,

@@ -2,7 +2,7 @@
 //!
 //! | loop | what it does |
 //! |---|---|
-//! | [`results`] | one per agent type: results → workflow events, applied in batches, then acknowledged |
+//! | [`results`] | one for every watched agent type (one reader, one connection): results → workflow events, applied in batches, then acknowledged |
 //! | [`timers`] | fires stage deadlines and approval waits (Redis clock) |
 //! | [`sweep`] | carries out outboxes left by interrupted transitions; prunes the active index |
 //! | [`changes`] | fans the change channel out to this process's live views |

@@ -1,18 +1,25 @@
-//! Consumes one agent type's results stream through the `orchestrator`
-//! consumer group and turns each result into a workflow event.
+//! Consumes the results streams of every watched agent type through the
+//! `orchestrator` consumer group and turns each result into a workflow
+//! event.
 //!
-//! Reading is the SDK's [`GroupReader`] — the same reader the workers use,
-//! with the same reclaim cadence — so a restart under the same consumer name
-//! picks up its own pending results, and results pending at a dead replica
-//! are taken over after `claim_idle`. What is this consumer's own is the
-//! policy: apply, then acknowledge. A result is acknowledged (and deleted)
-//! only after its transition is stored: a crash in between leaves it
-//! pending, and it is read again. Applying it a second time changes nothing
-//! (the stage no longer waits for that task id), and carries out the outbox
-//! the crash may have left.
+//! One consumer reads them all: the SDK's [`ManyReader`] — one blocking
+//! `XREADGROUP … STREAMS s1 s2 …` on one connection, whatever the number
+//! of types, with the same reclaim cadence as the workers' reader, on every
+//! stream — so a type the engine starts watching joins the set at the next
+//! read instead of opening a connection. A restart under the same consumer
+//! name picks up its own pending results, and results pending at a dead
+//! replica are taken over after `claim_idle`. What is this consumer's own is
+//! the policy: apply, then acknowledge. A result is acknowledged (and
+//! deleted) only after its transition is stored: a crash in between leaves
+//! it pending, and it is read again. Applying it a second time changes
+//! nothing (the stage no longer waits for that task id), and carries out the
+//! outbox the crash may have left.
 //!
 //! Results of tasks that belong to no workflow (standalone tasks) are
 //! acknowledged at once.
+//!
+//! On Redis Cluster one call reads the streams of one node only: the set
+//! would be split per node, a reader each (another issue).
 
 use crate::engine::{Engine, Outcome};
 use crate::machine::Event;
@@ -23,11 +30,12 @@ use agent_sdk::schemas::{
     AgentType, ErrorKind, ORCHESTRATOR_GROUP, ResultEnvelope, TaskStatus, fields,
 };
 use agent_sdk::shutdown::pause;
-use agent_sdk::stream::{Entry, GroupReader, TakeAll};
+use agent_sdk::stream::{Entry, ManyReader, TakeAll};
 use redis::aio::ConnectionManager;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the result consumers.
@@ -35,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub struct ConsumerSettings {
     /// This orchestrator's consumer name.
     pub consumer: String,
-    /// Results read per call.
+    /// Results read per call, per agent type.
     pub batch: usize,
     /// How long a read blocks.
     pub block: Duration,
@@ -125,23 +133,20 @@ fn task_of(e: &Entry) -> String {
 async fn apply_batch(
     engine: &Engine,
     conn: &ConnectionManager,
-    stream: &str,
-    entries: &[Entry],
+    entries: &[(usize, &str, Entry)],
     parallelism: usize,
-) -> Vec<(String, String)> {
+) -> Vec<Settled> {
     let mut done = Vec::with_capacity(entries.len());
     let mut work = Vec::new();
-    for e in entries {
+    for (at, stream, e) in entries {
+        let settled = (*at, e.id.clone(), task_of(e));
         match parse(stream, e) {
-            Parsed::Skip => done.push((e.id.clone(), task_of(e))),
+            Parsed::Skip => done.push(settled),
             Parsed::Apply {
                 workflow,
                 event,
                 finished_at_ms,
-            } => work.push((
-                workflow,
-                ((e.id.clone(), task_of(e)), event, finished_at_ms),
-            )),
+            } => work.push((workflow, (settled, event, finished_at_ms))),
         }
     }
     // One workflow's results in order, different workflows side by side:
@@ -187,11 +192,11 @@ async fn apply_batch(
                             "applied"
                         }
                         Outcome::Unchanged { .. } => {
-                            tracing::debug!(workflow = %wf, entry = %entry.0, "duplicate or stale result: nothing changes");
+                            tracing::debug!(workflow = %wf, entry = %entry.1, "duplicate or stale result: nothing changes");
                             "unchanged"
                         }
                         Outcome::NotFound => {
-                            tracing::warn!(workflow = %wf, entry = %entry.0, "result for an unknown workflow; dropped");
+                            tracing::warn!(workflow = %wf, entry = %entry.1, "result for an unknown workflow; dropped");
                             "unknown_workflow"
                         }
                     };
@@ -201,13 +206,13 @@ async fn apply_batch(
                 Err(err) if err.is_transient() => {
                     // Left pending with the rest of its workflow's results:
                     // read again after a pause.
-                    tracing::warn!(workflow = %wf, entry = %entry.0, error = %err, "cannot apply result yet; will retry");
+                    tracing::warn!(workflow = %wf, entry = %entry.1, error = %err, "cannot apply result yet; will retry");
                     failed.push(wf);
                 }
                 Err(err) => {
                     // Retrying cannot help (unreadable state, unknown
                     // definition): keep the result in the log, move on.
-                    tracing::error!(workflow = %wf, entry = %entry.0, error = %err, "result cannot be applied; acknowledged without a transition");
+                    tracing::error!(workflow = %wf, entry = %entry.1, error = %err, "result cannot be applied; acknowledged without a transition");
                     metrics::counter!("orchestrator_results_total", "outcome" => "unapplicable")
                         .increment(1);
                     done.push(entry);
@@ -219,8 +224,9 @@ async fn apply_batch(
     done
 }
 
-/// A results entry to acknowledge: its id and its task id.
-type Settled = (String, String);
+/// A results entry to acknowledge: its stream (index in the batch's
+/// streams), its id and its task id.
+type Settled = (usize, String, String);
 
 /// Groups items by workflow, keeping the order within each and the order
 /// in which workflows first appear.
@@ -239,66 +245,128 @@ fn group_by_workflow<T>(items: Vec<(String, T)>) -> Vec<(String, VecDeque<T>)> {
     groups
 }
 
-/// Acknowledges and deletes applied results and clears their tasks' deadlines.
+/// Acknowledges and deletes applied results and clears their tasks'
+/// deadlines: one script call per stream (each in its agent type's slot),
+/// all in one round trip.
 async fn ack(
     conn: &ConnectionManager,
-    stream: &str,
-    deadlines: &str,
-    done: &[(String, String)],
+    streams: &[(String, String)],
+    done: &[Settled],
 ) -> redis::RedisResult<()> {
-    if done.is_empty() {
-        return Ok(());
+    let mut calls = Vec::new();
+    for (at, (stream, deadlines)) in streams.iter().enumerate() {
+        let mut inv = crate::scripts::ACK_RESULTS.prepare_invoke();
+        inv.key(stream).key(deadlines).arg(ORCHESTRATOR_GROUP);
+        let mut any = false;
+        for (_, id, task) in done.iter().filter(|(s, _, _)| *s == at) {
+            inv.arg(id).arg(task);
+            any = true;
+        }
+        if any {
+            calls.push(inv);
+        }
     }
     let mut c = conn.clone();
-    let mut inv = crate::scripts::ACK_RESULTS.prepare_invoke();
-    inv.key(stream).key(deadlines).arg(ORCHESTRATOR_GROUP);
-    for (id, task) in done {
-        inv.arg(id).arg(task);
-    }
-    let _: i64 = inv.invoke_async(&mut c).await?;
+    let calls: Vec<&redis::ScriptInvocation<'_>> = calls.iter().collect();
+    let _: Vec<i64> =
+        crate::scripts::invoke_all(&mut c, &crate::scripts::ACK_RESULTS, &calls).await?;
     Ok(())
 }
 
-/// Consumes `agent_type`'s results until `stop`.
+/// Consumes the results of every agent type `watch` announces (the
+/// channel [`Engine::new`] returned: types already watched are on it too)
+/// until `stop`, on `reader_conn` alone for the reads, `conn` for the rest.
 pub async fn consume(
     engine: Arc<Engine>,
     conn: ConnectionManager,
     mut reader_conn: Conn,
-    agent_type: AgentType,
+    mut watch: mpsc::UnboundedReceiver<AgentType>,
     s: ConsumerSettings,
     stop: CancellationToken,
 ) {
-    let stream = engine.keys().results(&agent_type);
-    let deadlines = engine.keys().deadlines(&agent_type);
-    let mut reader = GroupReader::new(
-        stream.clone(),
+    let mut reader = ManyReader::new(
         ORCHESTRATOR_GROUP,
         s.consumer.as_str(),
         s.claim_idle,
         s.block,
     );
-    tracing::info!(stream = %stream, "consuming results");
-    while let Some(taken) = reader
-        .next(&mut reader_conn, &stop, s.batch, &TakeAll)
-        .await
-    {
-        let entries: Vec<Entry> = taken.entries.into_iter().map(|d| d.entry).collect();
+    // Results stream → deadlines set, of each type read.
+    let mut deadlines_of: HashMap<String, String> = HashMap::new();
+    loop {
+        if reader.is_empty() {
+            // Nothing to read yet: wait for a first type.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                t = watch.recv() => match t {
+                    Some(t) => join(&engine, &mut reader, &mut deadlines_of, &t),
+                    None => return,
+                },
+            }
+        }
+        // Types watched since the last read join the set.
+        while let Ok(t) = watch.try_recv() {
+            join(&engine, &mut reader, &mut deadlines_of, &t);
+        }
+        let Some(taken) = reader
+            .next(&mut reader_conn, &stop, s.batch, &TakeAll)
+            .await
+        else {
+            return;
+        };
+        let streams: Vec<(String, String)> = taken
+            .iter()
+            .map(|(stream, _)| {
+                let deadlines = deadlines_of.get(stream).cloned().unwrap_or_default();
+                (stream.clone(), deadlines)
+            })
+            .collect();
+        let entries: Vec<(usize, &str, Entry)> = taken
+            .iter()
+            .enumerate()
+            .flat_map(|(at, (stream, t))| {
+                t.entries
+                    .iter()
+                    .map(move |d| (at, stream.as_str(), d.entry.clone()))
+            })
+            .collect();
         if entries.is_empty() {
             continue;
         }
-        let done = apply_batch(&engine, &conn, &stream, &entries, s.parallelism).await;
+        let done = apply_batch(&engine, &conn, &entries, s.parallelism).await;
         if done.len() < entries.len() {
-            // Something could not be applied: read our pending entries
-            // again after a pause rather than spin on them.
-            reader.reread_own();
+            // Something could not be applied: read our pending entries of
+            // those streams again after a pause rather than spin on them.
+            for (at, (stream, _)) in streams.iter().enumerate() {
+                let all = entries.iter().filter(|(s, _, _)| *s == at).count();
+                let settled = done.iter().filter(|(s, _, _)| *s == at).count();
+                if settled < all {
+                    reader.reread_own(stream);
+                }
+            }
             if pause(&stop, Duration::from_millis(500)).await {
                 return;
             }
         }
-        if let Err(e) = ack(&conn, &stream, &deadlines, &done).await {
-            tracing::warn!(stream = %stream, error = %e, "cannot acknowledge results; they will be applied again (no effect)");
-            reader.reread_own();
+        if let Err(e) = ack(&conn, &streams, &done).await {
+            tracing::warn!(error = %e, "cannot acknowledge results; they will be applied again (no effect)");
+            for (stream, _) in &streams {
+                reader.reread_own(stream);
+            }
         }
+    }
+}
+
+/// Adds agent type `t`'s results stream to the reader's set.
+fn join(
+    engine: &Engine,
+    reader: &mut ManyReader,
+    deadlines_of: &mut HashMap<String, String>,
+    t: &AgentType,
+) {
+    let stream = engine.keys().results(t);
+    if reader.add(stream.clone()) {
+        tracing::info!(stream = %stream, streams = reader.len(), "consuming results");
+        deadlines_of.insert(stream, engine.keys().deadlines(t));
     }
 }
 

@@ -19,7 +19,13 @@ pub const TIMER_LEASE: Duration = Duration::from_secs(30);
 /// Deadlines taken per agent type per round.
 const TIMER_BATCH: usize = 256;
 
-/// Polls every watched agent type's due deadlines every `tick` until `stop`.
+/// Agent types whose due deadlines are taken in one round trip.
+const TYPES_PER_ROUND_TRIP: usize = 512;
+
+/// Polls every watched agent type's due deadlines every `tick` until `stop`:
+/// one pipelined round trip per tick for all of them (per 512 types), not
+/// one per type, so the cost of a tick in round trips does not grow with
+/// the number of watched types.
 pub async fn run(
     engine: Arc<Engine>,
     mut conn: ConnectionManager,
@@ -28,24 +34,28 @@ pub async fn run(
 ) {
     while !stop.is_cancelled() {
         let mut busy = false;
-        for agent in engine.watched_types() {
-            let Ok(agent) = AgentType::new(agent) else {
-                continue;
-            };
+        let types: Vec<AgentType> = engine
+            .watched_types()
+            .into_iter()
+            .filter_map(|t| AgentType::new(t).ok())
+            .collect();
+        for chunk in types.chunks(TYPES_PER_ROUND_TRIP) {
             let due = match engine
                 .store()
-                .claim_due_timers(&mut conn, &agent, TIMER_BATCH, TIMER_LEASE)
+                .claim_due_timers_many(&mut conn, chunk, TIMER_BATCH, TIMER_LEASE)
                 .await
             {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(agent = %agent, error = %e, "cannot read due deadlines; retrying");
+                    tracing::warn!(types = chunk.len(), error = %e, "cannot read due deadlines; retrying");
                     continue;
                 }
             };
-            busy |= due.len() == TIMER_BATCH;
-            for member in &due {
-                fire(&engine, &mut conn, &agent, member).await;
+            for (agent, due) in chunk.iter().zip(due) {
+                busy |= due.len() == TIMER_BATCH;
+                for member in &due {
+                    fire(&engine, &mut conn, agent, member).await;
+                }
             }
         }
         if !busy && pause(&stop, tick).await {

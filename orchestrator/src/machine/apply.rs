@@ -101,7 +101,9 @@ fn step(
             }
             None => false,
         },
-        Event::TaskFailed { task_id, error } | Event::TaskDeadLettered { task_id, error } => {
+        Event::TaskFailed { task_id, error }
+        | Event::DispatchFailed { task_id, error }
+        | Event::TaskDeadLettered { task_id, error } => {
             let dead = matches!(event, Event::TaskDeadLettered { .. });
             match find_task(wf, task_id) {
                 Some((i, false)) => {

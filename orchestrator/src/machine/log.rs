@@ -26,6 +26,7 @@ impl Event {
             Self::Started => "started",
             Self::TaskSucceeded { .. } => "task_succeeded",
             Self::TaskFailed { .. } => "task_failed",
+            Self::DispatchFailed { .. } => "dispatch_failed",
             Self::TaskDeadLettered { .. } => "task_dead_lettered",
             Self::TaskTimedOut { .. } => "task_timed_out",
             Self::Approved { .. } => "approved",
@@ -52,6 +53,7 @@ impl Event {
         match self {
             Self::TaskSucceeded { task_id, .. }
             | Self::TaskFailed { task_id, .. }
+            | Self::DispatchFailed { task_id, .. }
             | Self::TaskDeadLettered { task_id, .. }
             | Self::TaskTimedOut { task_id } => wf
                 .stages

@@ -225,6 +225,17 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A task could not be dispatched and never will be (its body is over
+    /// the size limit workers accept, its agent type cannot be watched,
+    /// Redis refuses the entry for good): the stage fails as if the agent
+    /// had failed it permanently, so the workflow never waits for a task
+    /// that is not on any stream.
+    DispatchFailed {
+        /// The task.
+        task_id: String,
+        /// Why, naming the limit or the refusal.
+        error: String,
+    },
     /// A task was dead-lettered (retries exhausted, poison, malformed).
     TaskDeadLettered {
         /// The task.

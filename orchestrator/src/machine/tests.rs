@@ -213,6 +213,34 @@ fn independent_stages_run_in_parallel() {
 }
 
 #[test]
+fn a_refused_dispatch_fails_its_stage_like_a_permanent_failure() {
+    let mut r = Run::new(chain(3, &[0]));
+    r.apply(Event::Started);
+    r.succeed("s0");
+    let t1 = r.task_of("s1");
+    assert!(r.apply(Event::DispatchFailed {
+        task_id: t1.clone(),
+        error: "over the limit of 1048576 bytes".into()
+    }));
+    let s1 = r.wf.stage("s1").unwrap();
+    assert_eq!(s1.status, StageStatus::Failed);
+    assert!(s1.error.as_deref().unwrap().contains("1048576"));
+    assert_eq!(r.wf.stage("s2").unwrap().status, StageStatus::Skipped);
+    // s0 completed: it is undone, then the workflow fails.
+    let undo0 = r.undo_task("s0");
+    assert!(r.apply(Event::TaskSucceeded {
+        task_id: undo0,
+        output: json!(null)
+    }));
+    assert_eq!(r.wf.status, WorkflowStatus::Failed);
+    // A second refusal of the same task changes nothing.
+    assert!(!r.apply(Event::DispatchFailed {
+        task_id: t1,
+        error: "again".into()
+    }));
+}
+
+#[test]
 fn a_permanent_failure_compensates_in_reverse_and_fails() {
     let mut r = Run::new(chain(5, &[0, 1, 3]));
     r.apply(Event::Started);

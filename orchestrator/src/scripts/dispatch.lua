@@ -11,11 +11,17 @@
 -- ARGV[1] task id, ARGV[2] idempotency TTL ms, ARGV[3] deadline ms from now
 -- ('0': none), ARGV[4..] the entry's fields.
 -- Returns 1 when the task was added, 0 when it had been already.
+--
+-- The entry is added before the key is set: if Redis refuses the XADD (the
+-- key holds another type), the script stops with nothing written, and the
+-- orchestrator fails the stage rather than finding the key set and taking
+-- the task for dispatched.
 local added = 0
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
+if redis.call('EXISTS', KEYS[2]) == 0 then
   local f = {}
   for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
   redis.call('XADD', KEYS[1], '*', unpack(f))
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
   added = 1
 end
 if ARGV[3] ~= '0' then

@@ -10,7 +10,13 @@
 -- carries them out. Carrying a command out twice is harmless: dispatches are
 -- idempotent by task id, timers are armed with NX.
 --
--- KEYS[1] workflow hash, KEYS[2] its event-log stream.
+-- The counts of workflows by status move here too, in the same step as the
+-- status, so they never disagree with the states (and every replica reads
+-- the same figures). KEYS[3] is the one key outside the workflow's slot: on
+-- Redis Cluster the counts would have to be kept per slot (or beside the
+-- script), which Cluster support would have to settle.
+--
+-- KEYS[1] workflow hash, KEYS[2] its event-log stream, KEYS[3] counts hash.
 -- ARGV[1] expected version ('0': the workflow must not exist yet),
 -- ARGV[2] state JSON, ARGV[3] status, ARGV[4] definition name,
 -- ARGV[5] now (ms, the orchestrator's clock; for people, not for logic),
@@ -21,6 +27,11 @@
 local cur = redis.call('HGET', KEYS[1], 'version') or '0'
 if cur ~= ARGV[1] then return 0 end
 local v = tostring(tonumber(cur) + 1)
+local was = redis.call('HGET', KEYS[1], 'status')
+if was ~= ARGV[3] then
+  if was then redis.call('HINCRBY', KEYS[3], was, -1) end
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+end
 redis.call('HSET', KEYS[1], 'version', v, 'state', ARGV[2], 'status', ARGV[3],
   'definition', ARGV[4], 'updated_at_ms', ARGV[5])
 if cur == '0' then redis.call('HSET', KEYS[1], 'created_at_ms', ARGV[5]) end

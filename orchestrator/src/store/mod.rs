@@ -137,6 +137,7 @@ impl WorkflowStore {
         let mut inv = scripts::TRANSITION.prepare_invoke();
         inv.key(self.keys.workflow(id)?)
             .key(self.keys.workflow_events(id)?)
+            .key(self.keys.workflow_counts())
             .arg(expected)
             .arg(state)
             .arg(next.status.as_str())

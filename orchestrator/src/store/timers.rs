@@ -41,6 +41,30 @@ impl WorkflowStore {
             .await?)
     }
 
+    /// [`WorkflowStore::claim_due_timers`] for many agent types in one
+    /// round trip (a pipeline of the same script, each call in its type's
+    /// slot): the due deadlines of each, in order.
+    pub async fn claim_due_timers_many<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        agents: &[AgentType],
+        max: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Vec<String>>> {
+        let calls: Vec<redis::ScriptInvocation<'static>> = agents
+            .iter()
+            .map(|a| {
+                let mut inv = scripts::CLAIM_TIMERS.prepare_invoke();
+                inv.key(self.keys.deadlines(a))
+                    .arg(max)
+                    .arg(lease.as_millis() as u64);
+                inv
+            })
+            .collect();
+        let calls: Vec<&redis::ScriptInvocation<'static>> = calls.iter().collect();
+        Ok(crate::scripts::invoke_all(conn, &scripts::CLAIM_TIMERS, &calls).await?)
+    }
+
     /// Removes a fired deadline.
     pub async fn remove_timer<C: ConnectionLike + Send>(
         &self,
