@@ -1,0 +1,456 @@
+//! [`RedisArgs`]: where Redis is and which namespace to use, the flags every
+//! binary of the project shares (agents, `orchestrator serve`, `agentctl`,
+//! the examples), declared once.
+//!
+//! The URL carries the password, so it can come from three places: the
+//! `--redis-url` flag, the `AGENTIC_REDIS_URL` environment variable, or a
+//! file (`--redis-url-file` / `AGENTIC_REDIS_URL_FILE`). A flag is visible to
+//! every user of the host in the process list (`ps`, `/proc/<pid>/cmdline`),
+//! so a password given there still works but is warned about; the file is
+//! the form to prefer (the environment is inherited by every command an
+//! agent starts). Giving both a URL and a file is refused: which one wins
+//! would be a guess.
+//!
+//! Parsing never fails on these (clap would exit 2 and could echo values):
+//! a problem is kept and reported by [`RedisArgs::validate`] as a
+//! configuration error (exit 64), naming the flag, never the password.
+
+use crate::connection::{Connector, parse_url, redact_url};
+use crate::{Error, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Command, FromArgMatches};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The URL when none is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A URL file larger than this is not a URL file (a wrong path, `/dev/zero`).
+const MAX_URL_FILE: u64 = 64 * 1024;
+
+const URL_ID: &str = "redis_url";
+const FILE_ID: &str = "redis_url_file";
+
+/// The flags as clap parses them; [`RedisArgs`] resolves them.
+#[derive(Args)]
+struct RedisFlags {
+    /// Redis URL (`redis://[[user]:password@]host:port[/db]`, `rediss://` for
+    /// TLS, `unix:///path/redis.sock?pass=password`). Default
+    /// redis://127.0.0.1:6379. A password given here is visible to every user
+    /// of the host in the process list: prefer --redis-url-file or
+    /// AGENTIC_REDIS_URL.
+    #[arg(
+        id = URL_ID,
+        long = "redis-url",
+        value_name = "URL",
+        global = true,
+        env = "AGENTIC_REDIS_URL",
+        // `--help` must not print a password taken from the environment.
+        hide_env_values = true
+    )]
+    url: Option<String>,
+
+    /// File holding the whole Redis URL (not the password alone), on one
+    /// line; a trailing newline is ignored. Keep it readable by this
+    /// process's user only. Cannot be combined with --redis-url /
+    /// AGENTIC_REDIS_URL.
+    #[arg(
+        id = FILE_ID,
+        long = "redis-url-file",
+        value_name = "PATH",
+        global = true,
+        env = "AGENTIC_REDIS_URL_FILE"
+    )]
+    url_file: Option<PathBuf>,
+
+    /// Namespace prefixed to every key, so deployments can share one Redis.
+    #[arg(long, global = true, env = "AGENTIC_NAMESPACE", default_value = schemas::DEFAULT_NAMESPACE)]
+    namespace: String,
+}
+
+/// Where the URL came from: named in errors and in the argv warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Default,
+    Flag,
+    Env,
+    File {
+        path: PathBuf,
+        from_env: bool,
+    },
+    /// Built in code ([`RedisArgs::new`]).
+    Given,
+}
+
+impl Origin {
+    fn describe(&self) -> String {
+        match self {
+            Origin::Default => "the default Redis URL".into(),
+            Origin::Flag => "--redis-url".into(),
+            Origin::Env => "AGENTIC_REDIS_URL".into(),
+            Origin::File { path, from_env } => format!(
+                "{} {}",
+                if *from_env {
+                    "AGENTIC_REDIS_URL_FILE"
+                } else {
+                    "--redis-url-file"
+                },
+                path.display()
+            ),
+            Origin::Given => "the Redis URL".into(),
+        }
+    }
+}
+
+/// Where Redis is and which namespace to use; see the module docs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisArgs {
+    /// The URL, from whichever source gave it (empty when the sources were
+    /// unusable: nothing connects before [`RedisArgs::validate`] says why).
+    pub url: String,
+    /// Namespace prefixed to every key.
+    pub namespace: String,
+    origin: Origin,
+    /// What made the sources unusable, reported by `validate`.
+    problem: Option<String>,
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("url", &redact_url(&self.url))
+            .field("origin", &self.origin.describe())
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Default for RedisArgs {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_REDIS_URL.into(),
+            namespace: schemas::DEFAULT_NAMESPACE.into(),
+            origin: Origin::Default,
+            problem: None,
+        }
+    }
+}
+
+impl Args for RedisArgs {
+    fn augment_args(cmd: Command) -> Command {
+        RedisFlags::augment_args(cmd)
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        RedisFlags::augment_args_for_update(cmd)
+    }
+}
+
+impl FromArgMatches for RedisArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let flags = RedisFlags::from_arg_matches(matches)?;
+        Ok(Self::resolve(
+            flags,
+            matches.value_source(URL_ID),
+            matches.value_source(FILE_ID),
+        ))
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        matches: &ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        // The URL is resolved from all its sources at once.
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// Set once the argv warning has been logged: several parts of a process
+/// validate the same settings.
+static WARNED_ARGV: AtomicBool = AtomicBool::new(false);
+
+impl RedisArgs {
+    /// `url` and `namespace`, given in code.
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: namespace.into(),
+            origin: Origin::Given,
+            problem: None,
+        }
+    }
+
+    /// The URL read from `path` (see `--redis-url-file`); a bad file is
+    /// reported by [`RedisArgs::validate`].
+    pub fn from_file(path: impl Into<PathBuf>, namespace: impl Into<String>) -> Self {
+        let path = path.into();
+        let (url, problem) = match read_url_file(&path) {
+            Ok(url) => (url, None),
+            Err(m) => (String::new(), Some(m)),
+        };
+        Self {
+            url,
+            namespace: namespace.into(),
+            origin: Origin::File {
+                path,
+                from_env: false,
+            },
+            problem,
+        }
+    }
+
+    fn resolve(
+        flags: RedisFlags,
+        url_source: Option<ValueSource>,
+        file_source: Option<ValueSource>,
+    ) -> Self {
+        let env = |s: Option<ValueSource>| s == Some(ValueSource::EnvVariable);
+        let url_origin = if env(url_source) {
+            Origin::Env
+        } else {
+            Origin::Flag
+        };
+        match (flags.url, flags.url_file) {
+            (Some(_), Some(path)) => {
+                let file = Origin::File {
+                    path,
+                    from_env: env(file_source),
+                };
+                Self {
+                    url: String::new(),
+                    namespace: flags.namespace,
+                    problem: Some(format!(
+                        "the Redis URL is given twice, by {} and by {}: give one of them",
+                        url_origin.describe(),
+                        file.describe()
+                    )),
+                    origin: url_origin,
+                }
+            }
+            (None, Some(path)) => {
+                let mut args = Self::from_file(path, flags.namespace);
+                if let Origin::File { from_env, .. } = &mut args.origin {
+                    *from_env = env(file_source);
+                }
+                args
+            }
+            (Some(url), None) => Self {
+                url,
+                namespace: flags.namespace,
+                origin: url_origin,
+                problem: None,
+            },
+            (None, None) => Self {
+                namespace: flags.namespace,
+                ..Self::default()
+            },
+        }
+    }
+
+    /// Rejects unusable URL sources, a URL of another scheme and a bad
+    /// namespace, naming the flag and never printing a password. Logs (once)
+    /// a warning when a password was given on the command line.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(p) = &self.problem {
+            return Err(Error::Config(p.clone()));
+        }
+        schemas::Namespace::new(self.namespace.clone())?;
+        parse_url(&self.url).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", self.origin.describe())),
+            other => other,
+        })?;
+        if let Some(w) = self.argv_warning()
+            && !WARNED_ARGV.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("{w}");
+        }
+        Ok(())
+    }
+
+    /// The warning for a password given on the command line, if one was.
+    pub fn argv_warning(&self) -> Option<String> {
+        (self.origin == Origin::Flag && redact_url(&self.url) != self.url).then(|| {
+            "the Redis URL given with --redis-url holds a password, which every user of this \
+             host can read in the process list; give it with --redis-url-file or \
+             AGENTIC_REDIS_URL instead"
+                .to_owned()
+        })
+    }
+
+    /// The key names of the namespace.
+    pub fn keys(&self) -> Result<schemas::Keys> {
+        Ok(schemas::Keys::new(schemas::Namespace::new(
+            self.namespace.clone(),
+        )?))
+    }
+
+    /// A connector to the URL.
+    pub fn connector(&self) -> Result<Connector> {
+        if let Some(p) = &self.problem {
+            return Err(Error::Config(p.clone()));
+        }
+        Connector::new(&self.url)
+    }
+
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// The URL in `path`: one line, a trailing newline ignored. Errors name the
+/// file, never its content.
+fn read_url_file(path: &Path) -> std::result::Result<String, String> {
+    let name = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("--redis-url-file {name}: cannot open: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_URL_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("--redis-url-file {name}: cannot read it as text: {e}"))?;
+    if text.len() as u64 > MAX_URL_FILE {
+        return Err(format!(
+            "--redis-url-file {name}: larger than {MAX_URL_FILE} bytes; it must hold one URL"
+        ));
+    }
+    let url = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if url.is_empty() {
+        return Err(format!("--redis-url-file {name}: the file is empty"));
+    }
+    if url.contains(['\n', '\r']) {
+        return Err(format!(
+            "--redis-url-file {name}: more than one line; it must hold the URL alone"
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Write;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        redis: RedisArgs,
+    }
+
+    fn parse(args: &[&str]) -> RedisArgs {
+        Cli::try_parse_from(std::iter::once("bin").chain(args.iter().copied()))
+            .unwrap()
+            .redis
+    }
+
+    fn url_file(content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn from_the_flag() {
+        let a = parse(&["--redis-url", "redis://h:1/2"]);
+        assert_eq!(a.url, "redis://h:1/2");
+        a.validate().unwrap();
+        assert_eq!(a.argv_warning(), None, "no password, no warning");
+    }
+
+    #[test]
+    fn from_a_file_with_its_newline_trimmed() {
+        for ending in ["\n", "\r\n", ""] {
+            let f = url_file(&format!("redis://:s3cret@h:1/0{ending}"));
+            let a = parse(&["--redis-url-file", f.path().to_str().unwrap()]);
+            assert_eq!(a.url, "redis://:s3cret@h:1/0");
+            a.validate().unwrap();
+            assert_eq!(a.argv_warning(), None);
+            let shown = format!("{a:?}");
+            assert!(
+                !shown.contains("s3cret") && shown.contains("--redis-url-file"),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_files_are_configuration_errors_naming_the_file_not_the_content() {
+        let two = url_file("redis://:s3cret@h\nredis://:s3cret@g\n");
+        let empty = url_file("\n");
+        let bad = url_file("redis://:s3cret@h:notaport\n");
+        for (path, want) in [
+            (two.path().to_str().unwrap(), "more than one line"),
+            (empty.path().to_str().unwrap(), "empty"),
+            ("/nonexistent/redis.url", "cannot open"),
+            (bad.path().to_str().unwrap(), "bad redis URL"),
+        ] {
+            let a = parse(&["--redis-url-file", path]);
+            let e = a.validate().unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{e:?}");
+            let m = e.to_string();
+            assert!(m.contains("--redis-url-file") && m.contains(path), "{m}");
+            assert!(m.contains(want), "{m}");
+            assert!(!m.contains("s3cret"), "{m}");
+            assert!(
+                a.connector().is_err(),
+                "an unusable file must not connect anywhere"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_and_a_file_together_are_refused() {
+        let f = url_file("redis://h:1\n");
+        let path = f.path().to_str().unwrap();
+        let a = parse(&[
+            "--redis-url",
+            "redis://:s3cret@h:2",
+            "--redis-url-file",
+            path,
+        ]);
+        let m = a.validate().unwrap_err().to_string();
+        assert!(
+            m.contains("--redis-url ") || m.contains("--redis-url,"),
+            "{m}"
+        );
+        assert!(
+            m.contains("--redis-url-file") && m.contains("given twice"),
+            "{m}"
+        );
+        assert!(!m.contains("s3cret"), "{m}");
+        assert!(a.url.is_empty(), "neither source is used");
+        assert!(a.connector().is_err());
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_works_but_is_warned_about() {
+        let a = parse(&["--redis-url", "redis://:s3cret@h:1"]);
+        a.validate().unwrap();
+        let w = a.argv_warning().expect("a warning");
+        assert!(w.contains("--redis-url") && !w.contains("s3cret"), "{w}");
+        assert!(!format!("{a:?}").contains("s3cret"));
+        // The unix-socket form counts too.
+        let a = parse(&["--redis-url", "unix:///s.sock?pass=s3cret"]);
+        assert!(a.argv_warning().is_some());
+    }
+
+    #[test]
+    fn the_default_and_code_built_urls_are_not_warned_about() {
+        assert_eq!(parse(&[]), RedisArgs::default());
+        assert_eq!(parse(&[]).url, DEFAULT_REDIS_URL);
+        assert_eq!(RedisArgs::new("redis://:pw@h", "ns").argv_warning(), None);
+    }
+
+    #[test]
+    fn scheme_errors_name_the_source_without_the_password() {
+        let m = parse(&["--redis-url", "http://:hunter2@h"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("--redis-url") && !m.contains("hunter2"), "{m}");
+    }
+}
