@@ -40,13 +40,16 @@ else
   REDIS_AOF=yes start_private_redis "$data/redis"
   url="redis://127.0.0.1:$REDIS_PORT"
 fi
+# The processes read the URL from a file of ours: a password on their command
+# lines would be readable by every user of the host.
+write_redis_url_file "$data/redis.url" "$url"
 
 echo "building (cargo build)..." >&2
 cargo build -q -p orchestrator-server -p agentctl -p scaffold-agent -p validation-agent \
   -p e2e-agent -p integration-agent -p deployment-agent
 bin=./target/debug
 
-common=(--redis-url "$url" --namespace "$ns")
+common=(--redis-url-file "$data/redis.url" --namespace "$ns")
 "$bin/orchestrator" serve "${common[@]}" --listen "$listen" >"$data/logs/orchestrator.log" 2>&1 &
 pids+=($!)
 "$bin/scaffold-agent" "${common[@]}" >"$data/logs/scaffold.log" 2>&1 &
@@ -86,8 +89,8 @@ if [ -z "$ready" ]; then
   exit 1
 fi
 echo "$api" > "$data/up.ready"
-echo "ready: API $api (redis $(redact() { sed -E 's#//[^@/]*@#//***@#'; }; echo "$url" | redact), namespace $ns)"
-echo "dashboard: http://$listen/   operators' CLI: $bin/agentctl --redis-url <the URL above> --namespace $ns dlq list"
+echo "ready: API $api (redis URL in $data/redis.url, namespace $ns)"
+echo "dashboard: http://$listen/   operators' CLI: $bin/agentctl --redis-url-file $data/redis.url --namespace $ns dlq list"
 echo "repositories in $data/repos, releases in $data/releases, logs in $data/logs; Ctrl-C stops everything"
 # Run until a signal, or until one of ours dies.
 while :; do

@@ -37,18 +37,21 @@ else
   start_private_redis "$work/redis"
   url="redis://127.0.0.1:$REDIS_PORT"
 fi
+# A file, not --redis-url: a password on a command line is readable by every
+# user of the host.
+write_redis_url_file "$work/redis.url" "$url"
 ns="demo$$"
 
 echo "building the orchestrator and fault-agent..." >&2
 cargo build -q -p orchestrator-server --bin orchestrator -p fault-agent --bin fault-agent
 for t in scaffold validation e2e integration deployment; do
-  ./target/debug/fault-agent --redis-url "$url" --namespace "$ns" --agent-type "$t" \
+  ./target/debug/fault-agent --redis-url-file "$work/redis.url" --namespace "$ns" --agent-type "$t" \
     >"$work/$t.log" 2>&1 &
   pids+=($!)
 done
 port=$(free_port)
 api="http://127.0.0.1:$port/api/v1"
-./target/debug/orchestrator serve --redis-url "$url" --namespace "$ns" \
+./target/debug/orchestrator serve --redis-url-file "$work/redis.url" --namespace "$ns" \
   --listen "127.0.0.1:$port" >"$work/orchestrator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do
