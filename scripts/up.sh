@@ -36,6 +36,8 @@ trap 'echo "stopping..." >&2; exit 0' INT TERM
 
 if [ -n "${REDIS_URL:-}" ]; then
   url=$REDIS_URL
+  # What the processes start must not inherit it: they read the file below.
+  unset REDIS_URL
 else
   REDIS_AOF=yes start_private_redis "$data/redis"
   url="redis://127.0.0.1:$REDIS_PORT"

@@ -33,6 +33,8 @@ trap cleanup EXIT INT TERM
 
 if [ -n "${REDIS_URL:-}" ]; then
   url=$REDIS_URL
+  # What the processes start must not inherit it: they read the file below.
+  unset REDIS_URL
 else
   start_private_redis "$work/redis"
   url="redis://127.0.0.1:$REDIS_PORT"
