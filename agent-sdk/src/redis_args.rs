@@ -32,9 +32,10 @@ const MAX_URL_FILE: u64 = 64 * 1024;
 const URL_ID: &str = "redis_url";
 const FILE_ID: &str = "redis_url_file";
 
-/// The flags as clap parses them; [`RedisArgs`] resolves them.
+/// The URL flags as clap parses them; [`RedisUrlArgs`] and [`RedisArgs`]
+/// resolve them.
 #[derive(Args)]
-struct RedisFlags {
+struct UrlFlags {
     /// Redis URL (`redis://[[user]:password@]host:port[/db]`, `rediss://` for
     /// TLS, `unix:///path/redis.sock?pass=password`). Default
     /// redis://127.0.0.1:6379. A password given here is visible to every user
@@ -63,13 +64,28 @@ struct RedisFlags {
         env = "AGENTIC_REDIS_URL_FILE"
     )]
     url_file: Option<PathBuf>,
+}
+
+/// [`UrlFlags`] and the namespace.
+#[derive(Args)]
+struct RedisFlags {
+    #[command(flatten)]
+    url: UrlFlags,
 
     /// Namespace prefixed to every key, so deployments can share one Redis.
     #[arg(long, global = true, env = "AGENTIC_NAMESPACE", default_value = schemas::DEFAULT_NAMESPACE)]
     namespace: String,
 }
 
-/// Where the URL came from: named in errors and in the argv warning.
+/// Where the URL came from, and what made its sources unusable: named in
+/// errors and in the argv warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Source {
+    origin: Origin,
+    /// Reported by `check`; the URL is then empty, so nothing connects.
+    problem: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Origin {
     Default,
@@ -103,6 +119,168 @@ impl Origin {
     }
 }
 
+/// Set once the argv warning has been logged: several parts of a process
+/// validate the same settings.
+static WARNED_ARGV: AtomicBool = AtomicBool::new(false);
+
+impl Source {
+    fn ok(origin: Origin) -> Self {
+        Self {
+            origin,
+            problem: None,
+        }
+    }
+
+    /// The URL of `flags` and where it came from.
+    fn resolve(
+        flags: UrlFlags,
+        url_source: Option<ValueSource>,
+        file_source: Option<ValueSource>,
+    ) -> (String, Self) {
+        let env = |s: Option<ValueSource>| s == Some(ValueSource::EnvVariable);
+        let url_origin = if env(url_source) {
+            Origin::Env
+        } else {
+            Origin::Flag
+        };
+        match (flags.url, flags.url_file) {
+            (Some(_), Some(path)) => {
+                let file = Origin::File {
+                    path,
+                    from_env: env(file_source),
+                };
+                let problem = format!(
+                    "the Redis URL is given twice, by {} and by {}: give one of them",
+                    url_origin.describe(),
+                    file.describe()
+                );
+                (
+                    String::new(),
+                    Self {
+                        origin: url_origin,
+                        problem: Some(problem),
+                    },
+                )
+            }
+            (None, Some(path)) => Self::file(path, env(file_source)),
+            (Some(url), None) => (url, Self::ok(url_origin)),
+            (None, None) => (DEFAULT_REDIS_URL.into(), Self::ok(Origin::Default)),
+        }
+    }
+
+    fn file(path: PathBuf, from_env: bool) -> (String, Self) {
+        let (url, problem) = match read_url_file(&path) {
+            Ok(url) => (url, None),
+            Err(m) => (String::new(), Some(m)),
+        };
+        let origin = Origin::File { path, from_env };
+        (url, Self { origin, problem })
+    }
+
+    fn from_matches(matches: &ArgMatches) -> std::result::Result<(String, Self), clap::Error> {
+        Ok(Self::resolve(
+            UrlFlags::from_arg_matches(matches)?,
+            matches.value_source(URL_ID),
+            matches.value_source(FILE_ID),
+        ))
+    }
+
+    /// Unusable sources, then a URL redis-rs refuses; logs (once) the argv
+    /// warning.
+    fn check(&self, url: &str) -> Result<()> {
+        if let Some(p) = &self.problem {
+            return Err(Error::Config(p.clone()));
+        }
+        parse_url(url).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", self.origin.describe())),
+            other => other,
+        })?;
+        if let Some(w) = self.argv_warning(url)
+            && !WARNED_ARGV.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("{w}");
+        }
+        Ok(())
+    }
+
+    fn argv_warning(&self, url: &str) -> Option<String> {
+        (self.origin == Origin::Flag && redact_url(url) != url).then(|| {
+            "the Redis URL given with --redis-url holds a password, which every user of this \
+             host can read in the process list; give it with --redis-url-file or \
+             AGENTIC_REDIS_URL instead"
+                .to_owned()
+        })
+    }
+
+    fn connector(&self, url: &str) -> Result<Connector> {
+        if let Some(p) = &self.problem {
+            return Err(Error::Config(p.clone()));
+        }
+        Connector::new(url)
+    }
+}
+
+/// The Redis URL alone (`--redis-url`, `AGENTIC_REDIS_URL`,
+/// `--redis-url-file`, `AGENTIC_REDIS_URL_FILE`), for programs with
+/// namespace flags of their own (the benchmarks); see the module docs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrlArgs {
+    /// The URL (empty when its sources were unusable; see `validate`).
+    pub url: String,
+    source: Source,
+}
+
+impl std::fmt::Debug for RedisUrlArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisUrlArgs")
+            .field("url", &redact_url(&self.url))
+            .field("origin", &self.source.origin.describe())
+            .finish()
+    }
+}
+
+impl Args for RedisUrlArgs {
+    fn augment_args(cmd: Command) -> Command {
+        UrlFlags::augment_args(cmd)
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        UrlFlags::augment_args_for_update(cmd)
+    }
+}
+
+impl FromArgMatches for RedisUrlArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let (url, source) = Source::from_matches(matches)?;
+        Ok(Self { url, source })
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        matches: &ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        // The URL is resolved from all its sources at once.
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl RedisUrlArgs {
+    /// See [`RedisArgs::validate`] (without the namespace).
+    pub fn validate(&self) -> Result<()> {
+        self.source.check(&self.url)
+    }
+
+    /// See [`RedisArgs::argv_warning`].
+    pub fn argv_warning(&self) -> Option<String> {
+        self.source.argv_warning(&self.url)
+    }
+
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
 /// Where Redis is and which namespace to use; see the module docs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisArgs {
@@ -111,16 +289,14 @@ pub struct RedisArgs {
     pub url: String,
     /// Namespace prefixed to every key.
     pub namespace: String,
-    origin: Origin,
-    /// What made the sources unusable, reported by `validate`.
-    problem: Option<String>,
+    source: Source,
 }
 
 impl std::fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisArgs")
             .field("url", &redact_url(&self.url))
-            .field("origin", &self.origin.describe())
+            .field("origin", &self.source.origin.describe())
             .field("namespace", &self.namespace)
             .finish()
     }
@@ -131,8 +307,7 @@ impl Default for RedisArgs {
         Self {
             url: DEFAULT_REDIS_URL.into(),
             namespace: schemas::DEFAULT_NAMESPACE.into(),
-            origin: Origin::Default,
-            problem: None,
+            source: Source::ok(Origin::Default),
         }
     }
 }
@@ -148,12 +323,13 @@ impl Args for RedisArgs {
 
 impl FromArgMatches for RedisArgs {
     fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
-        let flags = RedisFlags::from_arg_matches(matches)?;
-        Ok(Self::resolve(
-            flags,
-            matches.value_source(URL_ID),
-            matches.value_source(FILE_ID),
-        ))
+        let RedisFlags { namespace, .. } = RedisFlags::from_arg_matches(matches)?;
+        let (url, source) = Source::from_matches(matches)?;
+        Ok(Self {
+            url,
+            namespace,
+            source,
+        })
     }
 
     fn update_from_arg_matches(
@@ -166,85 +342,24 @@ impl FromArgMatches for RedisArgs {
     }
 }
 
-/// Set once the argv warning has been logged: several parts of a process
-/// validate the same settings.
-static WARNED_ARGV: AtomicBool = AtomicBool::new(false);
-
 impl RedisArgs {
     /// `url` and `namespace`, given in code.
     pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             namespace: namespace.into(),
-            origin: Origin::Given,
-            problem: None,
+            source: Source::ok(Origin::Given),
         }
     }
 
     /// The URL read from `path` (see `--redis-url-file`); a bad file is
     /// reported by [`RedisArgs::validate`].
     pub fn from_file(path: impl Into<PathBuf>, namespace: impl Into<String>) -> Self {
-        let path = path.into();
-        let (url, problem) = match read_url_file(&path) {
-            Ok(url) => (url, None),
-            Err(m) => (String::new(), Some(m)),
-        };
+        let (url, source) = Source::file(path.into(), false);
         Self {
             url,
             namespace: namespace.into(),
-            origin: Origin::File {
-                path,
-                from_env: false,
-            },
-            problem,
-        }
-    }
-
-    fn resolve(
-        flags: RedisFlags,
-        url_source: Option<ValueSource>,
-        file_source: Option<ValueSource>,
-    ) -> Self {
-        let env = |s: Option<ValueSource>| s == Some(ValueSource::EnvVariable);
-        let url_origin = if env(url_source) {
-            Origin::Env
-        } else {
-            Origin::Flag
-        };
-        match (flags.url, flags.url_file) {
-            (Some(_), Some(path)) => {
-                let file = Origin::File {
-                    path,
-                    from_env: env(file_source),
-                };
-                Self {
-                    url: String::new(),
-                    namespace: flags.namespace,
-                    problem: Some(format!(
-                        "the Redis URL is given twice, by {} and by {}: give one of them",
-                        url_origin.describe(),
-                        file.describe()
-                    )),
-                    origin: url_origin,
-                }
-            }
-            (None, Some(path)) => {
-                let mut args = Self::from_file(path, flags.namespace);
-                if let Origin::File { from_env, .. } = &mut args.origin {
-                    *from_env = env(file_source);
-                }
-                args
-            }
-            (Some(url), None) => Self {
-                url,
-                namespace: flags.namespace,
-                origin: url_origin,
-                problem: None,
-            },
-            (None, None) => Self {
-                namespace: flags.namespace,
-                ..Self::default()
-            },
+            source,
         }
     }
 
@@ -252,30 +367,16 @@ impl RedisArgs {
     /// namespace, naming the flag and never printing a password. Logs (once)
     /// a warning when a password was given on the command line.
     pub fn validate(&self) -> Result<()> {
-        if let Some(p) = &self.problem {
+        if let Some(p) = &self.source.problem {
             return Err(Error::Config(p.clone()));
         }
         schemas::Namespace::new(self.namespace.clone())?;
-        parse_url(&self.url).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{}: {m}", self.origin.describe())),
-            other => other,
-        })?;
-        if let Some(w) = self.argv_warning()
-            && !WARNED_ARGV.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!("{w}");
-        }
-        Ok(())
+        self.source.check(&self.url)
     }
 
     /// The warning for a password given on the command line, if one was.
     pub fn argv_warning(&self) -> Option<String> {
-        (self.origin == Origin::Flag && redact_url(&self.url) != self.url).then(|| {
-            "the Redis URL given with --redis-url holds a password, which every user of this \
-             host can read in the process list; give it with --redis-url-file or \
-             AGENTIC_REDIS_URL instead"
-                .to_owned()
-        })
+        self.source.argv_warning(&self.url)
     }
 
     /// The key names of the namespace.
@@ -287,10 +388,7 @@ impl RedisArgs {
 
     /// A connector to the URL.
     pub fn connector(&self) -> Result<Connector> {
-        if let Some(p) = &self.problem {
-            return Err(Error::Config(p.clone()));
-        }
-        Connector::new(&self.url)
+        self.source.connector(&self.url)
     }
 
     /// The URL with any password replaced by `***`, for logs.
@@ -443,6 +541,35 @@ mod tests {
         assert_eq!(parse(&[]), RedisArgs::default());
         assert_eq!(parse(&[]).url, DEFAULT_REDIS_URL);
         assert_eq!(RedisArgs::new("redis://:pw@h", "ns").argv_warning(), None);
+    }
+
+    #[test]
+    fn the_url_alone_beside_a_namespace_flag_of_its_own() {
+        #[derive(Parser, Debug)]
+        struct Bench {
+            #[command(flatten)]
+            redis: RedisUrlArgs,
+            #[arg(long, default_value = "bench")]
+            namespace: String,
+        }
+        let f = url_file("redis://:s3cret@h:1\n");
+        let b = Bench::try_parse_from(["bench", "--redis-url-file", f.path().to_str().unwrap()])
+            .unwrap();
+        assert_eq!(
+            (b.redis.url.as_str(), b.namespace.as_str()),
+            ("redis://:s3cret@h:1", "bench")
+        );
+        b.redis.validate().unwrap();
+        assert!(!format!("{b:?}").contains("s3cret"));
+        let b =
+            Bench::try_parse_from(["bench", "--redis-url", "x", "--redis-url-file", "y"]).unwrap();
+        assert!(
+            b.redis
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("given twice")
+        );
     }
 
     #[test]
