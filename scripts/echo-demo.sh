@@ -28,6 +28,8 @@ fi
 # The password goes in a file (the agent) and REDISCLI_AUTH (redis-cli),
 # never on a command line, which every user of the host can read.
 write_redis_url_file "$work/redis.url" "$url"
+# The file is the one source: a URL in the environment as well is refused.
+unset AGENTIC_REDIS_URL AGENTIC_REDIS_URL_FILE
 redis_cli_for_url "$url"
 
 echo "building the echo example..." >&2

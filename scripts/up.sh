@@ -45,6 +45,8 @@ fi
 # The processes read the URL from a file of ours: a password on their command
 # lines would be readable by every user of the host.
 write_redis_url_file "$data/redis.url" "$url"
+# The file is the one source: a URL in the environment as well is refused.
+unset AGENTIC_REDIS_URL AGENTIC_REDIS_URL_FILE
 
 echo "building (cargo build)..." >&2
 cargo build -q -p orchestrator-server -p agentctl -p scaffold-agent -p validation-agent \

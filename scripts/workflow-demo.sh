@@ -42,6 +42,8 @@ fi
 # A file, not --redis-url: a password on a command line is readable by every
 # user of the host.
 write_redis_url_file "$work/redis.url" "$url"
+# The file is the one source: a URL in the environment as well is refused.
+unset AGENTIC_REDIS_URL AGENTIC_REDIS_URL_FILE
 ns="demo$$"
 
 echo "building the orchestrator and fault-agent..." >&2
