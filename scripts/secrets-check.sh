@@ -267,6 +267,9 @@ expect_line "$logs/agent-env-and-file.out" "given twice"
 # Compatibility: a password on argv still works, with a warning naming the flag.
 expect ctl-password-on-argv 0 "$bin/agentctl" --redis-url "redis://compat:$compat_enc@127.0.0.1:$port" agents
 expect_line "$logs/ctl-password-on-argv.out" "given with --redis-url holds a password"
+# A URL without its flag: clap's error echoes the argument, redacted.
+expect ctl-stray-url 2 "$bin/agentctl" "redis://compat:$compat_enc@127.0.0.1:$port" agents
+expect_line "$logs/ctl-stray-url.out" "redis://compat:\*\*\*@127.0.0.1"
 # Long-running processes with a wrong password log their retries: wait for them.
 write_redis_url_file "$work/wrong-unix.url" "unix://$sock?pass=${words[1]}-wrong"
 "$bin/fault-agent" --redis-url-file "$work/wrong-unix.url" >"$logs/agent-wrong-password.log" 2>&1 &
@@ -286,7 +289,7 @@ n=$(cmdline_clean "${pids[@]}") || fail "$n"
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 pids=()
-say "failures: wrong password, nothing listening, missing socket, unparsable URL, raw password, other scheme, URL and file together, password on argv: each a clear error"
+say "failures: wrong password, nothing listening, missing socket, unparsable URL, raw password, other scheme, URL and file together, password on argv, a URL without its flag: each a clear error"
 
 # ---- the verdicts.
 wait "$canary_pid" 2>/dev/null || true

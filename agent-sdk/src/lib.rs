@@ -60,7 +60,7 @@ pub use config::{LogFormat, RuntimeConfig};
 pub use connection::redact_url;
 pub use dlq::{DeadLetterFilter, DeadLetterPage, DeadLetters};
 pub use error::{Error, Result};
-pub use redis_args::{DEFAULT_REDIS_URL, RedisArgs, RedisUrlArgs};
+pub use redis_args::{DEFAULT_REDIS_URL, RedisArgs, RedisUrlArgs, parse_cli};
 pub use retry::RetryPolicy;
 pub use worker::{Worker, WorkerBuilder};
 

@@ -397,6 +397,37 @@ impl RedisArgs {
     }
 }
 
+/// `P::parse()`, with every Redis URL in clap's error message redacted:
+/// clap echoes the arguments it does not expect, and a URL given without its
+/// flag (`agentctl redis://:pw@h agents`) would be printed with its password.
+/// Help and version go out as clap writes them; errors exit with clap's code.
+pub fn parse_cli<P: clap::Parser>() -> P {
+    match P::try_parse() {
+        Ok(p) => p,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprint!("{}", redact_text(&e.render().to_string()));
+            std::process::exit(e.exit_code())
+        }
+    }
+}
+
+/// `text` with [`redact_url`] applied to each word that could hold a
+/// password (a scheme, an '@' or a `pass` parameter).
+fn redact_text(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|piece| {
+            let word = piece.trim_end_matches(char::is_whitespace);
+            let lower = word.to_ascii_lowercase();
+            if word.contains("://") || word.contains('@') || lower.contains("pass") {
+                format!("{}{}", redact_url(word), &piece[word.len()..])
+            } else {
+                piece.to_owned()
+            }
+        })
+        .collect()
+}
+
 /// The URL in `path`: one line, a trailing newline ignored. Errors name the
 /// file, never its content.
 fn read_url_file(path: &Path) -> std::result::Result<String, String> {
@@ -570,6 +601,25 @@ mod tests {
                 .to_string()
                 .contains("given twice")
         );
+    }
+
+    #[test]
+    fn clap_errors_that_echo_a_stray_url_are_redacted() {
+        for stray in [
+            "redis://:s3cret@h:1",
+            "unix:///s.sock?pass=s3cret",
+            "--redis-url=redis://:s3cret@h",
+        ] {
+            let e = Cli::try_parse_from(["bin", stray, "--bogus"]).unwrap_err();
+            let raw = e.render().to_string();
+            let shown = redact_text(&raw);
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("error:"), "{shown}");
+        }
+        // Proof that clap echoes it, else the test above proves nothing.
+        let e = Cli::try_parse_from(["bin", "redis://:s3cret@h:1"]).unwrap_err();
+        assert!(e.render().to_string().contains("s3cret"));
+        assert_eq!(redact_text("a  plain\nline "), "a  plain\nline ");
     }
 
     #[test]

@@ -37,7 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Openapi => {

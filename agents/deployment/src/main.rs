@@ -19,7 +19,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     let releases = cli.releases_dir;
     agent_sdk::daemon::run("deployment-agent", "deployment", cli.runtime, async |cfg| {
         std::fs::create_dir_all(&releases).map_err(|e| {

@@ -15,7 +15,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     agent_sdk::daemon::run("validation-agent", "validation", cli.runtime, async |cfg| {
         Ok(ValidationAgent::new(
             agent_sdk::daemon::client(cfg).await?.artifacts(),
