@@ -44,6 +44,6 @@ struct Cli {
 /// SIGTERM or SIGINT, drains, and exits 0, or 64 on bad configuration.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli: Cli = agent_sdk::parse_cli();
+    let cli = Cli::parse();
     agent_sdk::daemon::run("echo", "echo", cli.runtime, async |_| Ok(Echo)).await
 }
