@@ -19,24 +19,30 @@ trap cleanup EXIT INT TERM
 
 if [ -n "${REDIS_URL:-}" ]; then
   url=$REDIS_URL
-  cli=(redis-cli -u "$REDIS_URL")
+  # What the processes start must not inherit it: they read the file below.
+  unset REDIS_URL
 else
   start_private_redis "$work/redis"
   url="redis://127.0.0.1:$REDIS_PORT"
-  cli=(redis-cli -p "$REDIS_PORT")
 fi
+# The password goes in a file (the agent) and REDISCLI_AUTH (redis-cli),
+# never on a command line, which every user of the host can read.
+write_redis_url_file "$work/redis.url" "$url"
+# The file is the one source: a URL in the environment as well is refused.
+unset AGENTIC_REDIS_URL AGENTIC_REDIS_URL_FILE
+redis_cli_for_url "$url"
 
 echo "building the echo example..." >&2
 cargo build -q -p agent-sdk --example echo
-./target/debug/examples/echo --redis-url "$url" >"$work/echo.log" 2>&1 &
+./target/debug/examples/echo --redis-url-file "$work/redis.url" >"$work/echo.log" 2>&1 &
 worker_pid=$!
 
 task_id="hello-$(date +%s%N)"
 echo "\$ redis-cli XADD 'agentic:agent:{echo}:tasks' '*' body '{\"v\":1,\"id\":\"$task_id\",\"input\":{\"name\":\"world\"}}'"
-"${cli[@]}" XADD 'agentic:agent:{echo}:tasks' '*' body "{\"v\":1,\"id\":\"$task_id\",\"input\":{\"name\":\"world\"}}"
+rcli XADD 'agentic:agent:{echo}:tasks' '*' body "{\"v\":1,\"id\":\"$task_id\",\"input\":{\"name\":\"world\"}}"
 echo "\$ redis-cli GET 'agentic:agent:{echo}:result:$task_id'"
 for _ in $(seq 1 200); do
-  result=$("${cli[@]}" GET "agentic:agent:{echo}:result:$task_id")
+  result=$(rcli GET "agentic:agent:{echo}:result:$task_id")
   if [ -n "$result" ]; then
     echo "$result"
     exit 0

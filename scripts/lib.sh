@@ -88,3 +88,56 @@ ensure_agent_tools() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+
+# write_redis_url_file FILE URL: writes URL to FILE, readable by us only, for
+# the binaries' --redis-url-file. A URL (with its password) never goes on a
+# command line: every user of the host can read those in the process list.
+write_redis_url_file() {
+  # printf is a shell builtin: the URL is on no process's argv.
+  (umask 077 && printf '%s\n' "$2" >"$1")
+  chmod 600 "$1"
+}
+
+# redis_cli_for_url URL: sets RCLI_ARGS (host, port or socket, db, user,
+# --tls) and RCLI_AUTH (the password, or empty) so that `rcli ...` runs
+# redis-cli against URL with the password in REDISCLI_AUTH, not on argv
+# (-a and -u would put it there).
+redis_cli_for_url() {
+  local parsed
+  parsed=$(RCLI_URL="$1" python3 - <<'PY'
+import os
+from urllib.parse import urlsplit, parse_qs, unquote
+u = urlsplit(os.environ["RCLI_URL"])
+q = parse_qs(u.query)
+args = []
+if u.scheme in ("unix", "redis+unix"):
+    args += ["-s", unquote(u.path)]
+    password = (q.get("pass") or q.get("password") or [""])[0]
+    db = (q.get("db") or [""])[0]
+else:
+    args += ["-h", u.hostname or "127.0.0.1", "-p", str(u.port or 6379)]
+    if u.scheme == "rediss":
+        args.append("--tls")
+    password = unquote(u.password or "")
+    db = u.path.lstrip("/")
+if u.scheme not in ("unix", "redis+unix") and u.username:
+    args += ["--user", unquote(u.username)]
+if db:
+    args += ["-n", db]
+# First line: the password; then one argument per line.
+print(password)
+print("\n".join(args))
+PY
+)
+  RCLI_AUTH=$(head -n 1 <<<"$parsed")
+  mapfile -t RCLI_ARGS < <(tail -n +2 <<<"$parsed")
+}
+
+# rcli ARGS...: redis-cli for the URL given to redis_cli_for_url.
+rcli() {
+  if [ -n "${RCLI_AUTH:-}" ]; then
+    REDISCLI_AUTH="$RCLI_AUTH" redis-cli --no-auth-warning "${RCLI_ARGS[@]}" "$@"
+  else
+    redis-cli "${RCLI_ARGS[@]}" "$@"
+  fi
+}

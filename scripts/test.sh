@@ -36,6 +36,7 @@ else
 fi
 echo "== the pipeline end to end: five agents, every template, failures, secrets, rollback"
 bash scripts/sdlc-checks.sh
+bash scripts/secrets-check.sh
 echo "== scripts/demo.sh (the README's first command)"
 demo_data=$(mktemp -d -t agentic-demo.XXXXXX)
 AGENTIC_DATA="$demo_data" bash scripts/demo.sh >/dev/null

@@ -54,17 +54,24 @@ trap 'echo "stopping..." >&2; exit 0' INT TERM
 
 if [ -n "${REDIS_URL:-}" ]; then
   url=$REDIS_URL
+  # What the processes start must not inherit it: they read the file below.
+  unset REDIS_URL
 else
   REDIS_AOF=yes start_private_redis "$data/redis"
   url="redis://127.0.0.1:$REDIS_PORT"
 fi
+# The processes read the URL from a file of ours: a password on their command
+# lines would be readable by every user of the host.
+write_redis_url_file "$data/redis.url" "$url"
+# The file is the one source: a URL in the environment as well is refused.
+unset AGENTIC_REDIS_URL AGENTIC_REDIS_URL_FILE
 
 echo "building (cargo build)..." >&2
 cargo build -q -p orchestrator-server -p agentctl -p scaffold-agent -p validation-agent \
   -p e2e-agent -p integration-agent -p deployment-agent
 bin=./target/debug
 
-common=(--redis-url "$url" --namespace "$ns")
+common=(--redis-url-file "$data/redis.url" --namespace "$ns")
 "$bin/orchestrator" serve "${common[@]}" --listen "$listen" >"$data/logs/orchestrator.log" 2>&1 &
 pids+=($!)
 "$bin/scaffold-agent" "${common[@]}" >"$data/logs/scaffold.log" 2>&1 &
@@ -105,13 +112,13 @@ if [ -z "$ready" ]; then
   exit 1
 fi
 echo "$api" > "$data/up.ready"
-echo "ready: API $api (redis $(redact() { sed -E 's#//[^@/]*@#//***@#'; }; echo "$url" | redact), namespace $ns)"
+echo "ready: API $api (redis URL in $data/redis.url, namespace $ns)"
 if [ -s "$token_file" ]; then
   echo "API token (admin, generated): in $token_file; curl -H @$auth $api/workflows"
 else
   echo "API token: the one configured; curl -H @$auth $api/workflows"
 fi
-echo "dashboard: http://$listen/ (sign in with the token)   operators' CLI: $bin/agentctl --redis-url <the URL above> --namespace $ns dlq list"
+echo "dashboard: http://$listen/ (sign in with the token)   operators' CLI: $bin/agentctl --redis-url-file $data/redis.url --namespace $ns dlq list"
 echo "repositories in $data/repos, releases in $data/releases, logs in $data/logs; Ctrl-C stops everything"
 # Run until a signal, or until one of ours dies.
 while :; do

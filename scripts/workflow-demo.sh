@@ -33,16 +33,23 @@ trap cleanup EXIT INT TERM
 
 if [ -n "${REDIS_URL:-}" ]; then
   url=$REDIS_URL
+  # What the processes start must not inherit it: they read the file below.
+  unset REDIS_URL
 else
   start_private_redis "$work/redis"
   url="redis://127.0.0.1:$REDIS_PORT"
 fi
+# A file, not --redis-url: a password on a command line is readable by every
+# user of the host.
+write_redis_url_file "$work/redis.url" "$url"
+# The file is the one source: a URL in the environment as well is refused.
+unset AGENTIC_REDIS_URL AGENTIC_REDIS_URL_FILE
 ns="demo$$"
 
 echo "building the orchestrator and fault-agent..." >&2
 cargo build -q -p orchestrator-server --bin orchestrator -p fault-agent --bin fault-agent
 for t in scaffold validation e2e integration deployment; do
-  ./target/debug/fault-agent --redis-url "$url" --namespace "$ns" --agent-type "$t" \
+  ./target/debug/fault-agent --redis-url-file "$work/redis.url" --namespace "$ns" --agent-type "$t" \
     >"$work/$t.log" 2>&1 &
   pids+=($!)
 done
@@ -52,7 +59,7 @@ api="http://127.0.0.1:$port/api/v1"
 # file: no token on a command line.
 export AGENTIC_TOKEN_OUT="$work/api-token"
 auth="$work/api-auth"
-./target/debug/orchestrator serve --redis-url "$url" --namespace "$ns" \
+./target/debug/orchestrator serve --redis-url-file "$work/redis.url" --namespace "$ns" \
   --listen "127.0.0.1:$port" >"$work/orchestrator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do

@@ -1,12 +1,11 @@
-//! Runtime configuration: one `clap` struct every agent binary flattens in,
-//! and [`RedisArgs`], the Redis flags every binary of the project shares.
+//! Runtime configuration: one `clap` struct every agent binary flattens in
+//! (with [`RedisArgs`], the Redis flags every binary of the project shares).
 //!
 //! Every field has a flag, an `AGENTIC_*` environment fallback and a default;
 //! durations are written the human way (`30s`, `2m`, `500ms`).
 
-use crate::connection::Connector;
 use crate::retry::RetryPolicy;
-use crate::{Error, Result};
+use crate::{Error, RedisArgs, Result};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,73 +18,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Where Redis is and which namespace to use: the flags of every binary
-/// (agents, `orchestrator serve`, `agentctl`), declared once.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct RedisArgs {
-    /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
-    #[arg(
-        long = "redis-url",
-        global = true,
-        env = "AGENTIC_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        // `--help` must not print a password taken from the environment.
-        hide_env_values = true
-    )]
-    pub url: String,
-
-    /// Namespace prefixed to every key, so deployments can share one Redis.
-    #[arg(long, global = true, env = "AGENTIC_NAMESPACE", default_value = schemas::DEFAULT_NAMESPACE)]
-    pub namespace: String,
-}
-
-impl Default for RedisArgs {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            namespace: schemas::DEFAULT_NAMESPACE.into(),
-        }
-    }
-}
-
-impl RedisArgs {
-    /// `url` and `namespace`.
-    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            namespace: namespace.into(),
-        }
-    }
-
-    /// Rejects a URL of another scheme and a bad namespace, naming the flag
-    /// and never printing a password.
-    pub fn validate(&self) -> Result<()> {
-        schemas::Namespace::new(self.namespace.clone())?;
-        crate::connection::parse_url(&self.url).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("--redis-url: {m}")),
-            other => other,
-        })?;
-        Ok(())
-    }
-
-    /// The key names of the namespace.
-    pub fn keys(&self) -> Result<schemas::Keys> {
-        Ok(schemas::Keys::new(schemas::Namespace::new(
-            self.namespace.clone(),
-        )?))
-    }
-
-    /// A connector to the URL.
-    pub fn connector(&self) -> Result<Connector> {
-        Connector::new(&self.url)
-    }
-
-    /// The URL with any password replaced by `***`, for logs.
-    pub fn redacted_url(&self) -> String {
-        crate::connection::redact_url(&self.url)
-    }
 }
 
 /// Settings of a worker (and of the telemetry of the process that runs it).

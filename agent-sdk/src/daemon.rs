@@ -31,8 +31,10 @@ where
     F: AsyncFnOnce(&RuntimeConfig) -> Result<A>,
 {
     let result = async {
+        // Logging first: validation warns (a password given on the command line).
+        telemetry::init_logging(cfg.log_format);
         cfg.validate()?;
-        telemetry::init(&cfg)?;
+        telemetry::init_metrics(&cfg)?;
         let agent = make(&cfg).await?;
         let worker = Worker::builder(agent)
             .agent_type(agent_type)

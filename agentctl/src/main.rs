@@ -1,11 +1,10 @@
 //! `agentctl`: the operators' CLI. Everything is in the library;
 //! this parses the arguments and runs it.
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = agentctl::Cli::parse();
+    let cli: agentctl::Cli = agent_sdk::parse_cli();
     // Warnings (an unreadable dead letter left out, a replay that could not
     // be recorded in its workflow) go to stderr; stdout stays the answer.
     agent_sdk::telemetry::init_logging_at(agent_sdk::LogFormat::Text, "warn");

@@ -670,8 +670,13 @@ async fn replaying_a_dead_letter_resumes_its_blocked_workflow() {
         dead["items"].as_array().unwrap().len() == 1 && dead["items"][0]["id"] != dl.as_str()
     })
     .await;
-    let stuck = summaries(&redis, std::slice::from_ref(&id)).await;
-    assert_eq!(stuck[0].as_ref().unwrap().status, WorkflowStatus::Blocked);
+    // The dead letter is written before the orchestrator applies its
+    // result: wait for the workflow to be blocked again.
+    wait_until("blocked again", PATIENCE, || async {
+        let stuck = summaries(&redis, std::slice::from_ref(&id)).await;
+        stuck[0].as_ref().unwrap().status == WorkflowStatus::Blocked
+    })
+    .await;
     let dl = ctl(&redis, &["dlq", "list", "e2e", "--workflow", &id, "--json"])
         .await
         .ok()

@@ -28,8 +28,8 @@ const STAGES: [&str; 5] = ["scaffold", "validation", "e2e", "integration", "depl
 #[derive(Debug, Parser)]
 struct Args {
     /// Redis to use (a throw-away one: the bench writes into it).
-    #[arg(long)]
-    redis_url: String,
+    #[command(flatten)]
+    redis: agent_sdk::RedisUrlArgs,
     /// Workflows to run.
     #[arg(long, default_value_t = 2000)]
     workflows: usize,
@@ -65,7 +65,7 @@ async fn agents(args: &Args) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for t in STAGES {
         let cfg = RuntimeConfig {
-            redis: agent_sdk::RedisArgs::new(args.redis_url.clone(), args.namespace.clone()),
+            redis: agent_sdk::RedisArgs::new(args.redis.url.clone(), args.namespace.clone()),
             agent_type: Some(t.into()),
             concurrency: 512,
             batch_size: 256,
@@ -101,18 +101,16 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
             #[command(flatten)]
             serve: orchestrator_server::ServeConfig,
         }
-        Cli::try_parse_from([
+        let mut serve = Cli::try_parse_from([
             "orchestrator",
-            "--redis-url",
-            &args.redis_url,
-            "--namespace",
-            &args.namespace,
             "--listen",
             &addr.to_string(),
             "--api-token-file",
             &token_file.display().to_string(),
         ])?
-        .serve
+        .serve;
+        serve.redis = agent_sdk::RedisArgs::new(args.redis.url.clone(), args.namespace.clone());
+        serve
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(orchestrator_server::server::serve(
@@ -136,14 +134,10 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
     }
     let spawn_agents = || -> anyhow::Result<std::process::Child> {
         std::process::Command::new(std::env::current_exe()?)
-            .args([
-                "--role",
-                "agents",
-                "--redis-url",
-                &args.redis_url,
-                "--namespace",
-                &args.namespace,
-            ])
+            .args(["--role", "agents", "--namespace", &args.namespace])
+            // Not on its command line: every user of the host can read those.
+            .env("AGENTIC_REDIS_URL", &args.redis.url)
+            .env_remove("AGENTIC_REDIS_URL_FILE")
             .env("RUST_LOG", "warn")
             .spawn()
             .context("spawning the agents")
@@ -157,7 +151,7 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
 
     let keys =
         agent_sdk::schemas::Keys::new(agent_sdk::schemas::Namespace::new(args.namespace.clone())?);
-    let redis = redis::Client::open(args.redis_url.as_str())?;
+    let redis = redis::Client::open(args.redis.url.as_str())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
 
     let t0 = Instant::now();
@@ -243,6 +237,7 @@ async fn orchestrate(args: &Args) -> anyhow::Result<Value> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.redis.validate()?;
     if args.role == "agents" {
         return agents(&args).await;
     }

@@ -60,7 +60,7 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Token(TokenCommand::New {

@@ -22,7 +22,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     let releases = cli.releases_dir;
     let jail = cli.jail;
     agent_sdk::daemon::run("deployment-agent", "deployment", cli.runtime, async |cfg| {

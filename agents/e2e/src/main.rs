@@ -22,7 +22,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     let timeout = cli.test_timeout;
     let jail = cli.jail;
     agent_sdk::daemon::run("e2e-agent", "e2e", cli.runtime, async |cfg| {

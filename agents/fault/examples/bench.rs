@@ -51,8 +51,8 @@ const PAGE: usize = 1000;
 struct Cli {
     /// Redis to benchmark against: a private one (scripts/bench.sh starts
     /// one), since the bench writes a lot.
-    #[arg(long)]
-    redis_url: String,
+    #[command(flatten)]
+    redis: agent_sdk::RedisUrlArgs,
 
     /// The worker binary (default: `fault-agent` next to this executable or
     /// one directory up, i.e. `target/release/fault-agent`).
@@ -157,10 +157,11 @@ async fn run(cli: &Cli, report: &mut Map<String, Value>) -> Result<()> {
         "worker binary {} not found (build it: cargo build --release -p agent-sdk --bin fault-agent)",
         worker_bin.display()
     );
+    cli.redis.validate()?;
     let agent_type = AgentType::new(AGENT_TYPE)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let client = Client::connect(&cli.redis_url, &cli.namespace)
+    let client = Client::connect(&cli.redis.url, &cli.namespace)
         .await
         .context("connecting to redis")?;
     let mut conn = client.connection();
@@ -170,7 +171,7 @@ async fn run(cli: &Cli, report: &mut Map<String, Value>) -> Result<()> {
         .to_owned();
     eprintln!(
         "bench: redis {redis_version} at {}, {cores} cores, worker {}",
-        agent_sdk::redact_url(&cli.redis_url),
+        cli.redis.redacted_url(),
         worker_bin.display()
     );
     report.insert("redis_version".into(), json!(redis_version));
@@ -188,8 +189,6 @@ async fn run(cli: &Cli, report: &mut Map<String, Value>) -> Result<()> {
 
     let worker_args = |namespace: &str| -> Vec<String> {
         vec![
-            "--redis-url".into(),
-            cli.redis_url.clone(),
             "--namespace".into(),
             namespace.into(),
             "--concurrency".into(),
@@ -205,7 +204,7 @@ async fn run(cli: &Cli, report: &mut Map<String, Value>) -> Result<()> {
     // ---- Phase 1: enqueue rate, no worker running. ----
     let keys = client.keys().clone();
     prepare_namespace(&mut conn, &keys, &agent_type, cli.clean).await?;
-    let lat = Client::connect(&cli.redis_url, &cli.latency_namespace)
+    let lat = Client::connect(&cli.redis.url, &cli.latency_namespace)
         .await
         .context("connecting to redis")?;
     let lkeys = lat.keys().clone();
@@ -250,7 +249,7 @@ async fn run(cli: &Cli, report: &mut Map<String, Value>) -> Result<()> {
     let cpu0 = redis_cpu(&mut conn).await?;
     let stats0 = command_stats(&mut conn).await?;
     let spawned = Instant::now();
-    let mut worker = WorkerProc::spawn(&worker_bin, &worker_args(&cli.namespace))?;
+    let mut worker = WorkerProc::spawn(&worker_bin, &worker_args(&cli.namespace), &cli.redis.url)?;
     eprintln!("bench: worker pid {} started on the backlog", worker.pid());
     let mut first: Option<(Instant, u64)> = None;
     let mut progress = (Instant::now(), 0u64);
@@ -360,7 +359,11 @@ async fn run(cli: &Cli, report: &mut Map<String, Value>) -> Result<()> {
 
     // ---- Phase 3: latency at a steady rate. ----
     let lresults = lkeys.results(&agent_type);
-    let mut worker = WorkerProc::spawn(&worker_bin, &worker_args(&cli.latency_namespace))?;
+    let mut worker = WorkerProc::spawn(
+        &worker_bin,
+        &worker_args(&cli.latency_namespace),
+        &cli.redis.url,
+    )?;
     eprintln!(
         "bench: latency worker pid {}; warming up with {} tasks",
         worker.pid(),
@@ -776,9 +779,13 @@ struct WorkerProc {
 }
 
 impl WorkerProc {
-    fn spawn(bin: &Path, args: &[String]) -> Result<Self> {
+    /// The URL goes in the environment: a password on the command line is
+    /// readable by every user of the host.
+    fn spawn(bin: &Path, args: &[String], redis_url: &str) -> Result<Self> {
         let child = Command::new(bin)
             .args(args)
+            .env("AGENTIC_REDIS_URL", redis_url)
+            .env_remove("AGENTIC_REDIS_URL_FILE")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

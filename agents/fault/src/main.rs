@@ -18,7 +18,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     agent_sdk::daemon::run("fault-agent", "fault", cli.runtime, async |_| {
         Ok(FaultAgent)
     })

@@ -22,7 +22,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     let (repos, branch) = (cli.repos_dir, cli.main_branch);
     agent_sdk::daemon::run(
         "integration-agent",

@@ -15,7 +15,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     agent_sdk::daemon::run("scaffold-agent", "scaffold", cli.runtime, async |cfg| {
         Ok(ScaffoldAgent::new(
             agent_sdk::daemon::client(cfg).await?.artifacts(),

@@ -18,7 +18,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = agent_sdk::parse_cli();
     let jail = cli.jail;
     agent_sdk::daemon::run("validation-agent", "validation", cli.runtime, async |cfg| {
         // Syntax checks build project code: no jail, no agent (exit 64),
