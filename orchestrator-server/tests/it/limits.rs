@@ -107,6 +107,14 @@ async fn define(
     (status, v)
 }
 
+/// Registers a one-stage definition on agent type `alpha`, so raw tasks
+/// may go to it (a raw task goes only to a type something names).
+async fn name_alpha(http: &reqwest::Client, o: &InProcess) {
+    let def = json!({ "name": "alpha-only", "stages": [{ "name": "a", "agent": "alpha" }] });
+    let (status, v) = define(http, o, "application/json", def.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+}
+
 #[tokio::test]
 async fn a_head_sent_byte_by_byte_is_cut_at_the_header_timeout() {
     let (_redis, o) = start(&["--header-timeout", "1s"]).await;
@@ -289,6 +297,7 @@ async fn a_slow_handler_is_answered_503_at_the_request_timeout_but_event_streams
 async fn json_deeper_than_a_worker_decodes_is_refused_naming_the_limit() {
     let (_redis, o) = start(&[]).await;
     let http = orchestrator_server::testing::http();
+    name_alpha(&http, &o).await;
     // The body: {"definition": …, "input": <63 levels>} is 64 deep, one past.
     for (path, body) in [
         (
@@ -345,6 +354,7 @@ async fn json_deeper_than_a_worker_decodes_is_refused_naming_the_limit() {
 async fn an_input_over_the_size_limit_is_refused_naming_it() {
     let (_redis, o) = start(&[]).await;
     let http = orchestrator_server::testing::http();
+    name_alpha(&http, &o).await;
     // Under the 1 MiB body limit as JSON, over the 256 KiB its task may carry.
     let input = json!({ "blob": "x".repeat(limits::MAX_INPUT_BYTES + 1) });
     for (path, body) in [

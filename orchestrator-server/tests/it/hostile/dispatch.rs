@@ -13,12 +13,40 @@ async fn an_input_over_the_task_limit_fails_the_workflow_naming_the_limit() {
     let kit = Kit::start(&[]).await;
     assert_eq!(kit.define(&one_stage("big", "bigtask")).await.0, 201);
     // JSON `0.1,` is 4 bytes, the same number in MessagePack 9: an input
-    // the API takes (about 800 KB) becomes a task body of about 1.8 MB.
+    // of about 800 KB as JSON would be a task body of about 1.8 MB.
     let floats: Vec<f64> = vec![0.1; 200_000];
     let input = json!({ "numbers": floats });
     assert!(serde_json::to_vec(&input).unwrap().len() < 1024 * 1024);
-    let created = kit.create("big", input).await;
-    let id = created["id"].as_str().unwrap().to_owned();
+    // The API refuses it at the door (the input limits, measured encoded)...
+    let r = kit
+        .http
+        .post(kit.o.api("/workflows"))
+        .json(&json!({ "definition": "big", "input": input }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "{:?}", r.text().await);
+    // ...and a workflow created another way (the engine as a library, as
+    // any embedding program may) still cannot get stuck on it: its
+    // dispatch is refused and the stage fails, naming the limit.
+    let client = agent_sdk::Client::connect(&kit.redis.url(), NS)
+        .await
+        .unwrap();
+    let (engine, _) = orchestrator::engine::Engine::new(client);
+    let mut c = conn(&kit.redis).await;
+    let (created, _) = engine
+        .create(
+            &mut c,
+            orchestrator::engine::NewWorkflow {
+                definition: "big".into(),
+                version: None,
+                input,
+                id: None,
+            },
+        )
+        .await
+        .unwrap();
+    let id = created.id.clone();
 
     let s = ended(&kit.redis, &id).await;
     assert_eq!(s.status, WorkflowStatus::Failed, "{s:?}");

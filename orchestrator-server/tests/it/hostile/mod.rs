@@ -6,10 +6,11 @@
 //!   accepts fails its workflow, naming the limit, with nothing left behind;
 //! - a dispatch Redis refuses for good (the tasks stream's key holds a
 //!   string) fails the stage the same way;
-//! - a 2,000-stage definition with 2,000 agent types is refused over the
-//!   cap, and, allowed by a raised cap, adds no connection per type, before
-//!   or after a restart;
-//! - a raw task does not make the orchestrator watch its type;
+//! - a 2,000-stage definition is refused (the stage limit), one within it
+//!   but over the agent-type cap too; 2,000 agent types allowed by a raised
+//!   cap add no connection per type, before or after a restart;
+//! - a raw task does not make the orchestrator watch its type (a type
+//!   nothing names is refused; one a live agent names is taken, unwatched);
 //! - 24 concurrent `/metrics` scrapes at 100,000 active workflows all
 //!   answer, with the counts a full count finds;
 //! - `--metrics-token-required` makes `/metrics` ask for the token.

@@ -21,10 +21,15 @@ async fn clients(redis: &TestRedis) -> usize {
 
 /// A chain of `n` stages, each on an agent type of its own.
 fn wide(name: &str, n: usize) -> Value {
-    let stages: Vec<Value> = (0..n)
+    wide_from(name, 0, n)
+}
+
+/// A chain of `n` stages on agent types `t<from>` … `t<from + n - 1>`.
+fn wide_from(name: &str, from: usize, n: usize) -> Value {
+    let stages: Vec<Value> = (from..from + n)
         .map(|i| {
             let mut s = json!({ "name": format!("s{i:04}"), "agent": format!("t{i:04}") });
-            if i > 0 {
+            if i > from {
                 s["depends_on"] = json!([format!("s{:04}", i - 1)]);
             }
             s
@@ -52,16 +57,27 @@ async fn wait_streams(kit: &Kit, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2000_stage_definition_is_refused_over_the_cap_and_adds_no_connections() {
-    let kit = Kit::start(&[]).await;
+    let kit = Kit::start(&["--max-agent-types", "100"]).await;
     let before = clients(&kit.redis).await;
+    // 2,000 stages: over the stage limit, refused before its types count.
     let (s, v) = kit.define(&wide("wide", 2000)).await;
     assert_eq!(s, 422, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
-    assert!(m.contains("--max-agent-types") && m.contains("256"), "{m}");
-    assert!(m.contains("2000"), "{m}");
+    assert!(
+        m.contains("stage limit of 256") && m.contains("2000"),
+        "{m}"
+    );
+    // Within the stage limit, over the agent-type cap: refused naming it.
+    let (s, v) = kit.define(&wide("wider", 200)).await;
+    assert_eq!(s, 422, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("--max-agent-types") && m.contains("100"), "{m}");
+    assert!(m.contains("200"), "{m}");
     // Nothing stored, nothing watched.
-    let r = kit.http.get(kit.o.api("/definitions/wide")).send().await;
-    assert_eq!(r.unwrap().status(), 404);
+    for name in ["wide", "wider"] {
+        let r = kit.http.get(kit.o.api(&format!("/definitions/{name}")));
+        assert_eq!(r.send().await.unwrap().status(), 404);
+    }
     let ready: Value = kit
         .http
         .get(format!("{}/ready", kit.o.url))
@@ -84,8 +100,14 @@ async fn watching_2000_types_shares_one_reader_across_restarts() {
     let kit = Kit::start(&flags).await;
     wait_streams(&kit, 1).await;
     let before = clients(&kit.redis).await;
-    let (s, v) = kit.define(&wide("wide", 2000)).await;
-    assert_eq!(s, 201, "{v}");
+    // Eight definitions of 250 stages (the stage limit is 256), each on
+    // types of its own.
+    for k in 0..8 {
+        let (s, v) = kit
+            .define(&wide_from(&format!("wide{k}"), k * 250, 250))
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
     wait_streams(&kit, 2000).await;
     let after = clients(&kit.redis).await;
     assert!(
@@ -124,14 +146,20 @@ async fn watching_2000_types_shares_one_reader_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_task_does_not_make_its_type_watched() {
     let kit = Kit::start(&[]).await;
-    let r = kit
-        .http
-        .post(kit.o.api("/tasks/drive-by"))
-        .json(&json!({ "input": {} }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let post = || {
+        kit.http
+            .post(kit.o.api("/tasks/drive-by"))
+            .json(&json!({ "input": {} }))
+            .send()
+    };
+    // A type nothing names: refused, nothing enqueued.
+    assert_eq!(post().await.unwrap().status(), 422);
+    // A type a live agent names (no definition does): taken, not watched.
+    let agents = Agents::start(&kit.redis, &["drive-by"]);
+    wait_until("the live agent's type taken", PATIENCE, || async {
+        post().await.is_ok_and(|r| r.status() == 202)
+    })
+    .await;
     let ready: Value = kit
         .http
         .get(format!("{}/ready", kit.o.url))
@@ -143,6 +171,7 @@ async fn a_raw_task_does_not_make_its_type_watched() {
         .unwrap();
     let streams = ready["results_streams"].as_array().unwrap();
     assert!(!streams.contains(&json!("drive-by")), "{ready}");
+    agents.shutdown().await;
     kit.shutdown().await;
 }
 
