@@ -6,6 +6,8 @@
 //! annotations, collected by the router as it registers them (see
 //! [`super::router`]).
 
+pub mod formats;
+
 use super::error::ApiErrorBody;
 use axum::Extension;
 use axum::body::Bytes;
@@ -32,7 +34,21 @@ pub const BEARER: &str = "bearer";
             known path with another method 405 `method_not_allowed`.",
     ),
     modifiers(&BearerScheme),
-    components(schemas(ApiErrorBody, orchestrator::store::Change, orchestrator::store::LogEntry)),
+    components(schemas(
+        ApiErrorBody,
+        orchestrator::store::Change,
+        orchestrator::store::LogEntry,
+        // The formats that parameters name (bodies' fields register theirs).
+        formats::AgentTypeName,
+        formats::Name,
+        formats::WorkflowId,
+        formats::TaskKey,
+        formats::EntryIdText,
+        formats::DurationText,
+        formats::WaitText,
+        formats::SinceText,
+        formats::SseEvent,
+    )),
     tags(
         (name = "workflows", description = "Start, read, list workflows; operator actions; the event log"),
         (name = "definitions", description = "Workflow definitions (a DAG of stages), versioned"),
@@ -108,6 +124,7 @@ pub fn require_token(doc: &mut utoipa::openapi::OpenApi) {
 /// request body.
 pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    params_not_null(doc);
     let Some(components) = doc.components.as_mut() else {
         return;
     };
@@ -135,6 +152,27 @@ pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
                     && let Some(open) = closed.get(&r.ref_location)
                 {
                     *part = RefOr::T(open.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A parameter (path, query, header) is text or absent, never JSON `null`:
+/// `Option<T>` parameters become `T`, not required, instead of
+/// `oneOf [null, T]` (a client would send the text `null`).
+fn params_not_null(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            for p in op.parameters.iter_mut().flatten() {
+                if let Some(RefOr::T(Schema::OneOf(one))) = &p.schema
+                    && one.items.len() == 2
+                    && one.items.iter().any(is_null)
+                    && let Some(t) = one.items.iter().find(|s| !is_null(s)).cloned()
+                {
+                    p.schema = Some(t);
                 }
             }
         }

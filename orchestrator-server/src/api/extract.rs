@@ -15,7 +15,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        // Only an object: see `JsonObject`.
+        let axum::Json(super::doc::formats::JsonObject(v)) =
+            axum::Json::from_request(req, state).await?;
         Ok(Self(v))
     }
 }

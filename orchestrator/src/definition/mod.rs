@@ -42,15 +42,21 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// Name: 1–64 of `a-z 0-9 - _`.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)
+    )]
     pub name: String,
     /// Version, assigned when the definition is registered (1, 2, …);
     /// a running workflow keeps the version it started with.
-    #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = u64, maximum = 4294967295.0))]
+    #[serde(default, deserialize_with = "integral::u32")]
     pub version: u32,
     /// What the workflow is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// The stages; order is free, `depends_on` decides it.
+    #[cfg_attr(feature = "utoipa", schema(min_items = 1, max_items = 10000))]
     pub stages: Vec<StageDef>,
 }
 
@@ -60,10 +66,24 @@ pub struct Definition {
 #[serde(deny_unknown_fields)]
 pub struct StageDef {
     /// Name, unique in the definition: 1–64 of `a-z 0-9 - _`.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)
+    )]
     pub name: String,
-    /// Agent type that runs the stage.
+    /// Agent type that runs the stage: 1–64 of `a-z 0-9 - _`, not a word
+    /// of the stream commands.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(
+            pattern = "^(?!(?:streams|group|count|block|noack|id|mkstream|justid|force|idle|time|retrycount|lastid|maxlen|minid|limit|entriesread|nomkstream|create|destroy|setid|delconsumer|createconsumer)$)[a-z0-9_-]{1,64}$",
+            min_length = 1,
+            max_length = 64
+        )
+    )]
     pub agent: String,
-    /// Stages that must complete first.
+    /// Stages that must complete first (each once, none the stage itself).
+    #[cfg_attr(feature = "utoipa", schema(schema_with = depends_on_schema))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
     /// Deadline of the stage from dispatch to result (`30s`, `5m`); also the
@@ -73,10 +93,15 @@ pub struct StageDef {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "5m"))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "5m", pattern = "^(?:[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|(?:[1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$"))]
     pub timeout: Option<Duration>,
-    /// Attempts the agent may make (retryable failures); its default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Attempts the agent may make (retryable failures), 1–100; its default when absent.
+    #[cfg_attr(feature = "utoipa", schema(minimum = 1, maximum = 100))]
+    #[serde(
+        default,
+        deserialize_with = "integral::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_attempts: Option<u32>,
     /// The task that undoes this stage when a later one fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,7 +116,7 @@ pub struct StageDef {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "24h"))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "24h", pattern = "^(?:[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|(?:[1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$"))]
     pub approval_timeout: Option<Duration>,
 }
 
@@ -101,9 +126,19 @@ pub struct StageDef {
 #[serde(deny_unknown_fields)]
 pub struct Compensation {
     /// Agent type that runs the compensation; the stage's own when absent.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(
+            pattern = "^(?!(?:streams|group|count|block|noack|id|mkstream|justid|force|idle|time|retrycount|lastid|maxlen|minid|limit|entriesread|nomkstream|create|destroy|setid|delconsumer|createconsumer)$)[a-z0-9_-]{1,64}$",
+            min_length = 1,
+            max_length = 64
+        )
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
-    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`).
+    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`):
+    /// an object, or null.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub input: serde_json::Value,
 }
@@ -392,6 +427,25 @@ impl StageDef {
     }
 }
 
+/// `depends_on` in the API document: stage names, each at most once.
+#[cfg(feature = "utoipa")]
+fn depends_on_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .pattern(Some("^[a-z0-9_-]{1,64}$"))
+                .min_length(Some(1))
+                .max_length(Some(MAX_NAME_LEN)),
+        )
+        .unique_items(true)
+        .description(Some(
+            "Stages that must complete first (each once, none the stage itself).",
+        ))
+        .build()
+}
+
 /// Checks a definition or stage name: 1–64 of `a-z 0-9 - _`.
 fn check_name(what: &str, value: &str) -> std::result::Result<(), String> {
     let why = if value.is_empty() {
@@ -465,3 +519,52 @@ mod opt_duration {
 pub mod random;
 #[cfg(test)]
 mod tests;
+
+/// Serde readers for integers written as a JSON number with a zero
+/// fraction (`37.0`): JSON Schema's `integer`, which the API document
+/// states, admits them, and serde's `u32` would not.
+pub mod integral {
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error, Unexpected, Visitor};
+    use std::fmt;
+
+    struct Integral(u32);
+
+    impl<'de> Deserialize<'de> for Integral {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = u32;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an integer from 0 to 4294967295")
+                }
+                fn visit_u64<E: Error>(self, v: u64) -> Result<u32, E> {
+                    u32::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+                }
+                fn visit_i64<E: Error>(self, v: i64) -> Result<u32, E> {
+                    u32::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+                }
+                fn visit_f64<E: Error>(self, v: f64) -> Result<u32, E> {
+                    if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                        // In range and whole, so the cast is exact.
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        Ok(v as u32)
+                    } else {
+                        Err(E::invalid_value(Unexpected::Float(v), &self))
+                    }
+                }
+            }
+            d.deserialize_any(V).map(Integral)
+        }
+    }
+
+    /// A `u32`, `37.0` included.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        Integral::deserialize(d).map(|i| i.0)
+    }
+
+    /// An optional `u32`, `37.0` included.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<Integral>::deserialize(d).map(|o| o.map(|i| i.0))
+    }
+}

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Third-party conformance of the HTTP API: schemathesis (PyPI, installed into
+# a venv under target/ when missing) runs every phase (examples, coverage,
+# fuzzing, stateful) and every check against the running orchestrator's own
+# OpenAPI document (/api/v1/openapi.json), with a valid bearer token.
+#
+# It starts a redis-server of its own and the real `orchestrator` binary on
+# free ports, the built-in `sdlc` definition registered (so routes have
+# something to find), and exits non-zero when schemathesis reports any
+# failure or error. The last line is a summary.
+#
+#   scripts/conformance.sh                 the run CI does
+#   CONFORMANCE_MAX_EXAMPLES=200 scripts/conformance.sh   a longer run
+#
+# Bounds: at most CONFORMANCE_MAX_EXAMPLES (default 20) cases per operation
+# and phase, each phase run once (no --max-time: with one, fuzzing and
+# stateful repeat until it is spent, and a slow phase can starve the next),
+# 4 workers (the slow requests wait on the server: `?wait=` up to 30 s, SSE
+# streams), a fixed seed so a failure can be reproduced (CONFORMANCE_SEED
+# to vary it), and a hard stop at CONFORMANCE_TIMEOUT seconds (600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+SCHEMATHESIS_VERSION=4.32.5
+target=${CARGO_TARGET_DIR:-target}
+venv="$target/conformance-venv"
+max_examples=${CONFORMANCE_MAX_EXAMPLES:-20}
+hard_stop=${CONFORMANCE_TIMEOUT:-600}
+seed=${CONFORMANCE_SEED:-11}
+
+ensure_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "installing python3 and python3-venv (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+}
+
+have_schemathesis() {
+  "$venv/bin/python" -c "
+import sys
+from importlib.metadata import version
+sys.exit(version('schemathesis') != '$SCHEMATHESIS_VERSION')
+" >/dev/null 2>&1
+}
+
+# schemathesis in its venv, at the pinned version; a half-made venv is made
+# anew, and two runs at once take turns (flock).
+ensure_schemathesis() {
+  have_schemathesis && return 0
+  ensure_python_venv
+  mkdir -p "$target"
+  exec 8>"$target/conformance-venv.lock"
+  flock 8
+  if ! have_schemathesis; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv (pip)..." >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  flock -u 8
+}
+
+ensure_redis
+ensure_curl
+ensure_schemathesis
+echo "== building the orchestrator" >&2
+cargo build -q --locked -p orchestrator-server --bin orchestrator
+
+work=$(mktemp -d -t conformance.XXXXXX)
+orch_pid=""
+cleanup() {
+  if [ -n "$orch_pid" ]; then
+    kill -TERM "$orch_pid" 2>/dev/null || true
+    wait "$orch_pid" 2>/dev/null || true
+  fi
+  stop_private_redis
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+start_private_redis "$work/redis"
+port=$(free_port)
+base="http://127.0.0.1:$port"
+# The token goes through the environment and a header file, never argv.
+token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+AGENTIC_API_TOKEN=$token "$target/debug/orchestrator" serve \
+  --redis-url "redis://127.0.0.1:$REDIS_PORT" --namespace "conformance" \
+  --listen "127.0.0.1:$port" --result-block 200ms >"$work/orchestrator.log" 2>&1 &
+orch_pid=$!
+for _ in $(seq 1 200); do
+  curl -fsS "$base/ready" >/dev/null 2>&1 && break
+  kill -0 "$orch_pid" 2>/dev/null || break
+  sleep 0.05
+done
+if ! curl -fsS "$base/ready" >/dev/null 2>&1; then
+  echo "conformance: the orchestrator did not get ready; its log:" >&2
+  cat "$work/orchestrator.log" >&2
+  exit 1
+fi
+
+report="$target/conformance-report"
+rm -rf "$report"
+mkdir -p "$report"
+# schemathesis reads its headers from its config file: the token stays off argv.
+cat >"$work/schemathesis.toml" <<EOF
+[headers]
+Authorization = "Bearer \${CONFORMANCE_TOKEN}"
+
+# A definition is a graph, and some of its rules are beyond JSON Schema:
+# stage names unique, every dependency a stage of the definition, no cycle,
+# approval_timeout only with approval: true. Every per-field rule (names,
+# lengths, durations, ranges, unknown fields) is in the document; a
+# definition that breaks a graph rule gets 422 invalid_definition naming
+# the stage, which this says is a right answer to a schema-valid body.
+[[operations]]
+include-operation-id = "register_definition"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+# The live feed of every change never ends by itself: read it briefly.
+[[operations]]
+include-operation-id = "all_events"
+request-timeout = 3
+EOF
+echo "== schemathesis $SCHEMATHESIS_VERSION: all phases, all checks, at most $max_examples cases per operation and phase" >&2
+set +e
+CONFORMANCE_TOKEN=$token timeout "$hard_stop" "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run \
+  "$base/api/v1/openapi.json" \
+  --checks all \
+  --phases examples,coverage,fuzzing,stateful \
+  --max-examples "$max_examples" \
+  --seed "$seed" \
+  --workers 4 \
+  --request-timeout 40 \
+  --max-response-time 35 \
+  --generation-database none \
+  --no-color \
+  --report junit,ndjson --report-dir "$report" \
+  >"$report/output.txt" 2>&1
+rc=$?
+set -e
+cat "$report/output.txt"
+summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|errored)|test cases|[0-9]+ (passed|failed)' "$report/output.txt" | tail -n 3 | tr '\n' ' ')
+if [ "$rc" -ne 0 ]; then
+  echo "conformance: FAILED (schemathesis exit $rc): $summary (report: $report)" >&2
+  echo "conformance: the orchestrator's log is $work/orchestrator.log (kept)" >&2
+  cp "$work/orchestrator.log" "$report/orchestrator.log" 2>/dev/null || true
+  exit 1
+fi
+echo "conformance: ok: $summary"
