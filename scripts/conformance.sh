@@ -119,10 +119,24 @@ include-operation-id = "register_definition"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
-# The live feed of every change never ends by itself: read it briefly.
+# Event streams stay open while a workflow runs (the live feed of every
+# change never ends): read them briefly.
 [[operations]]
 include-operation-id = "all_events"
 request-timeout = 3
+
+[[operations]]
+include-operation-id = "workflow_events"
+request-timeout = 3
+max-stream-events = 20
+
+# A result waits up to ?wait=30s for a task no agent runs here: fewer
+# generated cases keep the run within minutes (every value is still tried
+# by the coverage phase's boundaries).
+[[operations]]
+include-operation-id = "task_result"
+[operations.generation]
+max-examples = 5
 EOF
 echo "== schemathesis $SCHEMATHESIS_VERSION: all phases, all checks, at most $max_examples cases per operation and phase" >&2
 set +e

@@ -9,6 +9,7 @@ mod auth;
 mod definitions;
 mod dlq;
 mod events;
+mod formats;
 mod health;
 mod router;
 mod streams;
