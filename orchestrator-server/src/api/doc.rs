@@ -161,9 +161,15 @@ pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
 /// A parameter (path, query, header) is text or absent, never JSON `null`:
 /// `Option<T>` parameters become `T`, not required, instead of
 /// `oneOf [null, T]` (a client would send the text `null`).
+///
+/// A header's schema is inlined, not a `$ref`: tools that build headers
+/// read the schema in place (schemathesis took a `$ref`'d header for any
+/// text).
 fn params_not_null(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
     use utoipa::openapi::schema::{Schema, SchemaType, Type};
     let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let components = doc.components.clone().unwrap_or_default();
     for item in doc.paths.paths.values_mut() {
         for op in operations(item) {
             for p in op.parameters.iter_mut().flatten() {
@@ -173,6 +179,13 @@ fn params_not_null(doc: &mut utoipa::openapi::OpenApi) {
                     && let Some(t) = one.items.iter().find(|s| !is_null(s)).cloned()
                 {
                     p.schema = Some(t);
+                }
+                if p.parameter_in == ParameterIn::Header
+                    && let Some(RefOr::Ref(r)) = &p.schema
+                    && let Some(name) = r.ref_location.strip_prefix("#/components/schemas/")
+                    && let Some(schema) = components.schemas.get(name)
+                {
+                    p.schema = Some(schema.clone());
                 }
             }
         }

@@ -86,14 +86,15 @@ pub struct StageDef {
     #[cfg_attr(feature = "utoipa", schema(schema_with = depends_on_schema))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    /// Deadline of the stage from dispatch to result (`30s`, `5m`); also the
-    /// handler timeout sent with its task. The orchestrator's default when absent.
+    /// Deadline of the stage from dispatch to result, 1 s to 7 d, one number
+    /// and a unit (`30s`, `5m`); also the handler timeout sent with its task.
+    /// The orchestrator's default when absent.
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "5m", pattern = "^(?:[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|(?:[1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$"))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "5m", pattern = "^[1-9][0-9]{0,8}(?:ms|s|m|h|d)$"))]
     pub timeout: Option<Duration>,
     /// Attempts the agent may make (retryable failures), 1–100; its default when absent.
     #[cfg_attr(feature = "utoipa", schema(minimum = 1, maximum = 100))]
@@ -109,14 +110,15 @@ pub struct StageDef {
     /// A person must approve before the stage starts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approval: bool,
-    /// How long an approval may be awaited (`24h`); past it the stage is
-    /// rejected and the workflow fails (compensated). Waits forever when absent.
+    /// How long an approval may be awaited, 1 s to 7 d (`24h`), only with
+    /// `approval: true`; past it the stage is rejected and the workflow fails
+    /// (compensated). Waits forever when absent.
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "24h", pattern = "^(?:[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|(?:[1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$"))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "24h", pattern = "^[1-9][0-9]{0,8}(?:ms|s|m|h|d)$"))]
     pub approval_timeout: Option<Duration>,
 }
 
@@ -158,8 +160,24 @@ impl Definition {
     /// than [`MAX_STAGES`] stages. Does not [`validate`](Self::validate).
     pub fn from_yaml(text: &str) -> Result<Self> {
         check_size(text)?;
-        let def: Self =
-            serde_norway::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        let parse = |e: serde_norway::Error| DefinitionError::Parse(e.to_string());
+        // Straight into the struct first: its errors say where (line, column).
+        let def: Self = serde_norway::from_str(text).map_err(parse)?;
+        // Then through a JSON value, so YAML's scalars keep their types: read
+        // straight into a struct, `name: 123` or `description: true` became
+        // strings, which the API document (and JSON) refuse.
+        // A float is the exception: YAML 1.1 writers (PyYAML) leave a string
+        // such as `8e+87` unquoted, which YAML 1.2 reads as a number; the
+        // text the author wrote is the string they meant.
+        let value: serde_json::Value = serde_norway::from_str(text).map_err(parse)?;
+        if let Err(e) = serde_json::from_value::<Self>(value) {
+            let m = e.to_string();
+            if !(m.contains("floating point") && m.contains("expected a string")) {
+                return Err(DefinitionError::Parse(format!(
+                    "{m} (YAML scalars keep their types, as in JSON)"
+                )));
+            }
+        }
         check_stage_count(def.stages.len())?;
         Ok(def)
     }
@@ -501,9 +519,26 @@ mod opt_duration {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            Some(d) => s.serialize_str(&canonical(*d)),
             None => s.serialize_none(),
         }
+    }
+
+    /// One number and the largest unit that holds it whole (`90s`, `36h`,
+    /// `1500ms`): the form the API document states.
+    pub fn canonical(d: Duration) -> String {
+        let ms = d.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms >= size && ms % size == 0 {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+        format!("{ms}ms")
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -30,13 +30,17 @@ fn not_reserved(any_case: bool) -> String {
     format!("(?!(?:{})$)", words.join("|"))
 }
 
-fn string(description: &str, pattern: String, max: usize, example: &str) -> RefOr<Schema> {
+/// A string schema; `max` is the longest when the pattern leaves the
+/// length open (names). Where the pattern fixes the length (entry ids,
+/// durations) none is given: schemathesis took a `minLength` string such as
+/// `0` for a valid entry id although the pattern refuses it.
+fn string(description: &str, pattern: String, max: Option<usize>, example: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(SchemaType::Type(Type::String))
         .description(Some(description))
         .pattern(Some(pattern))
-        .min_length(Some(1))
-        .max_length(Some(max))
+        .min_length(max.map(|_| 1))
+        .max_length(max)
         .examples([serde_json::Value::from(example)])
         .into()
 }
@@ -63,7 +67,7 @@ format_type!(
     AgentTypeName => string(
         "Agent type: 1–64 of `a-z 0-9 - _`, not a word of the stream commands (`group`, `count`, …)",
         format!("^{}[a-z0-9_-]{{1,64}}$", not_reserved(false)),
-        agent_sdk::schemas::names::MAX_NAME_LEN,
+        Some(agent_sdk::schemas::names::MAX_NAME_LEN),
         "validation",
     )
 );
@@ -73,7 +77,7 @@ format_type!(
     Name => string(
         "Definition or stage name: 1–64 of `a-z 0-9 - _`",
         "^[a-z0-9_-]{1,64}$".to_owned(),
-        orchestrator::definition::MAX_NAME_LEN,
+        Some(orchestrator::definition::MAX_NAME_LEN),
         "sdlc",
     )
 );
@@ -83,7 +87,7 @@ format_type!(
     WorkflowId => string(
         "Workflow id: 1–48 of `A-Z a-z 0-9 - _ .`, not a word of the stream commands",
         format!("^{}[A-Za-z0-9._-]{{1,48}}$", not_reserved(true)),
-        agent_sdk::schemas::names::MAX_WORKFLOW_ID_LEN,
+        Some(agent_sdk::schemas::names::MAX_WORKFLOW_ID_LEN),
         "wf-1",
     )
 );
@@ -93,7 +97,7 @@ format_type!(
     TaskKey => string(
         "Task id or idempotency key: 1–128 of `A-Z a-z 0-9 - _ . : @ / + =`, not a word of the stream commands",
         format!("^{}[A-Za-z0-9._:@/+=-]{{1,128}}$", not_reserved(true)),
-        agent_sdk::schemas::names::MAX_ID_LEN,
+        Some(agent_sdk::schemas::names::MAX_ID_LEN),
         "order-42",
     )
 );
@@ -103,7 +107,7 @@ format_type!(
     EntryIdText => string(
         "Stream entry id: `<ms>-<seq>`, each 1–19 digits",
         ENTRY_ID_PATTERN.to_owned(),
-        39,
+        None,
         "1700000000000-0",
     )
 );
@@ -113,7 +117,7 @@ format_type!(
     DurationText => string(
         "Duration: 1–9 digits and a unit, `ms`, `s`, `m`, `h` or `d` (`30s`, `5m`)",
         DURATION_PATTERN.to_owned(),
-        11,
+        None,
         "30s",
     )
 );
@@ -124,7 +128,7 @@ format_type!(
         "A duration ago (`2h`: 1–9 digits and `ms`, `s`, `m`, `h` or `d`) or a UTC time \
          (`2026-11-23T10:00:00Z`, year from 1970, day of month 01–28)",
         format!("^(?:{}|{})$", &DURATION_PATTERN[1..DURATION_PATTERN.len() - 1], &TIME_PATTERN[1..TIME_PATTERN.len() - 1]),
-        30,
+        None,
         "2h",
     )
 );
@@ -134,7 +138,7 @@ format_type!(
     WaitText => string(
         "0–30 whole seconds (`5s`)",
         "^(?:[0-9]|[12][0-9]|30)s$".to_owned(),
-        3,
+        None,
         "5s",
     )
 );
