@@ -230,7 +230,7 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of workflows, newest first", body = orchestrator::store::Page),
-        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: an unknown status or a limit out of range", body = ApiErrorBody),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: an unknown status, a limit out of range or a cursor that is not a page's `next`", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )

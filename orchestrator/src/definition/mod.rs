@@ -534,7 +534,7 @@ mod opt_duration {
             ("m", 60_000),
             ("s", 1_000),
         ] {
-            if ms >= size && ms % size == 0 {
+            if ms >= size && ms.is_multiple_of(size) {
                 return format!("{}{unit}", ms / size);
             }
         }
