@@ -132,12 +132,14 @@ pub async fn workflow(
         ),
         None => None,
     };
-    let mut after = header.or(q.after);
-    if let Some(a) = &after
-        && !is_entry_id(a)
-    {
-        return Err(ApiError::bad_request(format!("not an event id: {a:?}")));
+    // Each one given is checked, though the header wins: a bad `?after=`
+    // is refused, not ignored.
+    for a in header.iter().chain(q.after.iter()) {
+        if !is_entry_id(a) {
+            return Err(ApiError::bad_request(format!("not an event id: {a:?}")));
+        }
     }
+    let mut after = header.or(q.after);
     {
         let mut conn = state.conn().await?;
         if state.engine().store().load(&mut conn, &id).await?.is_none() {

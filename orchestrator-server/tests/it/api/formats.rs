@@ -120,6 +120,15 @@ async fn a_bad_cursor_or_event_id_header_is_refused_not_ignored() {
         .await
         .unwrap();
     refused(r, 400, "bad_request").await;
+    // A bad ?after= is refused even when the header, which wins, is good.
+    let r = api
+        .http
+        .get(api.url("/workflows/wf-1/events?after="))
+        .header("last-event-id", "1700000000000-0")
+        .send()
+        .await
+        .unwrap();
+    refused(r, 400, "bad_request").await;
     api.shutdown().await;
 }
 
