@@ -26,6 +26,7 @@ cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target="$PWD/$target" ;; esac
 venv="$target/conformance-venv"
 max_examples=${CONFORMANCE_MAX_EXAMPLES:-20}
 hard_stop=${CONFORMANCE_TIMEOUT:-600}
@@ -175,7 +176,9 @@ max-examples = 5
 EOF
 echo "== schemathesis $SCHEMATHESIS_VERSION: all phases, all checks, at most $max_examples cases per operation and phase" >&2
 set +e
-CONFORMANCE_TOKEN=$token timeout "$hard_stop" "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run \
+# Run from target/: schemathesis keeps its crash cache, for `st replay`,
+# in ./.schemathesis.
+(cd "$target" && CONFORMANCE_TOKEN=$token timeout "$hard_stop" "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run \
   "$base/api/v1/openapi.json" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
@@ -188,7 +191,7 @@ CONFORMANCE_TOKEN=$token timeout "$hard_stop" "$venv/bin/schemathesis" --config-
   --no-color \
   --report junit,ndjson --report-dir "$report" \
   ${CONFORMANCE_ARGS:-} \
-  >"$report/output.txt" 2>&1
+  >"$report/output.txt" 2>&1)
 rc=$?
 set -e
 cat "$report/output.txt"

@@ -106,12 +106,29 @@ pub fn require_token(doc: &mut utoipa::openapi::OpenApi) {
                 .build(),
         )
         .build();
+    // 403 is what the server answers a token whose role may not do this, or
+    // a cross-site request (its Origin, Sec-Fetch-Site or Host).
+    let forbidden = ResponseBuilder::new()
+        .description(
+            "`forbidden`: the token's role may not do this, or the request is cross-site \
+             (its `Origin`, `Sec-Fetch-Site` or `Host`)",
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ApiErrorBody")))
+                .build(),
+        )
+        .build();
     for item in doc.paths.paths.values_mut() {
         for op in operations(item) {
             op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
             op.responses
                 .responses
                 .insert("401".to_owned(), RefOr::T(unauthorized.clone()));
+            op.responses
+                .responses
+                .insert("403".to_owned(), RefOr::T(forbidden.clone()));
         }
     }
 }
