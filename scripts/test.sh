@@ -25,6 +25,7 @@ echo "== the layout: file sizes and import cycles between modules"
 python3 scripts/layout-check.py . 700
 echo "== the OpenAPI document (openapi-spec-validator, installed into target/ when missing)"
 bash scripts/openapi-check.sh
+bash scripts/conformance.sh
 echo "== doc tests"
 # First, so that a failure of the suite is among the last lines printed.
 cargo test --workspace --doc --locked

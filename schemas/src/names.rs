@@ -18,7 +18,8 @@ pub const MAX_CONSUMER_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 128;
 
 /// Words of the stream commands' syntax. Compared case-insensitively.
-const RESERVED: &[&str] = &[
+/// Public so the HTTP API's document can state the same exclusion.
+pub const RESERVED: &[&str] = &[
     "STREAMS",
     "GROUP",
     "COUNT",

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::auth::audit;
+use super::doc::formats::Name;
 use super::error::{ApiError, ApiErrorBody, ApiResult, body_rejection};
 use super::extract::ApiQuery;
 use crate::tokens::Caller;
@@ -206,7 +207,7 @@ pub struct GetQuery {
     path = "/definitions/{name}",
     tag = "definitions",
     operation_id = "get_definition",
-    params(("name" = String, Path, description = "Definition name"), GetQuery),
+    params(("name" = Name, Path, description = "Definition name"), GetQuery),
     responses(
         (status = 200, description = "The definition and its levels", body = DefinitionView),
         (status = 400, description = "`bad_query`: an unknown parameter or a bad version", body = ApiErrorBody),

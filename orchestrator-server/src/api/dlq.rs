@@ -2,9 +2,12 @@
 //! purge — for the dashboard and for automation. The same operations as
 //! `agentctl dlq`, from [`orchestrator::ops::dlq`].
 
+mod selection;
+
 use super::AppState;
 use super::auth::audit;
 use super::dlq_view::{DeadLetterDetail, DeadLetterSummary};
+use super::doc::formats::{self, AgentTypeName, EntryIdText, SinceText};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use crate::tokens::Caller;
@@ -68,8 +71,8 @@ pub struct FilterQuery {
     /// Only this workflow's.
     #[serde(default)]
     workflow: Option<String>,
-    /// Only those failed since: a duration ago (`2h`) or an RFC 3339 time.
-    #[param(example = "2h")]
+    /// Only those failed since: a duration ago (`2h`) or a UTC time.
+    #[param(value_type = Option<SinceText>, example = "2h")]
     #[serde(default)]
     since: Option<String>,
     /// Page size (1–1000, 50 by default); lists only.
@@ -77,7 +80,7 @@ pub struct FilterQuery {
     #[serde(default)]
     limit: Option<usize>,
     /// Start after this entry id (the `next` of the previous page); lists only.
-    #[param(example = "1700000000000-0")]
+    #[param(value_type = Option<EntryIdText>, example = "1700000000000-0")]
     #[serde(default)]
     after: Option<String>,
 }
@@ -98,6 +101,9 @@ impl FilterQuery {
         let limit = self.limit.unwrap_or(50);
         if limit == 0 || limit > 1000 {
             return Err(ApiError::bad_request("limit must be 1..=1000"));
+        }
+        if let Some(s) = &self.since {
+            formats::check_since(s).map_err(ApiError::bad_request)?;
         }
         let filter = dlq::dead_letter_filter(
             self.error_contains.clone(),
@@ -134,7 +140,7 @@ pub struct DeadLetterPageView {
     path = "/dlq/{agent_type}",
     tag = "dlq",
     operation_id = "list_dead_letters",
-    params(("agent_type" = String, Path, description = "Agent type"), FilterQuery),
+    params(("agent_type" = AgentTypeName, Path, description = "Agent type"), FilterQuery),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPageView),
         (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: a bad `after`, `limit` or `since`", body = ApiErrorBody),
@@ -169,7 +175,7 @@ pub async fn list(
     path = "/dlq/{agent_type}/{id}",
     tag = "dlq",
     operation_id = "get_dead_letter",
-    params(("agent_type" = String, Path, description = "Agent type"), ("id" = String, Path, description = "DLQ entry id", example = "1700000000000-0")),
+    params(("agent_type" = AgentTypeName, Path, description = "Agent type"), ("id" = EntryIdText, Path, description = "DLQ entry id", example = "1700000000000-0")),
     responses(
         (status = 200, description = "The dead letter", body = DeadLetterDetail),
         (status = 400, description = "`bad_request`: the id is not an entry id", body = ApiErrorBody),
@@ -200,35 +206,25 @@ pub async fn show(
 
 /// Body of `POST /dlq/{type}/replay` and `/purge`: exactly one of `ids`,
 /// `all`, a filter (and for purge, `older_than`).
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[schema(as = DeadLetterSelection)]
-#[serde(deny_unknown_fields)]
+/// What a replay or purge body selects ([`selection`] has the bodies).
+#[derive(Debug, Default)]
 pub struct SelectionRequest {
     /// These entry ids.
-    #[serde(default)]
     ids: Option<Vec<String>>,
     /// Every dead letter of the type.
-    #[serde(default)]
     all: bool,
     /// Purge only: those dead-lettered more than this long ago (`7d`).
-    #[schema(example = "7d")]
-    #[serde(default)]
     older_than: Option<String>,
     /// Only errors containing this text.
-    #[serde(default)]
     error_contains: Option<String>,
     /// Only this workflow's.
-    #[serde(default)]
     workflow: Option<String>,
     /// Only those failed since (`2h`, or an RFC 3339 time).
-    #[serde(default)]
     since: Option<String>,
     /// Replay only: report what would move, move nothing.
-    #[serde(default)]
     dry_run: bool,
     /// Replay only: replay tasks of workflows that have ended too (left in
     /// the DLQ otherwise: their results would change nothing).
-    #[serde(default)]
     force: bool,
 }
 
@@ -285,8 +281,8 @@ const SELECT_ONE: &str = "say which dead letters: exactly one of ids, all: true,
     path = "/dlq/{agent_type}/replay",
     tag = "dlq",
     operation_id = "replay_dead_letters",
-    params(("agent_type" = String, Path, description = "Agent type")),
-    request_body(content = SelectionRequest, description = "Exactly one of `ids`, `all: true`, or filters (`error_contains`, `workflow`, `since`); `dry_run` optional"),
+    params(("agent_type" = AgentTypeName, Path, description = "Agent type")),
+    request_body(content = selection::ReplaySelection, description = "Exactly one of `ids`, `all: true`, or filters (`error_contains`, `workflow`, `since`); `dry_run` and `force` optional"),
     responses(
         (status = 200, description = "What happened to each selected dead letter", body = ReplayReport),
         (status = 400, description = "`bad_request`: not exactly one selection, a bad id, a filter value or an option of the other operation; `malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
@@ -300,14 +296,10 @@ pub async fn replay(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
-    ApiJson(req): ApiJson<SelectionRequest>,
+    ApiJson(body): ApiJson<selection::ReplayBody>,
 ) -> ApiResult<Json<ReplayReport>> {
     let agent = agent_type(&agent)?;
-    if req.older_than.is_some() {
-        return Err(ApiError::bad_request(
-            "older_than is for purge; to replay by age use since",
-        ));
-    }
+    let req = SelectionRequest::from(body);
     if req.kinds() != 1 {
         return Err(ApiError::bad_request(SELECT_ONE));
     }
@@ -355,8 +347,8 @@ pub struct Purged {
     path = "/dlq/{agent_type}/purge",
     tag = "dlq",
     operation_id = "purge_dead_letters",
-    params(("agent_type" = String, Path, description = "Agent type")),
-    request_body(content = SelectionRequest, description = "Exactly one of `ids`, `all: true`, `older_than`, or filters (`error_contains`, `workflow`, `since`)"),
+    params(("agent_type" = AgentTypeName, Path, description = "Agent type")),
+    request_body(content = selection::PurgeSelection, description = "Exactly one of `ids`, `all: true`, `older_than`, or filters (`error_contains`, `workflow`, `since`)"),
     responses(
         (status = 200, description = "How many were deleted", body = Purged),
         (status = 400, description = "`bad_request`: not exactly one selection, a bad id, a filter value or an option of the other operation; `malformed_json`: the body is not JSON; `bad_body`: it could not be read", body = ApiErrorBody),
@@ -370,14 +362,10 @@ pub async fn purge(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
-    ApiJson(req): ApiJson<SelectionRequest>,
+    ApiJson(body): ApiJson<selection::PurgeBody>,
 ) -> ApiResult<Json<Purged>> {
     let agent = agent_type(&agent)?;
-    if req.dry_run {
-        return Err(ApiError::bad_request(
-            "dry_run is for replay; list with the same filters to see what a purge takes",
-        ));
-    }
+    let req = SelectionRequest::from(body);
     if req.kinds() != 1 {
         return Err(ApiError::bad_request(format!("{SELECT_ONE}, older_than")));
     }
@@ -386,9 +374,9 @@ pub async fn purge(
     } else if req.all {
         PurgeSelection::All
     } else if let Some(age) = &req.older_than {
-        PurgeSelection::OlderThan(humantime::parse_duration(age).map_err(|e| {
-            ApiError::bad_request(format!("older_than {age:?}: {e} (write e.g. 7d, 12h)"))
-        })?)
+        PurgeSelection::OlderThan(
+            formats::duration("older_than", age).map_err(ApiError::bad_request)?,
+        )
     } else {
         PurgeSelection::Matching(DeadLetterFilter {
             limit: 0,

@@ -6,6 +6,8 @@
 //! annotations, collected by the router as it registers them (see
 //! [`super::router`]).
 
+pub mod formats;
+
 use super::error::ApiErrorBody;
 use axum::Extension;
 use axum::body::Bytes;
@@ -38,7 +40,21 @@ pub const BEARER: &str = "bearer";
             405 `method_not_allowed`.",
     ),
     modifiers(&BearerScheme),
-    components(schemas(ApiErrorBody, orchestrator::store::Change, orchestrator::store::LogEntry)),
+    components(schemas(
+        ApiErrorBody,
+        orchestrator::store::Change,
+        orchestrator::store::LogEntry,
+        // The formats that parameters name (bodies' fields register theirs).
+        formats::AgentTypeName,
+        formats::Name,
+        formats::WorkflowId,
+        formats::TaskKey,
+        formats::EntryIdText,
+        formats::DurationText,
+        formats::WaitText,
+        formats::SinceText,
+        formats::SseEvent,
+    )),
     tags(
         (name = "workflows", description = "Start, read, list workflows; operator actions; the event log"),
         (name = "definitions", description = "Workflow definitions (a DAG of stages), versioned"),
@@ -194,6 +210,7 @@ fn operations_by_method(
 /// request body.
 pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    params_not_null(doc);
     let Some(components) = doc.components.as_mut() else {
         return;
     };
@@ -221,6 +238,40 @@ pub fn open_flattened(doc: &mut utoipa::openapi::OpenApi) {
                     && let Some(open) = closed.get(&r.ref_location)
                 {
                     *part = RefOr::T(open.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A parameter (path, query, header) is text or absent, never JSON `null`:
+/// `Option<T>` parameters become `T`, not required, instead of
+/// `oneOf [null, T]` (a client would send the text `null`).
+///
+/// A header's schema is inlined, not a `$ref`: tools that build headers
+/// read the schema in place (schemathesis took a `$ref`'d header for any
+/// text).
+fn params_not_null(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let components = doc.components.clone().unwrap_or_default();
+    for item in doc.paths.paths.values_mut() {
+        for (_, op) in operations_by_method(item) {
+            for p in op.parameters.iter_mut().flatten() {
+                if let Some(RefOr::T(Schema::OneOf(one))) = &p.schema
+                    && one.items.len() == 2
+                    && one.items.iter().any(is_null)
+                    && let Some(t) = one.items.iter().find(|s| !is_null(s)).cloned()
+                {
+                    p.schema = Some(t);
+                }
+                if p.parameter_in == ParameterIn::Header
+                    && let Some(RefOr::Ref(r)) = &p.schema
+                    && let Some(name) = r.ref_location.strip_prefix("#/components/schemas/")
+                    && let Some(schema) = components.schemas.get(name)
+                {
+                    p.schema = Some(schema.clone());
                 }
             }
         }

@@ -66,7 +66,8 @@ pub struct ApiErrorBody {
 pub struct ApiErrorDetail {
     /// Stable machine-readable code: `malformed_json`, `bad_query`,
     /// `bad_request`, `bad_body`, `malformed_definition`, `too_deep` (400),
-    /// `unauthorized` (401), `not_found`, `no_result`, `no_route` (404),
+    /// `unauthorized` (401), `forbidden`, `cross_site` (403), `not_found`,
+    /// `no_result`, `no_route` (404),
     /// `method_not_allowed` (405), `conflict` (409), `body_too_large` (413),
     /// `unsupported_media_type` (415), `invalid`, `invalid_body`,
     /// `invalid_definition` (422), `internal` (500), `unavailable`,

@@ -9,6 +9,7 @@
 //!   the stream up, so a lost message delays an event, never drops it.
 
 use super::AppState;
+use super::doc::formats::{EntryIdText, SseEvent, WorkflowId};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::ApiQuery;
 use super::workflows::is_entry_id;
@@ -46,7 +47,7 @@ fn into_sse(rx: mpsc::Receiver<Event>) -> Response {
     operation_id = "all_events",
     responses(
         (status = 200, description = "An endless event stream: `change` events (data: `WorkflowChange`), `lagged` events",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = SseEvent),
     )
 )]
 pub async fn all(State(state): State<AppState>) -> Response {
@@ -83,7 +84,7 @@ pub async fn all(State(state): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Start after this log entry id (`Last-Event-ID` wins when both are given).
-    #[param(example = "1700000000000-0")]
+    #[param(value_type = Option<EntryIdText>, example = "1700000000000-0")]
     after: Option<String>,
 }
 
@@ -100,13 +101,13 @@ pub struct StreamQuery {
     tag = "events",
     operation_id = "workflow_events",
     params(
-        ("id" = String, Path, description = "Workflow id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this log entry id"),
+        ("id" = WorkflowId, Path, description = "Workflow id"),
+        ("Last-Event-ID" = Option<EntryIdText>, Header, description = "Resume after this log entry id"),
         StreamQuery,
     ),
     responses(
         (status = 200, description = "An event stream: `transition` events (data: `LogEntry`), then `end`",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "`bad_request`: not an event id; `bad_query`: an unknown parameter", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
@@ -121,16 +122,24 @@ pub async fn workflow(
 ) -> ApiResult<Response> {
     agent_sdk::schemas::names::validate_workflow_id(&id)
         .map_err(|_| ApiError::not_found("workflow", &id))?;
-    let mut after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(q.after);
-    if let Some(a) = &after
-        && !is_entry_id(a)
-    {
-        return Err(ApiError::bad_request(format!("not an event id: {a:?}")));
+    // A header that is not text is refused, not ignored: the stream would
+    // start from the beginning instead of where the client asked.
+    let header = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not an event id"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    // Each one given is checked, though the header wins: a bad `?after=`
+    // is refused, not ignored.
+    for a in header.iter().chain(q.after.iter()) {
+        if !is_entry_id(a) {
+            return Err(ApiError::bad_request(format!("not an event id: {a:?}")));
+        }
     }
+    let mut after = header.or(q.after);
     {
         let mut conn = state.conn().await?;
         if state.engine().store().load(&mut conn, &id).await?.is_none() {

@@ -31,7 +31,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .await
             .map_err(|r| super::error::body_rejection(r.status(), r.body_text()))?;
         check_depth(&bytes)?;
-        let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
+        // Only an object: see `JsonObject`.
+        let axum::Json(super::doc::formats::JsonObject(v)) =
+            axum::Json::<super::doc::formats::JsonObject<T>>::from_bytes(&bytes)?;
         Ok(Self(v))
     }
 }

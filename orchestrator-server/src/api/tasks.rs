@@ -3,6 +3,7 @@
 
 use super::AppState;
 use super::auth::audit;
+use super::doc::formats::{self, AgentTypeName, DurationText, TaskKey, WaitText};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, check_input};
 use crate::tokens::Caller;
@@ -26,10 +27,7 @@ fn agent_type(s: &str) -> ApiResult<AgentType> {
 
 fn duration(what: &str, s: &Option<String>) -> ApiResult<Option<Duration>> {
     s.as_deref()
-        .map(|s| {
-            humantime::parse_duration(s)
-                .map_err(|e| ApiError::invalid(format!("{what} {s:?}: {e} (write e.g. 30s, 5m)")))
-        })
+        .map(|s| formats::duration(what, s).map_err(ApiError::invalid))
         .transpose()
 }
 
@@ -69,19 +67,23 @@ pub struct SubmitRequest {
     /// task carries it (MessagePack).
     input: Value,
     /// Enqueue at most once per key.
+    #[schema(value_type = Option<TaskKey>)]
     #[serde(default)]
     idempotency_key: Option<String>,
     /// Run no sooner than this (`10s`).
-    #[schema(example = "10s")]
+    #[schema(value_type = Option<DurationText>, example = "10s")]
     #[serde(default)]
     delay: Option<String>,
     /// Handler timeout (`30s`).
-    #[schema(example = "30s")]
+    #[schema(value_type = Option<DurationText>, example = "30s")]
     #[serde(default)]
     timeout: Option<String>,
     /// Attempts allowed, 1–100.
     #[schema(minimum = 1, maximum = 100)]
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "orchestrator::definition::integral::opt_u32"
+    )]
     max_attempts: Option<u32>,
 }
 
@@ -104,7 +106,7 @@ pub struct Submitted {
     path = "/tasks/{agent_type}",
     tag = "tasks",
     operation_id = "submit_task",
-    params(("agent_type" = String, Path, description = "Agent type")),
+    params(("agent_type" = AgentTypeName, Path, description = "Agent type")),
     request_body = SubmitRequest,
     responses(
         (status = 202, description = "Enqueued (or a duplicate of the same idempotency key)", body = Submitted,
@@ -174,8 +176,8 @@ pub async fn submit(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultQuery {
-    /// Wait up to this long for the result (`5s`, at most 30s).
-    #[param(example = "5s")]
+    /// Wait up to this long for the result: 0–30 whole seconds (`5s`).
+    #[param(value_type = Option<WaitText>, example = "5s")]
     wait: Option<String>,
 }
 
@@ -188,8 +190,8 @@ pub struct ResultQuery {
     tag = "tasks",
     operation_id = "task_result",
     params(
-        ("agent_type" = String, Path, description = "Agent type"),
-        ("task_id" = String, Path, description = "Task id"),
+        ("agent_type" = AgentTypeName, Path, description = "Agent type"),
+        ("task_id" = TaskKey, Path, description = "Task id"),
         ResultQuery,
     ),
     responses(
@@ -208,10 +210,10 @@ pub async fn result(
     let t = agent_type(&t)?;
     agent_sdk::schemas::names::validate_task_id(&task_id)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let wait = duration("wait", &q.wait)?.unwrap_or_default();
-    if wait > MAX_WAIT {
-        return Err(ApiError::invalid("wait must be at most 30s"));
-    }
+    let wait = match &q.wait {
+        Some(w) => formats::wait(w, MAX_WAIT).map_err(ApiError::invalid)?,
+        None => Duration::ZERO,
+    };
     let client = state.engine().client();
     let r = if wait.is_zero() {
         client.result(&t, &task_id).await?

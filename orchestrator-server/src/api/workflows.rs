@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::auth::audit;
+use super::doc::formats::{self, EntryIdText, JsonObject, Name, WorkflowId};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson, check_input};
 use crate::tokens::Caller;
@@ -22,15 +23,21 @@ use serde_json::Value;
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Definition name.
+    #[schema(value_type = Name)]
     definition: String,
     /// Definition version (the latest when absent).
-    #[serde(default)]
+    #[schema(minimum = 1)]
+    #[serde(
+        default,
+        deserialize_with = "orchestrator::definition::integral::opt_u32"
+    )]
     version: Option<u32>,
     /// Workflow input, passed to every stage (null when absent): nested at
     /// most 62 levels, at most 256 KiB as its tasks carry it (MessagePack).
     #[serde(default)]
     input: Value,
     /// Workflow id (1–48 of `A-Z a-z 0-9 - _ .`); generated when absent.
+    #[schema(value_type = Option<WorkflowId>)]
     #[serde(default)]
     id: Option<String>,
 }
@@ -181,7 +188,7 @@ async fn load(
     path = "/workflows/{id}",
     tag = "workflows",
     operation_id = "get_workflow",
-    params(("id" = String, Path, description = "Workflow id")),
+    params(("id" = WorkflowId, Path, description = "Workflow id")),
     responses(
         (status = 200, description = "The workflow", body = WorkflowView),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
@@ -205,10 +212,12 @@ pub async fn get(
 pub struct ListQuery {
     /// Only workflows with this status: pending, running, awaiting_approval,
     /// blocked, compensating, completed, failed, cancelled.
+    #[param(value_type = Option<WorkflowStatus>)]
     status: Option<String>,
     /// Only workflows of this definition.
     definition: Option<String>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (`<ms>:<workflow id>`).
+    #[param(pattern = "^[0-9]{1,19}:")]
     cursor: Option<String>,
     /// Page size, 1–1000 (50 by default).
     #[param(minimum = 1, maximum = 1000)]
@@ -227,7 +236,7 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of workflows, newest first", body = orchestrator::store::Page),
-        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: an unknown status or a limit out of range", body = ApiErrorBody),
+        (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: an unknown status, a limit out of range or a cursor that is not a page's `next`", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -248,6 +257,13 @@ pub async fn list(
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit must be 1..=1000"));
+    }
+    if let Some(c) = &q.cursor
+        && !formats::is_cursor(c)
+    {
+        return Err(ApiError::bad_request(format!(
+            "cursor {c:?} is not the `next` of a page (<ms>:<workflow id>)"
+        )));
     }
     let mut conn = state.conn().await?;
     let page = state
@@ -270,7 +286,8 @@ pub async fn list(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
-    /// Why, for the log (at most 1024 bytes).
+    /// Why, for the log (at most 1024 characters).
+    #[schema(max_length = 1024)]
     #[serde(default)]
     reason: Option<String>,
 }
@@ -283,8 +300,9 @@ pub struct NoBody {}
 
 fn reason(r: ReasonRequest, default: &str) -> ApiResult<String> {
     let r = r.reason.unwrap_or_else(|| default.to_owned());
-    if r.len() > 1024 {
-        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
+    // Characters, as the document's maxLength counts them.
+    if r.chars().count() > 1024 {
+        return Err(ApiError::invalid("reason is longer than 1024 characters"));
     }
     Ok(r)
 }
@@ -319,7 +337,7 @@ async fn act(
     path = "/workflows/{id}/cancel",
     tag = "workflows",
     operation_id = "cancel_workflow",
-    params(("id" = String, Path, description = "Workflow id")),
+    params(("id" = WorkflowId, Path, description = "Workflow id")),
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Cancelling: the workflow after the transition", body = WorkflowView),
@@ -327,6 +345,7 @@ async fn act(
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ApiErrorBody),
         (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
@@ -336,9 +355,12 @@ pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    OptionalJson(body): OptionalJson<Option<JsonObject<ReasonRequest>>>,
 ) -> ApiResult<Json<WorkflowView>> {
-    let reason = reason(body, "cancelled by an operator")?;
+    let reason = reason(
+        body.map(|b| b.0).unwrap_or_default(),
+        "cancelled by an operator",
+    )?;
     act(&state, &caller, &id, OperatorAction::Cancel { reason }).await
 }
 
@@ -350,7 +372,7 @@ pub async fn cancel(
     path = "/workflows/{id}/abort",
     tag = "workflows",
     operation_id = "abort_workflow",
-    params(("id" = String, Path, description = "Workflow id")),
+    params(("id" = WorkflowId, Path, description = "Workflow id")),
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Aborting: the workflow after the transition", body = WorkflowView),
@@ -358,6 +380,7 @@ pub async fn cancel(
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 409, description = "`conflict`: nothing to do (it has ended or is ending)", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ApiErrorBody),
         (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
@@ -367,9 +390,12 @@ pub async fn abort(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    OptionalJson(body): OptionalJson<Option<JsonObject<ReasonRequest>>>,
 ) -> ApiResult<Json<WorkflowView>> {
-    let reason = reason(body, "aborted by an operator")?;
+    let reason = reason(
+        body.map(|b| b.0).unwrap_or_default(),
+        "aborted by an operator",
+    )?;
     act(&state, &caller, &id, OperatorAction::Abort { reason }).await
 }
 
@@ -391,7 +417,7 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
     path = "/workflows/{id}/stages/{stage}/approve",
     tag = "workflows",
     operation_id = "approve_stage",
-    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    params(("id" = WorkflowId, Path, description = "Workflow id"), ("stage" = Name, Path, description = "Stage name")),
     request_body = Option<NoBody>,
     responses(
         (status = 200, description = "Approved: the workflow after the transition", body = WorkflowView),
@@ -400,6 +426,8 @@ async fn stage_exists(state: &AppState, id: &str, stage: &str) -> ApiResult<(Wor
         (status = 422, description = "`invalid_body`: not an empty object", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ApiErrorBody),
+        (status = 422, description = "`invalid`: a bad workflow id", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -422,7 +450,7 @@ pub async fn approve(
     path = "/workflows/{id}/stages/{stage}/reject",
     tag = "workflows",
     operation_id = "reject_stage",
-    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    params(("id" = WorkflowId, Path, description = "Workflow id"), ("stage" = Name, Path, description = "Stage name")),
     request_body = Option<ReasonRequest>,
     responses(
         (status = 200, description = "Rejected: the workflow after the transition", body = WorkflowView),
@@ -430,6 +458,7 @@ pub async fn approve(
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not waiting for approval", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ApiErrorBody),
         (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: the reason is too long", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
@@ -439,9 +468,12 @@ pub async fn reject(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    OptionalJson(body): OptionalJson<Option<JsonObject<ReasonRequest>>>,
 ) -> ApiResult<Json<WorkflowView>> {
-    let reason = reason(body, "rejected by an operator")?;
+    let reason = reason(
+        body.map(|b| b.0).unwrap_or_default(),
+        "rejected by an operator",
+    )?;
     act(
         &state,
         &caller,
@@ -460,7 +492,7 @@ pub async fn reject(
     path = "/workflows/{id}/stages/{stage}/replay",
     tag = "workflows",
     operation_id = "replay_stage",
-    params(("id" = String, Path, description = "Workflow id"), ("stage" = String, Path, description = "Stage name")),
+    params(("id" = WorkflowId, Path, description = "Workflow id"), ("stage" = Name, Path, description = "Stage name")),
     request_body = Option<NoBody>,
     responses(
         (status = 200, description = "Replayed: the workflow after the transition", body = WorkflowView),
@@ -468,6 +500,7 @@ pub async fn reject(
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow or stage", body = ApiErrorBody),
         (status = 409, description = "`conflict`: the stage is not dead-lettered, or its dead letter is gone", body = ApiErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ApiErrorBody),
         (status = 422, description = "`invalid_body`: not an empty object; `invalid`: the stage's agent type is not a valid name", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
@@ -552,7 +585,7 @@ pub async fn replay(
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Only entries after this entry id (the `next` of the previous page).
-    #[param(example = "1700000000000-0")]
+    #[param(value_type = Option<EntryIdText>, example = "1700000000000-0")]
     after: Option<String>,
     /// Page size, 1–10000 (1000 by default).
     #[param(minimum = 1, maximum = 10000)]
@@ -571,7 +604,7 @@ pub struct LogPage {
 
 /// Whether `s` is a stream entry id (`ms-seq`).
 pub(super) fn is_entry_id(s: &str) -> bool {
-    agent_sdk::schemas::EntryId::parse(s).is_some()
+    formats::is_entry_id(s)
 }
 
 /// A workflow's event log
@@ -582,7 +615,7 @@ pub(super) fn is_entry_id(s: &str) -> bool {
     path = "/workflows/{id}/log",
     tag = "workflows",
     operation_id = "workflow_log",
-    params(("id" = String, Path, description = "Workflow id"), LogQuery),
+    params(("id" = WorkflowId, Path, description = "Workflow id"), LogQuery),
     responses(
         (status = 200, description = "A page of the log, oldest first", body = LogPage),
         (status = 400, description = "`bad_query`: an unknown parameter or a bad value; `bad_request`: `after` is not an entry id or `limit` is out of range", body = ApiErrorBody),

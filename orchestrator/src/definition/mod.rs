@@ -46,12 +46,13 @@ pub struct Definition {
     /// Name: 1–64 of `a-z 0-9 - _`.
     #[cfg_attr(
         feature = "utoipa",
-        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+        schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)
     )]
     pub name: String,
     /// Version, assigned when the definition is registered (1, 2, …);
     /// a running workflow keeps the version it started with.
-    #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = u64, maximum = 4294967295.0))]
+    #[serde(default, deserialize_with = "integral::u32")]
     pub version: u32,
     /// What the workflow is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,29 +70,41 @@ pub struct StageDef {
     /// Name, unique in the definition: 1–64 of `a-z 0-9 - _`.
     #[cfg_attr(
         feature = "utoipa",
-        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+        schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)
     )]
     pub name: String,
-    /// Agent type that runs the stage: 1–64 of `a-z 0-9 - _`.
+    /// Agent type that runs the stage: 1–64 of `a-z 0-9 - _`, not a word
+    /// of the stream commands.
     #[cfg_attr(
         feature = "utoipa",
-        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
+        schema(
+            pattern = "^(?!(?:streams|group|count|block|noack|id|mkstream|justid|force|idle|time|retrycount|lastid|maxlen|minid|limit|entriesread|nomkstream|create|destroy|setid|delconsumer|createconsumer)$)[a-z0-9_-]{1,64}$",
+            min_length = 1,
+            max_length = 64
+        )
     )]
     pub agent: String,
-    /// Stages that must complete first.
+    /// Stages that must complete first (each once, none the stage itself).
+    #[cfg_attr(feature = "utoipa", schema(schema_with = depends_on_schema))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    /// Deadline of the stage from dispatch to result (`30s`, `5m`); also the
-    /// handler timeout sent with its task. The orchestrator's default when absent.
+    /// Deadline of the stage from dispatch to result, 1 s to 7 d, one number
+    /// and a unit (`30s`, `5m`); also the handler timeout sent with its task.
+    /// The orchestrator's default when absent.
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "5m"))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "5m", pattern = "^[1-9][0-9]{0,8}(?:ms|s|m|h|d)$"))]
     pub timeout: Option<Duration>,
-    /// Attempts the agent may make (retryable failures); its default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Attempts the agent may make (retryable failures), 1–100; its default when absent.
+    #[cfg_attr(feature = "utoipa", schema(minimum = 1, maximum = 100))]
+    #[serde(
+        default,
+        deserialize_with = "integral::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_attempts: Option<u32>,
     /// The task that undoes this stage when a later one fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,14 +112,15 @@ pub struct StageDef {
     /// A person must approve before the stage starts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approval: bool,
-    /// How long an approval may be awaited (`24h`); past it the stage is
-    /// rejected and the workflow fails (compensated). Waits forever when absent.
+    /// How long an approval may be awaited, 1 s to 7 d (`24h`), only with
+    /// `approval: true`; past it the stage is rejected and the workflow fails
+    /// (compensated). Waits forever when absent.
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "24h"))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "24h", pattern = "^[1-9][0-9]{0,8}(?:ms|s|m|h|d)$"))]
     pub approval_timeout: Option<Duration>,
 }
 
@@ -116,14 +130,23 @@ pub struct StageDef {
 #[serde(deny_unknown_fields)]
 pub struct Compensation {
     /// Agent type that runs the compensation; the stage's own when absent.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(
+            pattern = "^(?!(?:streams|group|count|block|noack|id|mkstream|justid|force|idle|time|retrycount|lastid|maxlen|minid|limit|entriesread|nomkstream|create|destroy|setid|delconsumer|createconsumer)$)[a-z0-9_-]{1,64}$",
+            min_length = 1,
+            max_length = 64
+        )
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "utoipa",
         schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
     )]
     pub agent: Option<String>,
-    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`);
-    /// an object nested at most 62 levels, or null.
+    /// Merged over the stage's task input (e.g. `{"action": "rollback"}`):
+    /// an object, or null.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub input: serde_json::Value,
 }
@@ -145,8 +168,24 @@ impl Definition {
     /// only free-form field, `compensate.input`.)
     pub fn from_yaml(text: &str) -> Result<Self> {
         check_size(text)?;
-        let def: Self =
-            serde_norway::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        let parse = |e: serde_norway::Error| DefinitionError::Parse(e.to_string());
+        // Straight into the struct first: its errors say where (line, column).
+        let def: Self = serde_norway::from_str(text).map_err(parse)?;
+        // Then through a JSON value, so YAML's scalars keep their types: read
+        // straight into a struct, `name: 123` or `description: true` became
+        // strings, which the API document (and JSON) refuse.
+        // A float is the exception: YAML 1.1 writers (PyYAML) leave a string
+        // such as `8e+87` unquoted, which YAML 1.2 reads as a number; the
+        // text the author wrote is the string they meant.
+        let value: serde_json::Value = serde_norway::from_str(text).map_err(parse)?;
+        if let Err(e) = serde_json::from_value::<Self>(value) {
+            let m = e.to_string();
+            if !(m.contains("floating point") && m.contains("expected a string")) {
+                return Err(DefinitionError::Parse(format!(
+                    "{m} (YAML scalars keep their types, as in JSON)"
+                )));
+            }
+        }
         check_stage_count(def.stages.len(), MAX_STAGES)?;
         Ok(def)
     }
@@ -430,6 +469,25 @@ impl StageDef {
     }
 }
 
+/// `depends_on` in the API document: stage names, each at most once.
+#[cfg(feature = "utoipa")]
+fn depends_on_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .pattern(Some("^[a-z0-9_-]{1,64}$"))
+                .min_length(Some(1))
+                .max_length(Some(MAX_NAME_LEN)),
+        )
+        .unique_items(true)
+        .description(Some(
+            "Stages that must complete first (each once, none the stage itself).",
+        ))
+        .build()
+}
+
 /// Checks a definition or stage name: 1–64 of `a-z 0-9 - _`.
 fn check_name(what: &str, value: &str) -> std::result::Result<(), String> {
     let why = if value.is_empty() {
@@ -485,9 +543,26 @@ mod opt_duration {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            Some(d) => s.serialize_str(&canonical(*d)),
             None => s.serialize_none(),
         }
+    }
+
+    /// One number and the largest unit that holds it whole (`90s`, `36h`,
+    /// `1500ms`): the form the API document states.
+    pub fn canonical(d: Duration) -> String {
+        let ms = d.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms >= size && ms.is_multiple_of(size) {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+        format!("{ms}ms")
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -503,3 +578,52 @@ mod opt_duration {
 pub mod random;
 #[cfg(test)]
 mod tests;
+
+/// Serde readers for integers written as a JSON number with a zero
+/// fraction (`37.0`): JSON Schema's `integer`, which the API document
+/// states, admits them, and serde's `u32` would not.
+pub mod integral {
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error, Unexpected, Visitor};
+    use std::fmt;
+
+    struct Integral(u32);
+
+    impl<'de> Deserialize<'de> for Integral {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = u32;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an integer from 0 to 4294967295")
+                }
+                fn visit_u64<E: Error>(self, v: u64) -> Result<u32, E> {
+                    u32::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+                }
+                fn visit_i64<E: Error>(self, v: i64) -> Result<u32, E> {
+                    u32::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+                }
+                fn visit_f64<E: Error>(self, v: f64) -> Result<u32, E> {
+                    if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                        // In range and whole, so the cast is exact.
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        Ok(v as u32)
+                    } else {
+                        Err(E::invalid_value(Unexpected::Float(v), &self))
+                    }
+                }
+            }
+            d.deserialize_any(V).map(Integral)
+        }
+    }
+
+    /// A `u32`, `37.0` included.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        Integral::deserialize(d).map(|i| i.0)
+    }
+
+    /// An optional `u32`, `37.0` included.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<Integral>::deserialize(d).map(|o| o.map(|i| i.0))
+    }
+}

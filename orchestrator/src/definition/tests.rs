@@ -645,3 +645,57 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn yaml_scalars_keep_their_types() {
+    // The API document says `name` and `description` are strings; YAML
+    // read straight into the struct turned 123 and true into "123", "true".
+    for text in [
+        "name: 123\nstages:\n  - name: a\n    agent: a\n",
+        "name: x\ndescription: true\nstages:\n  - name: a\n    agent: a\n",
+        "name: x\nstages:\n  - name: a\n    agent: 7\n",
+    ] {
+        let err = Definition::from_yaml(text).unwrap_err();
+        assert!(
+            matches!(&err, DefinitionError::Parse(m) if m.contains("invalid type")),
+            "{text}: {err:?}"
+        );
+    }
+    assert!(Definition::from_yaml("name: x\nstages:\n  - name: a\n    agent: a\n").is_ok());
+    // What a YAML 1.1 writer leaves unquoted as a string stays one.
+    let def =
+        Definition::from_yaml("name: x\ndescription: 8e+87\nstages:\n  - name: a\n    agent: a\n")
+            .unwrap();
+    assert_eq!(def.description.as_deref(), Some("8e+87"));
+}
+
+#[test]
+fn durations_are_written_in_one_unit() {
+    let def = Definition::from_yaml(
+        "name: x\nstages:\n  - name: a\n    agent: a\n    timeout: 1h 30m\n  - name: b\n    agent: a\n    timeout: 1500ms\n    approval: true\n    approval_timeout: 2d\n",
+    )
+    .unwrap();
+    let json = serde_json::to_value(&def).unwrap();
+    assert_eq!(json["stages"][0]["timeout"], "90m");
+    assert_eq!(json["stages"][1]["timeout"], "1500ms");
+    assert_eq!(json["stages"][1]["approval_timeout"], "2d");
+    // And read back as they were.
+    assert_eq!(Definition::from_json(&json.to_string()).unwrap(), def);
+}
+
+#[test]
+fn a_whole_number_with_a_fraction_is_an_integer() {
+    let def = Definition::from_json(
+        r#"{"name": "x", "version": 3.0, "stages": [{"name": "a", "agent": "a", "max_attempts": 2.0}]}"#,
+    )
+    .unwrap();
+    assert_eq!((def.version, def.stages[0].max_attempts), (3, Some(2)));
+    for bad in [
+        r#""version": 2.5"#,
+        r#""version": -1"#,
+        r#""version": 4294967296"#,
+    ] {
+        let text = format!(r#"{{"name": "x", {bad}, "stages": [{{"name": "a", "agent": "a"}}]}}"#);
+        assert!(Definition::from_json(&text).is_err(), "{bad}");
+    }
+}

@@ -591,7 +591,7 @@ fn names(m: &str, needle: &str) {
 async fn replay_and_purge_each_take_exactly_one_valid_selection() {
     let api = Api::start().await;
     let (replay, purge) = (dlq("/replay"), dlq("/purge"));
-    // Replay: not exactly one selection, bad ids, purge's options.
+    // Replay: not exactly one selection, bad ids, purge's option.
     for body in [
         json!({}),
         json!({ "dry_run": true }),
@@ -606,8 +606,9 @@ async fn replay_and_purge_each_take_exactly_one_valid_selection() {
     names(&refused(r, 400, "bad_request").await, "junk");
     let r = api.post(&replay, json!({ "ids": [] })).await;
     names(&refused(r, 400, "bad_request").await, "ids");
+    // Purge's option is not a field of a replay (as the document says).
     let r = api.post(&replay, json!({ "older_than": "1h" })).await;
-    names(&refused(r, 400, "bad_request").await, "purge");
+    names(&refused(r, 422, "invalid_body").await, "older_than");
     let r = api.post(&replay, json!({ "since": "yesterday" })).await;
     names(&refused(r, 400, "bad_request").await, "since");
     // Purge: not exactly one selection, replay's option, bad age.
@@ -622,7 +623,7 @@ async fn replay_and_purge_each_take_exactly_one_valid_selection() {
     let r = api
         .post(&purge, json!({ "all": true, "dry_run": true }))
         .await;
-    names(&refused(r, 400, "bad_request").await, "dry_run");
+    names(&refused(r, 422, "invalid_body").await, "dry_run");
     let r = api.post(&purge, json!({ "older_than": "soon" })).await;
     names(&refused(r, 400, "bad_request").await, "older_than");
     api.shutdown().await;

@@ -11,6 +11,7 @@ mod browser;
 mod definitions;
 mod dlq;
 mod events;
+mod formats;
 mod health;
 mod router;
 mod streams;
