@@ -509,5 +509,5 @@ fn the_openapi_document_carries_the_definition_limits() {
     assert_eq!(def["stages"]["minItems"], 1, "{def}");
     assert_eq!(def["name"]["maxLength"], 64, "{def}");
     let stage = &doc["components"]["schemas"]["StageDef"]["properties"];
-    assert_eq!(stage["name"]["pattern"], "^[a-z0-9_-]+$", "{stage}");
+    assert_eq!(stage["name"]["pattern"], "^[a-z0-9_-]{1,64}$", "{stage}");
 }

@@ -139,10 +139,6 @@ pub struct Compensation {
         )
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(
-        feature = "utoipa",
-        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")
-    )]
     pub agent: Option<String>,
     /// Merged over the stage's task input (e.g. `{"action": "rollback"}`):
     /// an object, or null.
