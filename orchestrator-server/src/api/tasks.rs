@@ -114,7 +114,8 @@ pub struct Submitted {
         (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
-        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts, or an input over the input limits (62 levels deep, 256 KiB encoded); `unknown_agent_type`: no registered definition and no live agent names the type", body = ApiErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad agent type, duration or max_attempts, or an input over the input limits (62 levels deep, 256 KiB encoded)", body = ApiErrorBody),
+        (status = 404, description = "`unknown_agent_type`: no registered definition and no live agent names the type (nothing is enqueued)", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
     )
@@ -127,8 +128,10 @@ pub async fn submit(
 ) -> ApiResult<Response> {
     let t = agent_type(&t)?;
     if !known_type(&state, &t).await? {
+        // Not found, as a route to a type nothing knows: the request may be
+        // well formed, the type is simply not one the system serves.
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::NOT_FOUND,
             "unknown_agent_type",
             format!(
                 "no registered definition and no live agent names agent type {t:?}: \

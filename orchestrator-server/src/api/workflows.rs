@@ -436,7 +436,8 @@ pub async fn approve(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
-    OptionalJson(NoBody {}): OptionalJson<NoBody>,
+    // No body, `null` or `{}` alike.
+    OptionalJson(_): OptionalJson<Option<JsonObject<NoBody>>>,
 ) -> ApiResult<Json<WorkflowView>> {
     act(&state, &caller, &id, OperatorAction::Approve { stage }).await
 }
@@ -510,7 +511,8 @@ pub async fn replay(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, stage)): Path<(String, String)>,
-    OptionalJson(NoBody {}): OptionalJson<NoBody>,
+    // No body, `null` or `{}` alike.
+    OptionalJson(_): OptionalJson<Option<JsonObject<NoBody>>>,
 ) -> ApiResult<Json<WorkflowView>> {
     audit(&caller, "replay", &format!("{id}/{stage}"));
     let (wf, _) = stage_exists(&state, &id, &stage).await?;

@@ -96,7 +96,7 @@ async fn a_raw_task_for_a_type_nothing_names_is_refused_and_nothing_is_enqueued(
     let r = api
         .post("/tasks/made-up", json!({ "input": { "x": 1 } }))
         .await;
-    let m = refused(r, 422, "unknown_agent_type").await;
+    let m = refused(r, 404, "unknown_agent_type").await;
     assert!(m.contains("made-up"), "{m}");
     assert_eq!(
         xlen(&api.redis, &keys().tasks(&agent_type("made-up"))).await,

@@ -153,7 +153,7 @@ async fn a_raw_task_does_not_make_its_type_watched() {
             .send()
     };
     // A type nothing names: refused, nothing enqueued.
-    assert_eq!(post().await.unwrap().status(), 422);
+    assert_eq!(post().await.unwrap().status(), 404);
     // A type a live agent names (no definition does): taken, not watched.
     let agents = Agents::start(&kit.redis, &["drive-by"]);
     wait_until("the live agent's type taken", PATIENCE, || async {
