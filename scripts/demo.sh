@@ -31,7 +31,7 @@ auth="$AGENTIC_DATA/api-auth" # the API token as a curl header file (see scripts
 
 input="{\"name\":\"$project\",\"template\":\"$template\",\"description\":\"A $template made by the agentic demo\"}"
 echo
-echo "\$ curl -H @$auth -X POST $api/workflows -d '{\"definition\":\"sdlc\",\"input\":$input}'"
+echo "\$ curl -H @$auth -X POST $api/workflows -H 'content-type: application/json' -d '{\"definition\":\"sdlc\",\"input\":$input}'"
 created=$(curl -fsS -H @"$auth" -X POST "$api/workflows" -H 'content-type: application/json' \
   -d "{\"definition\":\"sdlc\",\"input\":$input}")
 id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
