@@ -361,25 +361,16 @@ async fn a_package_name_shaped_like_code_is_never_run() {
 /// Without a jail the agent refuses to start: exit 64, saying why.
 #[tokio::test]
 async fn without_the_jail_the_agent_refuses_to_start() {
-    let logs = tempfile::tempdir().unwrap();
-    let mut p = agent_sdk::testing::Proc::spawn(
+    let dir = tempfile::tempdir().unwrap();
+    agent_toolkit::testing::refuses_to_start_without_the_jail(
         "deployment-agent",
         env!("CARGO_BIN_EXE_deployment-agent"),
         &[
-            "--jail-bwrap".into(),
-            "/nonexistent/bwrap".into(),
             "--releases-dir".into(),
-            logs.path().to_string_lossy().into_owned(),
-        ][..],
-        &[("PATH", &std::env::var("PATH").unwrap())],
-        logs.path().join("agent.log"),
-    );
-    assert_eq!(p.wait_exit(Duration::from_secs(60)).await, Some(64));
-    let log = p.log_text();
-    assert!(
-        log.contains("cannot be made") && log.contains("--unsafe-no-jail"),
-        "{log}"
-    );
+            dir.path().to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
 }
 
 /// A smoke check runs the project's code: jailed, the release read-only,

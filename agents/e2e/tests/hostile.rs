@@ -10,6 +10,7 @@
 use agent_sdk::schemas::{AgentType, ErrorKind, ResultEnvelope, TaskStatus};
 use agent_sdk::testing::{Proc, RunningWorker, TestRedis, worker_config};
 use agent_sdk::{Client, EnqueueOptions, RuntimeConfig};
+use agent_toolkit::testing::{alive, wait_all_gone};
 use agent_toolkit::{Jail, JailArgs};
 use e2e_agent::E2eAgent;
 use scaffold_agent::{Request, generate};
@@ -46,35 +47,6 @@ fn redis_with_password() -> (TestRedis, String) {
         .unwrap();
     let url = format!("redis://:{SECRET}@127.0.0.1:{}", redis.port());
     (redis, url)
-}
-
-/// Host processes whose command line contains `marker`.
-fn alive(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
-        })
-        .collect()
-}
-
-async fn wait_all_gone(marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = alive(marker);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes {left:?} ({marker}) outlived the jail"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn submit(client: &Client, dir: &Path, wait: Duration) -> ResultEnvelope {

@@ -13,6 +13,8 @@
 
 pub mod input;
 pub mod jail;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use jail::{Enforcement, Jail, JailArgs, JailCommand, JailError, RunOutput};
 

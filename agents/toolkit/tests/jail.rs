@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use agent_toolkit::testing::{alive, wait_all_gone};
 use agent_toolkit::{Jail, JailArgs, JailCommand};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,36 +15,6 @@ async fn jail() -> Jail {
 
 fn sh(script: &str, timeout: Duration) -> JailCommand {
     JailCommand::new("sh", timeout).args(["-c", script])
-}
-
-/// Pids of host processes whose command line contains `marker`.
-fn alive(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
-        })
-        .collect()
-}
-
-/// Waits (up to 20 s) until no process carries `marker`; panics naming them.
-async fn wait_all_gone(marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = alive(marker);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes {left:?} ({marker}) survived the jail"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn wait_for_file(p: &Path) {

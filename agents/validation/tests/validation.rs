@@ -290,25 +290,12 @@ async fn a_file_name_cannot_become_an_option_or_a_module() {
 /// Without a jail the agent refuses to start: exit 64, saying why.
 #[tokio::test]
 async fn without_the_jail_the_agent_refuses_to_start() {
-    let logs = tempfile::tempdir().unwrap();
-    let mut p = agent_sdk::testing::Proc::spawn(
+    agent_toolkit::testing::refuses_to_start_without_the_jail(
         "validation-agent",
         env!("CARGO_BIN_EXE_validation-agent"),
-        &[
-            "--jail-bwrap".into(),
-            "/nonexistent/bwrap".into(),
-            "--releases-dir".into(),
-            logs.path().to_string_lossy().into_owned(),
-        ][..2],
-        &[("PATH", &std::env::var("PATH").unwrap())],
-        logs.path().join("agent.log"),
-    );
-    assert_eq!(p.wait_exit(Duration::from_secs(60)).await, Some(64));
-    let log = p.log_text();
-    assert!(
-        log.contains("cannot be made") && log.contains("--unsafe-no-jail"),
-        "{log}"
-    );
+        &[],
+    )
+    .await;
 }
 
 /// A `.tar.gz` with entries written byte by byte: the tar crate refuses to
