@@ -32,39 +32,6 @@ max_examples=${CONFORMANCE_MAX_EXAMPLES:-20}
 hard_stop=${CONFORMANCE_TIMEOUT:-600}
 seed=${CONFORMANCE_SEED:-11}
 
-ensure_python_venv() {
-  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    echo "installing python3 and python3-venv (apt-get)..." >&2
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv >/dev/null
-  fi
-}
-
-have_schemathesis() {
-  "$venv/bin/python" -c "
-import sys
-from importlib.metadata import version
-sys.exit(version('schemathesis') != '$SCHEMATHESIS_VERSION')
-" >/dev/null 2>&1
-}
-
-# schemathesis in its venv, at the pinned version; a half-made venv is made
-# anew, and two runs at once take turns (flock).
-ensure_schemathesis() {
-  have_schemathesis && return 0
-  ensure_python_venv
-  mkdir -p "$target"
-  exec 8>"$target/conformance-venv.lock"
-  flock 8
-  if ! have_schemathesis; then
-    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv (pip)..." >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-  fi
-  flock -u 8
-}
-
 # Hypothesis describes the lambdas of its strategies by parsing their
 # source with `ast`; with schemathesis's worker threads that sometimes fails
 # inside CPython ("SystemError: AST constructor recursion depth mismatch",
@@ -95,7 +62,7 @@ PY
 
 ensure_redis
 ensure_curl
-ensure_schemathesis
+ensure_pinned_venv "$venv" schemathesis "$SCHEMATHESIS_VERSION"
 patch_hypothesis
 echo "== building the orchestrator" >&2
 cargo build -q --locked -p orchestrator-server --bin orchestrator

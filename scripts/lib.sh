@@ -141,3 +141,40 @@ rcli() {
     redis-cli "${RCLI_ARGS[@]}" "$@"
   fi
 }
+
+# python3 with its venv module (Debian splits ensurepip into python3-venv).
+ensure_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "installing python3 and python3-venv (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+}
+
+# ensure_pinned_venv VENV PACKAGE VERSION: PACKAGE==VERSION from PyPI in its
+# own venv at VENV (made when missing). A venv left half-made by a stopped
+# run fails the version check and is made anew; two runs at once take turns
+# (flock on VENV.lock).
+ensure_pinned_venv() {
+  local venv=$1 package=$2 version=$3
+  _pinned() {
+    "$venv/bin/python" -c "
+import sys
+from importlib.metadata import version
+sys.exit(version('$package') != '$version')
+" >/dev/null 2>&1
+  }
+  _pinned && return 0
+  ensure_python_venv
+  mkdir -p "$(dirname "$venv")"
+  exec 9>"$venv.lock"
+  flock 9
+  if ! _pinned; then
+    echo "installing $package $version into $venv (pip)..." >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version"
+  fi
+  flock -u 9
+  exec 9>&-
+}

@@ -16,41 +16,6 @@ VALIDATOR_VERSION=0.9.0
 target=${CARGO_TARGET_DIR:-target}
 venv="$target/openapi-venv"
 
-# python3 with its venv module (Debian splits ensurepip into python3-venv).
-ensure_python_venv() {
-  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    echo "installing python3 and python3-venv (apt-get)..." >&2
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv >/dev/null
-  fi
-}
-
-have_validator() {
-  "$venv/bin/python" -c "
-import sys
-from importlib.metadata import version
-sys.exit(version('openapi-spec-validator') != '$VALIDATOR_VERSION')
-" >/dev/null 2>&1
-}
-
-# The validator in its venv, at the pinned version. A venv left half-made
-# by a stopped run fails the check and is made anew; two runs at once take
-# turns (flock).
-ensure_validator() {
-  have_validator && return 0
-  ensure_python_venv
-  mkdir -p "$target"
-  exec 9>"$target/openapi-venv.lock"
-  flock 9
-  if ! have_validator; then
-    echo "installing openapi-spec-validator $VALIDATOR_VERSION into $venv (pip)..." >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==$VALIDATOR_VERSION"
-  fi
-  flock -u 9
-}
-
 doc=${1:-}
 tmp=""
 trap '[ -z "$tmp" ] || rm -f "$tmp"' EXIT
@@ -61,7 +26,7 @@ if [ -z "$doc" ]; then
   "$target/debug/orchestrator" openapi >"$tmp"
   doc=$tmp
 fi
-ensure_validator
+ensure_pinned_venv "$venv" openapi-spec-validator "$VALIDATOR_VERSION"
 "$venv/bin/python" - "$doc" <<'PY'
 import sys
 
