@@ -164,7 +164,18 @@ impl Definition {
     /// only free-form field, `compensate.input`.)
     pub fn from_yaml(text: &str) -> Result<Self> {
         check_size(text)?;
-        let parse = |e: serde_norway::Error| DefinitionError::Parse(e.to_string());
+        let parse = |e: serde_norway::Error| {
+            let m = e.to_string();
+            // Well-formed YAML holding a whole number no JSON value can
+            // (beyond 64 bits): a value refused, not a text that does not parse.
+            if m.contains("number out of range") {
+                DefinitionError::Invalid(format!(
+                    "a number is out of range (whole numbers must fit in 64 bits): {m}"
+                ))
+            } else {
+                DefinitionError::Parse(m)
+            }
+        };
         // Straight into the struct first: its errors say where (line, column).
         let def: Self = serde_norway::from_str(text).map_err(parse)?;
         // Then through a JSON value, so YAML's scalars keep their types: read

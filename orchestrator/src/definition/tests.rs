@@ -699,3 +699,18 @@ fn a_whole_number_with_a_fraction_is_an_integer() {
         assert!(Definition::from_json(&text).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_yaml_whole_number_beyond_64_bits_is_an_invalid_value_not_a_parse_error() {
+    // Found by schemathesis: valid YAML (and valid JSON Schema), but no JSON
+    // value holds it; the API answers 422 as for any refused value.
+    for n in ["32589158477190044729", "-32589158477190044729"] {
+        let text = format!(
+            "name: big\nstages:\n  - name: a\n    agent: x\n    compensate:\n      input:\n        n: {n}\n"
+        );
+        match Definition::from_yaml(&text) {
+            Err(DefinitionError::Invalid(m)) => assert!(m.contains("out of range"), "{m}"),
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+}
