@@ -44,6 +44,14 @@ impl Keys {
         self.agent(t, "dlq")
     }
 
+    /// `N:agent:{T}:dlq-index` — hash: task id → the entry id of its newest
+    /// dead letter in `N:agent:{T}:dlq`. Kept by the scripts that add, replay
+    /// and purge dead letters, so a task's dead letter is found in O(1)
+    /// whatever the DLQ's length.
+    pub fn dlq_index(&self, t: &AgentType) -> String {
+        self.agent(t, "dlq-index")
+    }
+
     /// `N:agent:{T}:delayed` — sorted set of retries and delayed tasks, score = due
     /// time in ms by the Redis server's clock.
     pub fn delayed(&self, t: &AgentType) -> String {
