@@ -104,6 +104,48 @@ impl Keys {
         Ok(format!("{}:registry:agent:{instance_id}", self.ns))
     }
 
+    /// `N:registry:types` — set of every agent type that ever registered an
+    /// instance (added once per worker start): where fleet views find the
+    /// per-type keys below without a keyspace scan.
+    pub fn registry_types(&self) -> String {
+        format!("{}:registry:types", self.ns)
+    }
+
+    /// `N:agent:{T}:fleet` — hash: instance id → its [`crate::FleetRecord`]
+    /// (JSON), written by the heartbeat script with Redis times. Kept after
+    /// the instance vanishes (listed `gone`) until the orchestrator prunes
+    /// it, `--keep-gone` after its last heartbeat.
+    pub fn fleet(&self, t: &AgentType) -> String {
+        self.agent(t, "fleet")
+    }
+
+    /// `N:agent:{T}:fleet-seen` — sorted set: instance id → last heartbeat
+    /// (ms, Redis clock). Oldest/newest heartbeat and the prune of gone ones.
+    pub fn fleet_seen(&self, t: &AgentType) -> String {
+        self.agent(t, "fleet-seen")
+    }
+
+    /// `N:agent:{T}:fleet-expires` — sorted set: instance id → when it counts
+    /// as gone (ms, Redis clock: last heartbeat + 3 of its heartbeats). Live
+    /// instances are `ZCOUNT (now +inf`.
+    pub fn fleet_expires(&self, t: &AgentType) -> String {
+        self.agent(t, "fleet-expires")
+    }
+
+    /// `N:agent:{T}:fleet-active` — sorted set: instance id → its last sign
+    /// of work (the newest of last read, last commit, last progress; ms,
+    /// Redis clock). Wedged candidates are its low end.
+    pub fn fleet_active(&self, t: &AgentType) -> String {
+        self.agent(t, "fleet-active")
+    }
+
+    /// `N:agent:{T}:progress` — hash: task id → its latest
+    /// [`crate::TaskProgress`] (JSON), written at most once per heartbeat
+    /// by the instance running it, removed when the task settles.
+    pub fn progress(&self, t: &AgentType) -> String {
+        self.agent(t, "progress")
+    }
+
     /// `N:wf:{<id>}` — hash: one workflow's state (`state` JSON, `version`,
     /// `status`, `definition`, times) and its outbox of commands decided but
     /// not yet carried out. The id is the hash tag: a transition touches this
@@ -223,6 +265,12 @@ mod tests {
             format!("{}t-1", k.result_prefix(&t))
         );
         assert_eq!(k.registry_agents(), "prod:registry:agents");
+        assert_eq!(k.registry_types(), "prod:registry:types");
+        assert_eq!(k.fleet(&t), "prod:agent:{scaffold}:fleet");
+        assert_eq!(k.fleet_seen(&t), "prod:agent:{scaffold}:fleet-seen");
+        assert_eq!(k.fleet_expires(&t), "prod:agent:{scaffold}:fleet-expires");
+        assert_eq!(k.fleet_active(&t), "prod:agent:{scaffold}:fleet-active");
+        assert_eq!(k.progress(&t), "prod:agent:{scaffold}:progress");
         assert_eq!(
             k.registry_agent("host-1-ab").unwrap(),
             "prod:registry:agent:host-1-ab"

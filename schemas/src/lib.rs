@@ -33,7 +33,7 @@ pub use envelope::{ErrorInfo, ErrorKind, ResultEnvelope, TaskEnvelope, TaskStatu
 pub use error::{Error, Result};
 pub use keys::Keys;
 pub use names::{AgentType, Namespace};
-pub use registry::{AgentRecord, AgentStatus};
+pub use registry::{AgentRecord, AgentStatus, FleetRecord, TaskProgress};
 pub use stage_input::{StageInput, TaskInput};
 pub use task_id::{TaskId, TaskKind};
 pub use tree_path::check_tree_path;

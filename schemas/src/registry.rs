@@ -124,6 +124,72 @@ impl AgentRecord {
     }
 }
 
+/// An instance's record in its type's fleet hash `N:agent:{T}:fleet`: the
+/// registry record plus what it last did, every time by the Redis server's
+/// clock (the heartbeat script turns the worker's "how long ago" into Redis
+/// times, so no two hosts' clocks are compared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct FleetRecord {
+    /// The registry record (`last_seen_ms` by the Redis clock here).
+    #[serde(flatten)]
+    pub record: AgentRecord,
+    /// Last return of its XREADGROUP, empty or not (ms, Redis clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read_ms: Option<u64>,
+    /// Last commit of a finished task (ms, Redis clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_ms: Option<u64>,
+    /// Last progress report of a handler (ms, Redis clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_ms: Option<u64>,
+    /// When it counts as gone without another heartbeat (ms, Redis clock).
+    pub expires_at_ms: u64,
+}
+
+/// Longest progress message kept, in bytes (longer ones are cut at a
+/// character boundary): handler-chosen text shown in browsers and terminals.
+pub const MAX_PROGRESS_MESSAGE: usize = 200;
+
+/// A running task's latest progress report, in `N:agent:{T}:progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct TaskProgress {
+    /// Done so far, 0.0 ..= 1.0.
+    pub fraction: f32,
+    /// What the handler says it is doing (at most [`MAX_PROGRESS_MESSAGE`]
+    /// bytes, control characters removed; untrusted text: escape it).
+    pub message: String,
+    /// When it was reported (ms, Redis clock).
+    pub at_ms: u64,
+    /// The instance running the task.
+    pub instance: String,
+}
+
+impl TaskProgress {
+    /// `message` made safe to store: control characters dropped, cut to
+    /// [`MAX_PROGRESS_MESSAGE`] bytes at a character boundary.
+    pub fn clean_message(message: &str) -> String {
+        let mut out = String::with_capacity(message.len().min(MAX_PROGRESS_MESSAGE));
+        for c in message.chars().filter(|c| !c.is_control()) {
+            if out.len() + c.len_utf8() > MAX_PROGRESS_MESSAGE {
+                break;
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    /// `fraction` clamped into 0.0 ..= 1.0 (NaN is 0).
+    pub fn clamp_fraction(fraction: f32) -> f32 {
+        if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +216,16 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         assert_eq!(AgentRecord::from_fields(&map).unwrap(), r);
+    }
+
+    #[test]
+    fn progress_message_is_bounded_and_clean() {
+        let long = "é".repeat(300);
+        let m = TaskProgress::clean_message(&long);
+        assert!(m.len() <= MAX_PROGRESS_MESSAGE && m.len() >= MAX_PROGRESS_MESSAGE - 1);
+        assert_eq!(TaskProgress::clean_message("a\u{1b}[31mb\nc"), "a[31mbc");
+        assert_eq!(TaskProgress::clamp_fraction(f32::NAN), 0.0);
+        assert_eq!(TaskProgress::clamp_fraction(7.0), 1.0);
+        assert_eq!(TaskProgress::clamp_fraction(-1.0), 0.0);
     }
 }
