@@ -118,6 +118,9 @@ pub struct TaskContext {
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
     pub(crate) worker: std::sync::Arc<str>,
+    /// Where [`TaskContext::progress`] keeps its reports until the next
+    /// heartbeat writes them.
+    pub(crate) activity: std::sync::Arc<crate::worker::Activity>,
 }
 
 impl TaskContext {
@@ -162,5 +165,16 @@ impl TaskContext {
     /// should `select!` on it; the runtime drops the handler's future anyway.
     pub fn cancelled(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Reports how far the task is: `fraction` done (clamped into 0..=1)
+    /// and a short message (control characters dropped, cut to
+    /// [`schemas::registry::MAX_PROGRESS_MESSAGE`] bytes). Cheap at any
+    /// rate: the latest report is kept in memory and written to Redis once
+    /// per heartbeat (`N:agent:{T}:progress`), where the orchestrator shows
+    /// it on the running stage; it is removed when the task settles. A
+    /// report also counts as a sign of life against `wedged`.
+    pub fn progress(&self, fraction: f32, message: &str) {
+        self.activity.report(&self.task_id, fraction, message);
     }
 }

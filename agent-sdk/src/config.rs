@@ -103,6 +103,13 @@ pub struct RuntimeConfig {
     #[arg(long, env = "AGENTIC_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve `/live` and `/ready` on this address (e.g. 0.0.0.0:8081) for
+    /// probes: `/live` is 200 while the reader and commit loops run, `/ready`
+    /// 503 with the reason while Redis is unreachable or a loop is down.
+    /// Off when not given.
+    #[arg(long, env = "AGENTIC_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "AGENTIC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -129,6 +136,7 @@ impl Default for RuntimeConfig {
             result_ttl: Duration::from_secs(24 * 3600),
             results_max_len: 0,
             metrics_listen: None,
+            health_listen: None,
             log_format: LogFormat::Text,
         }
     }

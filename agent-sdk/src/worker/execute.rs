@@ -212,6 +212,7 @@ async fn run_task<A: Agent>(
         deadline: Instant::now() + timeout,
         cancel: token.clone(),
         worker: s.consumer.clone(),
+        activity: shared.inflight.activity.clone(),
     };
     shared.metrics.in_flight.increment(1.0);
     let started = Instant::now();
@@ -226,6 +227,8 @@ async fn run_task<A: Agent>(
     .await;
     let ran_for = started.elapsed();
     shared.metrics.in_flight.decrement(1.0);
+    // Its progress goes with it (deleted from Redis at the next beat).
+    shared.inflight.activity.settle(&ctx.task_id);
 
     let (output, failure) = match run {
         None => {

@@ -1,16 +1,28 @@
-//! The heartbeat: this instance's record in the registry.
+//! The heartbeat: this instance's record in the registry, and what it last
+//! did.
 //!
 //! The hash `N:registry:agent:<id>` expires three beats after the last one, so
 //! a killed process disappears by itself; a clean shutdown deletes it at once.
+//! Each beat also runs `heartbeat.lua` on the type's slot: the fleet record
+//! (last read, last commit, last progress, tasks held; Redis times), the
+//! fleet's sorted sets that keep a vanished instance listed as `gone`, and the
+//! progress handlers reported since the last beat ([`Activity`]): however
+//! often a handler calls [`crate::TaskContext::progress`], Redis sees one
+//! write per beat.
 
 use super::{Inflight, Settings};
 use crate::clock::now_ms;
 use crate::connection::{Conn, Connector};
-use schemas::{AgentRecord, AgentStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use redis::Script;
+use schemas::{AgentRecord, AgentStatus, TaskProgress};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+static HEARTBEAT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/heartbeat.lua")));
 
 /// Ready or draining, shared with the worker.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +38,228 @@ impl Status {
     }
 }
 
+/// One task's latest progress, waiting for the next beat.
+#[derive(Debug)]
+struct Report {
+    fraction: f32,
+    message: String,
+    at: Instant,
+    /// Changed since the last beat wrote it.
+    dirty: bool,
+    /// Written to Redis at least once (so its settlement must delete it).
+    written: bool,
+}
+
+/// What this instance last did, kept in memory by the loops and handlers
+/// and written by the heartbeat. Times are this process's monotonic clock
+/// (ms since `born`, 0 = never); the heartbeat sends them as ages.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    born: Instant,
+    last_read: AtomicU64,
+    last_commit: AtomicU64,
+    last_progress: AtomicU64,
+    progress: Mutex<HashMap<String, Report>>,
+    /// Tasks whose written progress must be deleted at the next beat.
+    settled: Mutex<Vec<String>>,
+    /// The reader and committer loops are running.
+    pub(crate) reader_up: AtomicBool,
+    pub(crate) committer_up: AtomicBool,
+    /// Why Redis is not usable, from the last beat (None: the last beat worked).
+    redis_error: Mutex<Option<String>>,
+    /// Last successful beat (ms since `born`, 0 = none yet).
+    last_beat_ok: AtomicU64,
+    /// The heartbeat interval, for the health check's staleness bound.
+    beat_every_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            born: Instant::now(),
+            last_read: AtomicU64::new(0),
+            last_commit: AtomicU64::new(0),
+            last_progress: AtomicU64::new(0),
+            progress: Mutex::default(),
+            settled: Mutex::default(),
+            reader_up: AtomicBool::new(false),
+            committer_up: AtomicBool::new(false),
+            redis_error: Mutex::new(Some("not connected to redis yet".into())),
+            last_beat_ok: AtomicU64::new(0),
+            beat_every_ms: AtomicU64::new(5000),
+        }
+    }
+}
+
+/// Sets a loop's flag while it lives, clears it when it ends (even by panic).
+pub(crate) struct LoopGuard<'a>(&'a AtomicBool);
+
+impl Drop for LoopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn tick(&self) -> u64 {
+        // +1 so that a tick in the first millisecond is not "never".
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    fn age(&self, tick: u64) -> i64 {
+        if tick == 0 {
+            -1
+        } else {
+            self.tick().saturating_sub(tick) as i64
+        }
+    }
+
+    /// An XREADGROUP returned (with entries or none).
+    pub(crate) fn read(&self) {
+        self.last_read.store(self.tick(), Ordering::Relaxed);
+    }
+
+    /// A finished task was committed.
+    pub(crate) fn committed(&self) {
+        self.last_commit.store(self.tick(), Ordering::Relaxed);
+    }
+
+    /// Marks a loop as running until the guard drops.
+    pub(crate) fn running<'a>(&self, flag: &'a AtomicBool) -> LoopGuard<'a> {
+        flag.store(true, Ordering::Relaxed);
+        LoopGuard(flag)
+    }
+
+    /// A handler's progress: kept in memory, written at the next beat.
+    pub(crate) fn report(&self, task_id: &str, fraction: f32, message: &str) {
+        let fraction = TaskProgress::clamp_fraction(fraction);
+        let now = Instant::now();
+        self.last_progress.store(self.tick(), Ordering::Relaxed);
+        let mut map = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(task_id) {
+            Some(r) => {
+                r.fraction = fraction;
+                r.at = now;
+                r.dirty = true;
+                // Same text (the usual case at high rates): no allocation.
+                if r.message != message {
+                    r.message = TaskProgress::clean_message(message);
+                }
+            }
+            None => {
+                map.insert(
+                    task_id.to_owned(),
+                    Report {
+                        fraction,
+                        message: TaskProgress::clean_message(message),
+                        at: now,
+                        dirty: true,
+                        written: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The task's handler is over: its progress goes (deleted at the next
+    /// beat if it was written).
+    pub(crate) fn settle(&self, task_id: &str) {
+        let removed = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task_id);
+        if removed.is_some_and(|r| r.written) {
+            self.settled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(task_id.to_owned());
+        }
+    }
+
+    /// Why this instance is not ready, or None when it is: a loop is down,
+    /// or Redis did not take the last heartbeat (or none for three beats).
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if !self.reader_up.load(Ordering::Relaxed) {
+            return Some("the reader loop is not running".into());
+        }
+        if !self.committer_up.load(Ordering::Relaxed) {
+            return Some("the commit loop is not running".into());
+        }
+        if let Some(e) = self
+            .redis_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(format!("redis unreachable: {e}"));
+        }
+        let last = self.last_beat_ok.load(Ordering::Relaxed);
+        let every = self.beat_every_ms.load(Ordering::Relaxed);
+        let age = self.age(last);
+        if age < 0 || age as u64 > every * 3 {
+            return Some(format!("no heartbeat reached redis for {age} ms"));
+        }
+        None
+    }
+
+    /// Why this instance is not live (a loop is down), or None.
+    pub(crate) fn not_live(&self) -> Option<String> {
+        if !self.reader_up.load(Ordering::Relaxed) {
+            return Some("the reader loop is not running".into());
+        }
+        if !self.committer_up.load(Ordering::Relaxed) {
+            return Some("the commit loop is not running".into());
+        }
+        None
+    }
+
+    fn beat_ok(&self) {
+        *self.redis_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.last_beat_ok.store(self.tick(), Ordering::Relaxed);
+    }
+
+    fn beat_failed(&self, e: &redis::RedisError) {
+        *self.redis_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+    }
+
+    /// The reports changed since the last beat (marked written) and the
+    /// settled tasks to delete, taken for one beat.
+    fn take(&self) -> (Vec<(String, f32, String, u64)>, Vec<String>) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (id, r) in self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|(_, r)| r.dirty)
+        {
+            r.dirty = false;
+            r.written = true;
+            let age = now.saturating_duration_since(r.at).as_millis() as u64;
+            out.push((id.clone(), r.fraction, r.message.clone(), age));
+        }
+        let settled = std::mem::take(&mut *self.settled.lock().unwrap_or_else(|e| e.into_inner()));
+        (out, settled)
+    }
+
+    /// Puts back what a failed beat did not write.
+    fn untake(&self, reports: Vec<(String, f32, String, u64)>, settled: Vec<String>) {
+        let mut map = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, ..) in reports {
+            if let Some(r) = map.get_mut(&id) {
+                r.dirty = true;
+            }
+        }
+        drop(map);
+        self.settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(settled);
+    }
+}
+
 pub(crate) async fn run(
     s: Arc<Settings>,
     inflight: Arc<Inflight>,
@@ -38,7 +272,19 @@ pub(crate) async fn run(
     let Ok(key) = s.keys.registry_agent(&s.consumer) else {
         return;
     };
+    let activity = inflight.activity.clone();
+    activity
+        .beat_every_ms
+        .store(s.cfg.heartbeat.as_millis() as u64, Ordering::Relaxed);
     let ttl = s.cfg.heartbeat * 3;
+    let fleet = [
+        s.keys.fleet(&s.agent_type),
+        s.keys.fleet_seen(&s.agent_type),
+        s.keys.fleet_expires(&s.agent_type),
+        s.keys.fleet_active(&s.agent_type),
+        s.keys.progress(&s.agent_type),
+    ];
+    let mut type_known = false;
     loop {
         let record = AgentRecord {
             instance_id: s.consumer.to_string(),
@@ -61,6 +307,26 @@ pub(crate) async fn run(
         let Some(mut c) = conn.get(&stop).await else {
             return;
         };
+        let (reports, settled) = activity.take();
+        let mut inv = HEARTBEAT.prepare_invoke();
+        for k in &fleet {
+            inv.key(k);
+        }
+        inv.arg(&*s.consumer)
+            .arg(serde_json::to_string(&record).unwrap_or_default())
+            .arg(ttl.as_millis() as u64)
+            .arg(activity.age(activity.last_read.load(Ordering::Relaxed)))
+            .arg(activity.age(activity.last_commit.load(Ordering::Relaxed)))
+            .arg(activity.age(activity.last_progress.load(Ordering::Relaxed)))
+            .arg(reports.len());
+        for (id, fraction, message, age) in &reports {
+            inv.arg(id).arg(*fraction).arg(message).arg(*age);
+        }
+        for id in &settled {
+            inv.arg(id);
+        }
+        // One round trip: the record every reader of the registry knows, and
+        // the fleet script (EVALSHA; loaded on NOSCRIPT and sent again).
         let mut pipe = redis::pipe();
         pipe.hset_multiple(&key, &record.to_fields())
             .ignore()
@@ -68,9 +334,31 @@ pub(crate) async fn run(
             .ignore()
             .zadd(s.keys.registry_agents(), &*s.consumer, record.last_seen_ms)
             .ignore();
-        match pipe.query_async::<()>(&mut c).await {
-            Ok(()) => conn.succeeded(),
+        if !type_known {
+            pipe.sadd(s.keys.registry_types(), s.agent_type.as_str())
+                .ignore();
+        }
+        pipe.invoke_script(&inv).ignore();
+        let mut result = pipe.query_async::<()>(&mut c).await;
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // First beat on this server (or after a SCRIPT FLUSH / restart).
+            result = match inv.load_async(&mut c).await {
+                Ok(_) => pipe.query_async::<()>(&mut c).await,
+                Err(e) => Err(e),
+            };
+        }
+        match result {
+            Ok(()) => {
+                type_known = true;
+                activity.beat_ok();
+                conn.succeeded();
+            }
             Err(e) => {
+                activity.beat_failed(&e);
+                activity.untake(reports, settled);
                 if !conn.failed(&e, &stop).await {
                     return;
                 }
@@ -98,10 +386,25 @@ pub(crate) async fn deregister(s: &Settings, connector: &Connector) {
     let Ok(key) = s.keys.registry_agent(&s.consumer) else {
         return;
     };
+    let t = &s.agent_type;
     let mut pipe = redis::pipe();
     pipe.del(&key)
         .ignore()
         .zrem(s.keys.registry_agents(), &*s.consumer)
+        .ignore();
+    // A clean stop is not a disappearance: the fleet forgets it at once
+    // (MULTI: one slot, all or nothing).
+    pipe.cmd("MULTI")
+        .ignore()
+        .hdel(s.keys.fleet(t), &*s.consumer)
+        .ignore()
+        .zrem(s.keys.fleet_seen(t), &*s.consumer)
+        .ignore()
+        .zrem(s.keys.fleet_expires(t), &*s.consumer)
+        .ignore()
+        .zrem(s.keys.fleet_active(t), &*s.consumer)
+        .ignore()
+        .cmd("EXEC")
         .ignore();
     if let Err(e) = pipe.query_async::<()>(&mut c).await {
         tracing::warn!(error = %e, "cannot deregister; the registry record expires by itself");

@@ -17,7 +17,9 @@
 mod commit;
 mod delivery;
 mod execute;
+mod health;
 mod heartbeat;
+pub(crate) use heartbeat::Activity;
 mod lease;
 mod metrics;
 mod promote;
@@ -39,6 +41,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use health::{InLoop, Loop};
 use tracing::Instrument;
 
 /// Validated settings and the key names derived from them, built once.
@@ -65,6 +68,9 @@ pub(crate) struct Inflight {
     tasks: Mutex<HashMap<String, CancellationToken>>,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// What this instance last did (read, commit, progress) and whether its
+    /// loops run: written by the heartbeat, served by the health listener.
+    pub(crate) activity: Arc<heartbeat::Activity>,
 }
 
 impl Inflight {
@@ -114,6 +120,7 @@ impl Inflight {
     }
 
     pub(crate) fn count(&self, failed: bool) {
+        self.activity.committed();
         self.processed.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +279,16 @@ impl<A: Agent> Worker<A> {
         let s = shared.settings.clone();
         // Everything but draining stops when the drain is over.
         let stop_all = CancellationToken::new();
+        // However run ends (even before the loops start), the side tasks stop.
+        let _stop_side = stop_all.clone().drop_guard();
+        // Bound before Redis is reached: a probe reads 503 with the reason
+        // while the worker waits for Redis, instead of a refused connection.
+        let health = match s.cfg.health_listen {
+            Some(addr) => Some(
+                health::start(addr, shared.inflight.activity.clone(), stop_all.clone()).await?,
+            ),
+            None => None,
+        };
 
         // The reader's response timeout must outlast its BLOCK, or every idle
         // read would look like a dead connection.
@@ -296,6 +313,7 @@ impl<A: Agent> Worker<A> {
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let short = Duration::from_secs(5);
+        let activity = shared.inflight.activity.clone();
         let committer = tokio::spawn(
             commit::run(
                 s.clone(),
@@ -305,7 +323,8 @@ impl<A: Agent> Worker<A> {
                 connector.conn("commit", short),
                 shared.hard_stop.clone(),
             )
-            .instrument(shared.span.clone()),
+            .instrument(shared.span.clone())
+            .in_loop(activity.clone(), Loop::Committer),
         );
         let status = heartbeat::Status::default();
         let background = TaskTracker::new();
@@ -337,7 +356,9 @@ impl<A: Agent> Worker<A> {
             .instrument(shared.span.clone()),
         );
         background.close();
-        read::run(shared.clone(), tx, reader, read_conn, shutdown.clone()).await;
+        read::run(shared.clone(), tx, reader, read_conn, shutdown.clone())
+            .in_loop(activity.clone(), Loop::Reader)
+            .await;
 
         // Draining.
         status.set_draining();
@@ -368,6 +389,9 @@ impl<A: Agent> Worker<A> {
         stop_all.cancel();
         background.wait().await;
         heartbeat::deregister(&s, &connector).await;
+        if let Some(h) = health {
+            let _ = h.await;
+        }
         tracing::info!(
             processed = shared.inflight.processed.load(Ordering::Relaxed),
             "worker stopped"

@@ -48,6 +48,8 @@ pub(crate) async fn run<A: Agent>(
         let Some(taken) = reader.next(&mut conn, &stop, want, &policy).await else {
             return;
         };
+        // A read that returned, empty or not: this instance is not wedged.
+        shared.inflight.activity.read();
         shared.metrics.vanished.increment(taken.vanished as u64);
         let reclaimed = taken
             .entries

@@ -1,0 +1,63 @@
+#!lua
+-- One instance's heartbeat in its type's fleet keys, and the progress of the
+-- tasks it runs: one call per heartbeat, whatever the handlers reported.
+--
+-- The worker sends ages ("read 120 ms ago", by its own monotonic clock); this
+-- script turns them into Redis times, so every age a fleet view shows is by
+-- the server's clock and no two hosts' clocks are ever compared.
+--
+-- KEYS[1] fleet hash, KEYS[2] fleet-seen, KEYS[3] fleet-expires,
+-- KEYS[4] fleet-active, KEYS[5] progress hash.
+-- ARGV[1] instance id, ARGV[2] registry record (JSON), ARGV[3] ttl ms,
+-- ARGV[4] read age ms, ARGV[5] commit age ms, ARGV[6] progress age ms
+-- (-1 = never), ARGV[7] n progress reports, then n x (task id, fraction,
+-- message, age ms), then task ids whose progress is to be deleted.
+-- Returns the Redis time (ms) written as last seen.
+local fleet, seen, expires, active, progress = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+
+local record = cjson.decode(ARGV[2])
+record.last_seen_ms = now
+record.expires_at_ms = now + ttl
+local newest = nil
+local function at(age, field)
+  age = tonumber(age)
+  if age >= 0 then
+    local ms = now - age
+    record[field] = ms
+    if newest == nil or ms > newest then newest = ms end
+  end
+end
+at(ARGV[4], 'last_read_ms')
+at(ARGV[5], 'last_commit_ms')
+at(ARGV[6], 'last_progress_ms')
+
+redis.call('HSET', fleet, id, cjson.encode(record))
+redis.call('ZADD', seen, now, id)
+redis.call('ZADD', expires, now + ttl, id)
+if newest == nil then
+  -- Nothing done yet: count from the first heartbeat, never reset it.
+  redis.call('ZADD', active, 'NX', now, id)
+else
+  redis.call('ZADD', active, newest, id)
+end
+
+local n = tonumber(ARGV[7])
+local i = 8
+for _ = 1, n do
+  local p = {
+    fraction = tonumber(ARGV[i + 1]),
+    message = ARGV[i + 2],
+    at_ms = now - tonumber(ARGV[i + 3]),
+    instance = id,
+  }
+  redis.call('HSET', progress, ARGV[i], cjson.encode(p))
+  i = i + 4
+end
+for j = i, #ARGV do
+  redis.call('HDEL', progress, ARGV[j])
+end
+return now
