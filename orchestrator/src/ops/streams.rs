@@ -51,8 +51,17 @@ pub struct StreamStats {
     pub pending: u64,
     /// Age of the oldest pending task since it was enqueued (ms, Redis clock).
     pub oldest_pending_age_ms: Option<u64>,
-    /// Consumers in the workers' group (live or not).
+    /// Age of the oldest task waiting to be delivered: the backlog head,
+    /// the first entry after the group's last-delivered id, by its id's
+    /// time against the Redis clock (ms). None when nothing waits.
+    pub oldest_waiting_age_ms: Option<u64>,
+    /// Consumers of the workers' group: the group's own count, or the live
+    /// registered instances of the type when more (Redis 7.0 adds a consumer
+    /// to the group only once a read returned entries, so idle live workers
+    /// are not in it yet).
     pub consumers: u64,
+    /// Live registered instances of the type (heartbeating).
+    pub live_instances: u64,
     /// Retries and delayed tasks waiting for their time.
     pub delayed: u64,
     /// Dead letters.
@@ -106,12 +115,20 @@ pub async fn stream_stats<C: ConnectionLike + Send>(
                 .query_async(conn)
                 .await?;
         let now_ms = secs * 1000 + micros / 1000;
+        let live: u64 = redis::cmd("ZCOUNT")
+            .arg(keys.fleet_expires(t))
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .query_async(conn)
+            .await?;
         let mut s = StreamStats {
             agent_type: t.to_string(),
             backlog,
             pending: 0,
             oldest_pending_age_ms: None,
-            consumers: 0,
+            oldest_waiting_age_ms: None,
+            consumers: live,
+            live_instances: live,
             delayed,
             dlq,
             lag: None,
@@ -129,11 +146,33 @@ pub async fn stream_stats<C: ConnectionLike + Send>(
                     .as_deref()
                     == Some(WORKERS_GROUP)
             });
-            if let Some(g) = group {
+            // Without the group every entry waits: the head is the first.
+            let mut from = "-".to_owned();
+            if let Some(g) = &group {
                 s.pending = u64_of(g.get("pending")).unwrap_or(0);
-                s.consumers = u64_of(g.get("consumers")).unwrap_or(0);
+                s.consumers = u64_of(g.get("consumers")).unwrap_or(0).max(live);
                 s.lag = u64_of(g.get("lag"));
-                if s.pending > 0 {
+                if let Some(last) = g
+                    .get("last-delivered-id")
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                {
+                    from = format!("({last}");
+                }
+            }
+            let head: Vec<(String, Vec<(String, redis::Value)>)> = redis::cmd("XRANGE")
+                .arg(&tasks)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(conn)
+                .await?;
+            s.oldest_waiting_age_ms = head
+                .first()
+                .and_then(|(id, _)| EntryId::ms_of(id))
+                .map(|ms| now_ms.saturating_sub(ms));
+            if group.is_some() && s.pending > 0 {
+                {
                     let summary: redis::Value = redis::cmd("XPENDING")
                         .arg(&tasks)
                         .arg(WORKERS_GROUP)
