@@ -89,6 +89,17 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_SWEEP_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub sweep_grace: Duration,
 
+    /// A live agent instance with work waiting for it (undelivered tasks of
+    /// its type, or tasks it holds) and no read, commit or progress for this
+    /// long is reported `wedged` (dashboard, `/api/v1/agents`, `/metrics`).
+    #[arg(long, env = "AGENTIC_WEDGED_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub wedged_after: Duration,
+
+    /// A vanished agent instance (no heartbeat) stays listed as `gone`, with
+    /// its last-seen time, this long; then it is forgotten.
+    #[arg(long, env = "AGENTIC_KEEP_GONE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub keep_gone: Duration,
+
     /// Extra agent types whose results to consume (those of registered
     /// definitions are found by themselves).
     #[arg(long = "watch", env = "AGENTIC_WATCH", value_delimiter = ',')]

@@ -100,7 +100,24 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     api::install_metrics();
     let (tokens, token_count) = api_tokens(&cfg, listener.local_addr()?.port())?;
     let connector = cfg.redis.connector()?;
+    // The port answers from the first moment: `/health` 200 and `/ready`
+    // 503 while Redis is being reached, on a second handle of the same
+    // socket. The full API takes over once it is built (both accept on the
+    // socket for a moment, then this one stops).
+    let addr = listener.local_addr()?;
+    let listener = listener.into_std()?;
+    let early_stop = stop.child_token();
+    let early = tokio::spawn(transport::serve(
+        TcpListener::from_std(listener.try_clone()?)?,
+        api::starting_router(),
+        cfg.connection_bounds(),
+        early_stop.clone(),
+    ));
+    let listener = TcpListener::from_std(listener)?;
+    let _early_ends = early_stop.clone().drop_guard();
     let Some(mut conn) = connect_manager(&connector, &stop).await? else {
+        early_stop.cancel();
+        let _ = early.await;
         return Ok(());
     };
     let client = loop {
@@ -190,42 +207,61 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     let tracker = TaskTracker::new();
     // Loops stop on their own token: the HTTP server drains first.
     let loops_stop = CancellationToken::new();
+    // Each loop is marked running while its task lives: `/ready` names one
+    // that ended.
+    let loops = Arc::new(api::Loops::default());
     // One results consumer for every watched type, on one connection of
     // its own for its blocking reads: a type watched later joins its set.
-    tracker.spawn(results::consume(
-        engine.clone(),
-        conn.clone(),
-        connector.conn("results", settings.block + Duration::from_secs(5)),
-        watch_rx,
-        settings,
-        loops_stop.clone(),
+    tracker.spawn(loops.track(
+        "results",
+        results::consume(
+            engine.clone(),
+            conn.clone(),
+            connector.conn("results", settings.block + Duration::from_secs(5)),
+            watch_rx,
+            settings,
+            loops_stop.clone(),
+        ),
     ));
-    tracker.spawn(timers::run(
-        engine.clone(),
-        conn.clone(),
-        cfg.timer_tick,
-        loops_stop.clone(),
+    tracker.spawn(loops.track(
+        "timers",
+        timers::run(
+            engine.clone(),
+            conn.clone(),
+            cfg.timer_tick,
+            loops_stop.clone(),
+        ),
     ));
-    tracker.spawn(sweep::run(
-        engine.clone(),
-        conn.clone(),
-        SweepSettings {
-            interval: cfg.sweep_interval,
-            grace: cfg.sweep_grace,
-        },
-        loops_stop.clone(),
+    tracker.spawn(loops.track(
+        "sweep",
+        sweep::run(
+            engine.clone(),
+            conn.clone(),
+            SweepSettings {
+                interval: cfg.sweep_interval,
+                grace: cfg.sweep_grace,
+            },
+            loops_stop.clone(),
+        ),
     ));
     let (changes_tx, _) = broadcast::channel(1024);
-    tracker.spawn(changes::run(
-        connector.client().clone(),
-        engine.keys().workflow_changes(),
-        changes_tx.clone(),
-        loops_stop.clone(),
+    tracker.spawn(loops.track(
+        "changes",
+        changes::run(
+            connector.client().clone(),
+            engine.keys().workflow_changes(),
+            changes_tx.clone(),
+            loops_stop.clone(),
+        ),
     ));
 
-    let addr = listener.local_addr()?;
     let access = api::Access::new(tokens, addr, &cfg.allowed_hosts);
+    let fleet = orchestrator::ops::fleet::FleetSettings {
+        wedged_after: cfg.wedged_after,
+        keep_gone: cfg.keep_gone,
+    };
     let state = AppState::new(engine.clone(), pool, access, changes_tx, stop.clone())
+        .with_liveness(fleet, loops)
         .with_metrics_token_required(cfg.metrics_token_required);
     let app = transport::bound_requests(api::router(state, cfg.max_body), cfg.request_bounds());
     tracing::info!(
@@ -237,7 +273,15 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
         max_connections = cfg.max_connections,
         "orchestrator serving"
     );
-    transport::serve(listener, app, cfg.connection_bounds(), stop.clone()).await;
+    let full = tokio::spawn(transport::serve(
+        listener,
+        app,
+        cfg.connection_bounds(),
+        stop.clone(),
+    ));
+    early_stop.cancel();
+    let _ = early.await;
+    let _ = full.await;
     tracing::info!("HTTP server stopped; draining the loops");
     loops_stop.cancel();
     tracker.close();

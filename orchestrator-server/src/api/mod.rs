@@ -35,7 +35,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 pub use doc::openapi_json;
 use error::ApiError;
-pub use health::install_metrics;
+pub use health::{Loops, install_metrics, starting_router};
 use orchestrator::Engine;
 use orchestrator::store::Change;
 use std::sync::Arc;
@@ -62,6 +62,10 @@ struct Inner {
     stop: CancellationToken,
     /// Agent types found by the last keyspace scan, and when.
     types: tokio::sync::Mutex<Option<(std::time::Instant, Vec<AgentType>)>>,
+    /// The engine's loops, for `/ready`.
+    loops: Arc<health::Loops>,
+    /// How the fleet of agents is judged (`--wedged-after`, `--keep-gone`).
+    fleet: orchestrator::ops::fleet::FleetSettings,
 }
 
 /// How long a scan for agent types is reused: the dashboard asks every few
@@ -86,8 +90,33 @@ impl AppState {
                 changes,
                 stop,
                 types: tokio::sync::Mutex::default(),
+                loops: Arc::default(),
+                fleet: orchestrator::ops::fleet::FleetSettings::default(),
             }),
         }
+    }
+
+    /// Judges the fleet with `fleet` and reports `loops` in `/ready`. Call
+    /// it on the state just built (before it is cloned): later it changes
+    /// nothing.
+    pub fn with_liveness(
+        mut self,
+        fleet: orchestrator::ops::fleet::FleetSettings,
+        loops: Arc<health::Loops>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.fleet = fleet;
+            inner.loops = loops;
+        }
+        self
+    }
+
+    fn loops(&self) -> &health::Loops {
+        &self.inner.loops
+    }
+
+    fn fleet(&self) -> &orchestrator::ops::fleet::FleetSettings {
+        &self.inner.fleet
     }
 
     /// Makes `/metrics` ask for the token like `/api/v1` does.
