@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod hostile;
 mod limits;
+mod liveness;
 mod openapi;
 mod outbox;
 mod workflows;
