@@ -120,7 +120,13 @@ pub struct TaskContext {
     pub(crate) worker: std::sync::Arc<str>,
     /// Where [`TaskContext::progress`] keeps its reports until the next
     /// heartbeat writes them.
-    pub(crate) activity: std::sync::Arc<crate::worker::Activity>,
+    pub(crate) progress: std::sync::Arc<dyn ProgressSink>,
+}
+
+/// Keeps a handler's progress reports (the worker's heartbeat state).
+pub(crate) trait ProgressSink: Send + Sync + std::fmt::Debug {
+    /// The latest report of `task_id`.
+    fn report(&self, task_id: &str, fraction: f32, message: &str);
 }
 
 impl TaskContext {
@@ -175,6 +181,6 @@ impl TaskContext {
     /// it on the running stage; it is removed when the task settles. A
     /// report also counts as a sign of life against `wedged`.
     pub fn progress(&self, fraction: f32, message: &str) {
-        self.activity.report(&self.task_id, fraction, message);
+        self.progress.report(&self.task_id, fraction, message);
     }
 }

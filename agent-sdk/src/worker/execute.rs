@@ -212,7 +212,7 @@ async fn run_task<A: Agent>(
         deadline: Instant::now() + timeout,
         cancel: token.clone(),
         worker: s.consumer.clone(),
-        activity: shared.inflight.activity.clone(),
+        progress: shared.inflight.activity.clone(),
     };
     shared.metrics.in_flight.increment(1.0);
     let started = Instant::now();

@@ -130,8 +130,11 @@ impl Activity {
         LoopGuard(flag)
     }
 
+}
+
+impl crate::agent::ProgressSink for Activity {
     /// A handler's progress: kept in memory, written at the next beat.
-    pub(crate) fn report(&self, task_id: &str, fraction: f32, message: &str) {
+    fn report(&self, task_id: &str, fraction: f32, message: &str) {
         let fraction = TaskProgress::clamp_fraction(fraction);
         let now = Instant::now();
         self.last_progress.store(self.tick(), Ordering::Relaxed);
@@ -160,6 +163,9 @@ impl Activity {
             }
         }
     }
+}
+
+impl Activity {
 
     /// The task's handler is over: its progress goes (deleted at the next
     /// beat if it was written).

@@ -19,7 +19,6 @@ mod delivery;
 mod execute;
 mod health;
 mod heartbeat;
-pub(crate) use heartbeat::Activity;
 mod lease;
 mod metrics;
 mod promote;
