@@ -18,12 +18,15 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-/// Even without a change message, the log is re-read this often.
-const POLL: Duration = Duration::from_secs(5);
+/// Even without a change message, the log is re-read this often, and the
+/// running stages' progress with it (a handler's report reaches Redis once
+/// per worker heartbeat, so a faster poll would show nothing new).
+const PROGRESS_POLL: Duration = Duration::from_secs(1);
 
 fn into_sse(rx: mpsc::Receiver<Event>) -> Response {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -93,8 +96,11 @@ pub struct StreamQuery {
 /// `GET /workflows/{id}/events` — server-sent events: the workflow's event
 /// log from the start (or after `Last-Event-ID` / `?after=`), then live, a
 /// `transition` event per entry (SSE id: the log entry id; data: a
-/// `LogEntry` as JSON); an `end` event (`{"workflow_id", "ended": true}`)
-/// once the workflow has ended, and the stream closes.
+/// `LogEntry` as JSON); a `progress` event (`{"stage", "task_id",
+/// "progress": {"fraction", "message", "at_ms", "instance"}}`) when a
+/// running stage's handler reported progress (the message is the handler's
+/// text: escape it); an `end` event (`{"workflow_id", "ended": true}`) once
+/// the workflow has ended, and the stream closes.
 #[utoipa::path(
     get,
     path = "/workflows/{id}/events",
@@ -106,7 +112,7 @@ pub struct StreamQuery {
         StreamQuery,
     ),
     responses(
-        (status = 200, description = "An event stream: `transition` events (data: `LogEntry`), then `end`",
+        (status = 200, description = "An event stream: `transition` events (data: `LogEntry`) and `progress` events (data: `{stage, task_id, progress}`), then `end`",
             content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "`bad_request`: not an event id; `bad_query`: an unknown parameter", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
@@ -140,6 +146,8 @@ pub async fn workflow(
         }
     }
     let mut after = header.or(q.after);
+    // Per stage: the (time, fraction) of the progress last sent.
+    let mut sent: HashMap<String, (u64, u32)> = HashMap::new();
     {
         let mut conn = state.conn().await?;
         if state.engine().store().load(&mut conn, &id).await?.is_none() {
@@ -195,8 +203,16 @@ pub async fn workflow(
             if full {
                 continue;
             }
-            // Wait for a change of this workflow (or poll).
-            let deadline = tokio::time::sleep(POLL);
+            // Running stages' progress, when it moved since last sent.
+            for ev in progress_events(&state, &id, &mut sent).await {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            // Wait for a change of this workflow (or poll, often enough to
+            // follow progress: a handler's report reaches Redis once per
+            // worker heartbeat).
+            let deadline = tokio::time::sleep(PROGRESS_POLL);
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
@@ -214,4 +230,50 @@ pub async fn workflow(
         }
     });
     Ok(into_sse(rx))
+}
+
+/// `progress` events of `id`'s running stages whose report changed since
+/// `sent` (updated). Errors only cost this round's events.
+async fn progress_events(
+    state: &AppState,
+    id: &str,
+    sent: &mut HashMap<String, (u64, u32)>,
+) -> Vec<Event> {
+    let Ok(mut conn) = state.conn().await else {
+        return Vec::new();
+    };
+    let Ok(Some(stored)) = state.engine().store().load(&mut conn, id).await else {
+        return Vec::new();
+    };
+    let wf = stored.workflow;
+    let Ok(def) = state
+        .engine()
+        .catalog()
+        .get(&mut conn, &wf.definition, Some(wf.definition_version))
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(progress) = super::workflows::running_progress(state, &mut conn, &wf, &def).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in &wf.stages {
+        let Some(p) = s.task_id.as_ref().and_then(|t| progress.get(t)) else {
+            continue;
+        };
+        let mark = (p.at_ms, p.fraction.to_bits());
+        if sent.get(&s.name) == Some(&mark) {
+            continue;
+        }
+        sent.insert(s.name.clone(), mark);
+        let data = serde_json::json!({ "stage": s.name, "task_id": s.task_id, "progress": p });
+        out.push(
+            Event::default()
+                .event("progress")
+                .json_data(&data)
+                .unwrap_or_else(|_| Event::default().comment("unencodable progress")),
+        );
+    }
+    out
 }

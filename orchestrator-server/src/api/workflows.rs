@@ -70,6 +70,11 @@ struct StageDetail {
     /// From its last dispatch to its end, once it has ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_ms: Option<u64>,
+    /// While it runs: its handler's latest progress report (fraction,
+    /// message, when by the Redis clock, instance), if it reported any.
+    /// The message is the handler's text: escape it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<agent_sdk::schemas::TaskProgress>,
 }
 
 /// Builds the view on the caller's connection: a handler never holds two
@@ -89,12 +94,16 @@ async fn view(
             Some(workflow.definition_version),
         )
         .await?;
+    let progress = running_progress(state, conn, &workflow, &def).await?;
     let stage_details = workflow
         .stages
         .iter()
         .map(|s| {
             let sd = def.stage(&s.name);
             StageDetail {
+                progress: (s.status == orchestrator::machine::StageStatus::Running)
+                    .then(|| s.task_id.as_ref().and_then(|t| progress.get(t).cloned()))
+                    .flatten(),
                 name: s.name.clone(),
                 agent: sd.map(|d| d.agent.clone()).unwrap_or_default(),
                 depends_on: sd.map(|d| d.depends_on.clone()).unwrap_or_default(),
@@ -112,6 +121,23 @@ async fn view(
         version,
         stage_details,
     })
+}
+
+/// The latest progress of `workflow`'s running stages, by task id: one
+/// `HMGET` per agent type.
+pub(super) async fn running_progress(
+    state: &AppState,
+    conn: &mut deadpool_redis::Connection,
+    workflow: &Workflow,
+    def: &orchestrator::Definition,
+) -> ApiResult<std::collections::HashMap<String, agent_sdk::schemas::TaskProgress>> {
+    let running: Vec<(&str, &str)> = workflow
+        .stages
+        .iter()
+        .filter(|s| s.status == orchestrator::machine::StageStatus::Running)
+        .filter_map(|s| Some((def.stage(&s.name)?.agent.as_str(), s.task_id.as_deref()?)))
+        .collect();
+    Ok(orchestrator::ops::fleet::running_progress(conn, state.engine().keys(), &running).await?)
 }
 
 fn location(id: &str) -> HeaderValue {

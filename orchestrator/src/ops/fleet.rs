@@ -345,6 +345,35 @@ pub async fn progress<C: ConnectionLike + Send>(
         .collect())
 }
 
+/// The latest progress of running tasks given as (agent type, task id):
+/// one `HMGET` per agent type. By task id; tasks without a report are absent.
+pub async fn running_progress<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    running: &[(&str, &str)],
+) -> Result<HashMap<String, TaskProgress>> {
+    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (agent, task) in running {
+        by_type.entry(agent).or_default().push(task);
+    }
+    let mut out = HashMap::new();
+    for (agent, tasks) in by_type {
+        if let Ok(t) = AgentType::new(agent) {
+            out.extend(progress(conn, keys, &t, &tasks).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// `message` fit for a terminal: control characters (which a report read
+/// back from Redis could still hold, whoever wrote it) shown as `?`.
+pub fn printable(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
