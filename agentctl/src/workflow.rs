@@ -7,6 +7,7 @@ use super::{CtlResult, Ctx, ExitStatus, json_arg};
 use clap::Subcommand;
 use orchestrator::engine::{NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
+use orchestrator::ops::fleet;
 use orchestrator::store::{ListFilter, LogEntry};
 use serde::Serialize;
 use std::time::Duration;
@@ -362,6 +363,8 @@ async fn watch(ctx: &Ctx, id: &str, human: bool, timeout: Option<Duration>) -> C
     let store = ctx.engine.store();
     let mut after: Option<String> = None;
     let mut ended = None;
+    // Per stage: the (time, fraction) of the progress last printed.
+    let mut shown = std::collections::HashMap::new();
     loop {
         let entries: Vec<LogEntry> = store.log(&mut conn, id, after.as_deref(), 1000).await?;
         for e in &entries {
@@ -391,6 +394,9 @@ async fn watch(ctx: &Ctx, id: &str, human: bool, timeout: Option<Duration>) -> C
             ended = Some((wf, v));
             continue;
         }
+        if human {
+            show_progress(ctx, &wf, &mut shown).await;
+        }
         if human && !said_blocked && wf.status == WorkflowStatus::Blocked {
             said_blocked = true;
             println!(
@@ -412,6 +418,50 @@ async fn watch(ctx: &Ctx, id: &str, human: bool, timeout: Option<Duration>) -> C
             )));
         }
         tokio::time::sleep(WATCH_POLL).await;
+    }
+}
+
+/// Prints the progress of `wf`'s running stages that moved since `shown`.
+/// Progress is for people: a failure to read it is skipped, not an error.
+async fn show_progress(
+    ctx: &Ctx,
+    wf: &Workflow,
+    shown: &mut std::collections::HashMap<String, (u64, u32)>,
+) {
+    let mut conn = ctx.conn();
+    let Ok(def) = ctx
+        .engine
+        .catalog()
+        .get(&mut conn, &wf.definition, Some(wf.definition_version))
+        .await
+    else {
+        return;
+    };
+    let running: Vec<(&str, &str)> = wf
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Running)
+        .filter_map(|s| Some((def.stage(&s.name)?.agent.as_str(), s.task_id.as_deref()?)))
+        .collect();
+    let Ok(progress) = fleet::running_progress(&mut conn, ctx.engine.keys(), &running).await else {
+        return;
+    };
+    for s in &wf.stages {
+        let Some(p) = s.task_id.as_ref().and_then(|t| progress.get(t)) else {
+            continue;
+        };
+        let mark = (p.at_ms, p.fraction.to_bits());
+        if shown.insert(s.name.clone(), mark) == Some(mark) {
+            continue;
+        }
+        println!(
+            "{}  {:<20} {:<18} {:>3}%  {}",
+            time(p.at_ms),
+            s.name,
+            "progress",
+            (p.fraction * 100.0).round() as u32,
+            fleet::printable(&p.message)
+        );
     }
 }
 

@@ -267,7 +267,19 @@ async fn progress_events(
             continue;
         }
         sent.insert(s.name.clone(), mark);
-        let data = serde_json::json!({ "stage": s.name, "task_id": s.task_id, "progress": p });
+        // A struct, not `json!`: a `Value` would widen the f32 (0.42 →
+        // 0.41999998688697815).
+        #[derive(serde::Serialize)]
+        struct StageProgress<'a> {
+            stage: &'a str,
+            task_id: Option<&'a str>,
+            progress: &'a agent_sdk::schemas::TaskProgress,
+        }
+        let data = StageProgress {
+            stage: &s.name,
+            task_id: s.task_id.as_deref(),
+            progress: p,
+        };
         out.push(
             Event::default()
                 .event("progress")
