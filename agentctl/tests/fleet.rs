@@ -76,7 +76,11 @@ async fn agents_shows_a_stuck_worker_wedged_and_streams_the_waiting_age_and_idle
     let mut ids = Vec::new();
     for i in 0..2 {
         let e = client
-            .enqueue(&agent_type("stuck"), &serde_json::json!({ "n": i }), EnqueueOptions::default())
+            .enqueue(
+                &agent_type("stuck"),
+                &serde_json::json!({ "n": i }),
+                EnqueueOptions::default(),
+            )
             .await
             .unwrap();
         ids.push(e.task_id);
@@ -93,9 +97,15 @@ async fn agents_shows_a_stuck_worker_wedged_and_streams_the_waiting_age_and_idle
     let v = ctl_json(&redis, &["agents", "--wedged-after", "1s", "--json"]).await;
     let types = v["types"].as_array().unwrap();
     let of = |t: &str| types.iter().find(|s| s["agent_type"] == t).unwrap().clone();
-    assert_eq!((of("stuck")["live"].as_u64(), of("stuck")["wedged"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (of("stuck")["live"].as_u64(), of("stuck")["wedged"].as_u64()),
+        (Some(1), Some(1))
+    );
     // Nothing waits for the idle one: ready, however long it has been quiet.
-    assert_eq!((of("quiet")["live"].as_u64(), of("quiet")["wedged"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (of("quiet")["live"].as_u64(), of("quiet")["wedged"].as_u64()),
+        (Some(1), Some(0))
+    );
     let (code, table) = ctl(&redis, &["agents", "--wedged-after", "1s"]).await;
     assert_eq!(code, 0);
     assert!(table.contains("WEDGED (idle"), "{table}");
@@ -109,10 +119,22 @@ async fn agents_shows_a_stuck_worker_wedged_and_streams_the_waiting_age_and_idle
 
     let v = ctl_json(&redis, &["streams", "--json"]).await;
     let streams = v["streams"].as_array().unwrap();
-    let of = |t: &str| streams.iter().find(|s| s["agent_type"] == t).unwrap().clone();
+    let of = |t: &str| {
+        streams
+            .iter()
+            .find(|s| s["agent_type"] == t)
+            .unwrap()
+            .clone()
+    };
     // The second task waits undelivered; the first is pending.
-    assert!(of("stuck")["oldest_waiting_age_ms"].as_u64().is_some(), "{v}");
-    assert!(of("stuck")["oldest_pending_age_ms"].as_u64().is_some(), "{v}");
+    assert!(
+        of("stuck")["oldest_waiting_age_ms"].as_u64().is_some(),
+        "{v}"
+    );
+    assert!(
+        of("stuck")["oldest_pending_age_ms"].as_u64().is_some(),
+        "{v}"
+    );
     // The idle worker never got an entry: Redis 7.0's group has no consumer
     // for it, the column counts it all the same.
     assert_eq!(of("quiet")["consumers"].as_u64(), Some(1), "{v}");

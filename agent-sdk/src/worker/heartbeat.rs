@@ -129,7 +129,6 @@ impl Activity {
         flag.store(true, Ordering::Relaxed);
         LoopGuard(flag)
     }
-
 }
 
 impl crate::agent::ProgressSink for Activity {
@@ -166,7 +165,6 @@ impl crate::agent::ProgressSink for Activity {
 }
 
 impl Activity {
-
     /// The task's handler is over: its progress goes (deleted at the next
     /// beat if it was written).
     pub(crate) fn settle(&self, task_id: &str) {

@@ -30,6 +30,7 @@ use crate::config::RuntimeConfig;
 use crate::connection::Connector;
 use crate::stream::{GroupReader, consumer_id};
 use crate::{Error, Result};
+use health::{InLoop, Loop};
 use metrics::WorkerMetrics;
 use schemas::codec::DecodeLimits;
 use schemas::{AgentType, Keys};
@@ -40,7 +41,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use health::{InLoop, Loop};
 use tracing::Instrument;
 
 /// Validated settings and the key names derived from them, built once.
@@ -283,9 +283,9 @@ impl<A: Agent> Worker<A> {
         // Bound before Redis is reached: a probe reads 503 with the reason
         // while the worker waits for Redis, instead of a refused connection.
         let health = match s.cfg.health_listen {
-            Some(addr) => Some(
-                health::start(addr, shared.inflight.activity.clone(), stop_all.clone()).await?,
-            ),
+            Some(addr) => {
+                Some(health::start(addr, shared.inflight.activity.clone(), stop_all.clone()).await?)
+            }
             None => None,
         };
 

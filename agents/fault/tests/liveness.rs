@@ -57,7 +57,10 @@ async fn wait_view(
         if let Some(v) = v.filter(|v| want(v)) {
             return v;
         }
-        assert!(Instant::now() < deadline, "{id}: not {what} within {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{id}: not {what} within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -66,7 +69,11 @@ async fn wait_view(
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
@@ -110,18 +117,25 @@ async fn a_killed_worker_is_listed_gone_with_its_last_seen_time() {
     })
     .await;
     let mut c = aconn(&redis).await;
-    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &s).await.unwrap();
+    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &s)
+        .await
+        .unwrap();
     assert_eq!((sum.total, sum.live, sum.gone), (1, 0, 1), "{sum:?}");
     assert!(sum.newest_heartbeat_age_ms.is_some(), "{sum:?}");
     let still = view_of(&redis, "worker-gone", &s).await.unwrap();
     assert_eq!(still.state, InstanceStatus::Gone);
-    assert_eq!(still.record.record.last_seen_ms, gone.record.record.last_seen_ms);
+    assert_eq!(
+        still.record.record.last_seen_ms,
+        gone.record.record.last_seen_ms
+    );
     // Past --keep-gone it is forgotten.
     let short = FleetSettings {
         keep_gone: Duration::from_millis(1),
         ..s
     };
-    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &short).await.unwrap();
+    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &short)
+        .await
+        .unwrap();
     assert_eq!(sum.total, 0, "{sum:?}");
     assert!(view_of(&redis, "worker-gone", &s).await.is_none());
 }
@@ -151,12 +165,19 @@ async fn a_worker_whose_handler_blocks_while_heartbeats_go_on_is_reported_wedged
     assert!(v.idle_ms > wedged_after.as_millis() as u64, "{v:?}");
     assert_eq!(v.record.record.in_flight, 1, "{v:?}");
     let mut c = aconn(&redis).await;
-    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &short).await.unwrap();
+    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &short)
+        .await
+        .unwrap();
     assert_eq!((sum.live, sum.wedged), (1, 1), "{sum:?}");
     assert_eq!(sum.wedged_instances, vec!["worker-stuck".to_owned()]);
-    assert!(sum.oldest_waiting_age_ms.is_some(), "the second task waits: {sum:?}");
+    assert!(
+        sum.oldest_waiting_age_ms.is_some(),
+        "the second task waits: {sum:?}"
+    );
     // The same instance judged with a long --wedged-after is ready.
-    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &long).await.unwrap();
+    let sum = fleet::summary(&mut c, &keys(), &fault_type(), &long)
+        .await
+        .unwrap();
     assert_eq!((sum.live, sum.wedged), (1, 0), "{sum:?}");
     assert_eq!(
         view_of(&redis, "worker-stuck", &long).await.unwrap().state,
@@ -214,14 +235,21 @@ async fn a_workers_live_and_ready_follow_its_loops_and_redis() {
     assert!(why.contains("redis"), "{why}");
     // Its loops still run (waiting for Redis): live.
     assert_eq!(get(&addr, "/live").map(|r| r.0), Some(200));
-    println!("redis killed: worker /ready 503 after {} ms: {}", took.as_millis(), why.trim());
+    println!(
+        "redis killed: worker /ready 503 after {} ms: {}",
+        took.as_millis(),
+        why.trim()
+    );
 
     redis.restart();
     wait_until(WAIT, "/ready 200 with redis back", ready(200)).await;
     // A draining worker's reader has stopped: not live, not ready.
     w.signal("TERM");
     w.wait_exit(WAIT).await;
-    assert!(get(&addr, "/live").is_none(), "the listener ends with the worker");
+    assert!(
+        get(&addr, "/live").is_none(),
+        "the listener ends with the worker"
+    );
 }
 
 /// Reports progress `REPORTS` times as fast as it can, then waits until
@@ -236,7 +264,11 @@ impl Agent for Reporter {
     type Input = serde_json::Value;
     type Output = u32;
 
-    async fn handle(&self, ctx: &TaskContext, _input: serde_json::Value) -> Result<u32, AgentError> {
+    async fn handle(
+        &self,
+        ctx: &TaskContext,
+        _input: serde_json::Value,
+    ) -> Result<u32, AgentError> {
         for i in 1..=REPORTS {
             ctx.progress(i as f32 / REPORTS as f32, &format!("step {i}"));
         }
@@ -274,26 +306,42 @@ async fn progress_is_coalesced_per_heartbeat_bounded_and_removed_when_the_task_s
     );
     let before = evalsha_calls(&redis);
     let task = client
-        .enqueue(&fault_type(), &serde_json::json!({}), EnqueueOptions::default())
+        .enqueue(
+            &fault_type(),
+            &serde_json::json!({}),
+            EnqueueOptions::default(),
+        )
         .await
         .unwrap()
         .task_id;
     let mut c = aconn(&redis).await;
     let deadline = Instant::now() + WAIT;
     let p = loop {
-        let got = fleet::progress(&mut c, &keys(), &fault_type(), &[&task]).await.unwrap();
+        let got = fleet::progress(&mut c, &keys(), &fault_type(), &[&task])
+            .await
+            .unwrap();
         if let Some(p) = got.get(&task).filter(|p| p.fraction == 0.5) {
             break p.clone();
         }
-        assert!(Instant::now() < deadline, "no final progress within {WAIT:?}: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no final progress within {WAIT:?}: {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let scripts = evalsha_calls(&redis) - before;
     // 100,001 reports cost a handful of script calls (heartbeats, reads'
     // claims, promotes), not one each.
-    assert!(scripts < 1000, "{scripts} script calls for {REPORTS} reports");
+    assert!(
+        scripts < 1000,
+        "{scripts} script calls for {REPORTS} reports"
+    );
     assert_eq!(p.instance, w.instance_id);
-    assert!(p.message.starts_with("[2J<b>xxx"), "control characters dropped: {:?}", p.message);
+    assert!(
+        p.message.starts_with("[2J<b>xxx"),
+        "control characters dropped: {:?}",
+        p.message
+    );
     assert!(p.message.len() <= agent_sdk::schemas::registry::MAX_PROGRESS_MESSAGE);
     assert!(p.at_ms > 0);
     println!("{REPORTS} progress reports: {scripts} script calls of any kind meanwhile");
@@ -355,14 +403,22 @@ async fn the_fleet_summary_at_10000_instances_is_one_cheap_script_call() {
         "{sum:?}"
     );
     // Its cost on the server, by Redis's own accounting.
-    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     const CALLS: u32 = 200;
     let t0 = Instant::now();
     for _ in 0..CALLS {
         fleet::summary(&mut c, &k, &t, &s).await.unwrap();
     }
     let round_trip = t0.elapsed() / CALLS;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let usec: f64 = info
         .lines()
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
@@ -375,13 +431,20 @@ async fn the_fleet_summary_at_10000_instances_is_one_cheap_script_call() {
     );
     // Paging lists every instance exactly once, with its state.
     let all = fleet::instances(&mut c, &k, &t, &s).await.unwrap();
-    let mut ids: Vec<&str> = all.iter().map(|v| v.record.record.instance_id.as_str()).collect();
+    let mut ids: Vec<&str> = all
+        .iter()
+        .map(|v| v.record.record.instance_id.as_str())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len() as u64, N);
     let count = |st: InstanceStatus| all.iter().filter(|v| v.state == st).count() as u64;
     assert_eq!(
-        (count(InstanceStatus::Gone), count(InstanceStatus::Wedged), count(InstanceStatus::Ready)),
+        (
+            count(InstanceStatus::Gone),
+            count(InstanceStatus::Wedged),
+            count(InstanceStatus::Ready)
+        ),
         (GONE, WEDGED, N - GONE - WEDGED)
     );
 }

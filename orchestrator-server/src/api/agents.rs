@@ -97,8 +97,7 @@ pub async fn list(
     }
     let only = match &q.agent_type {
         Some(t) => Some(
-            AgentType::new(t.clone())
-                .map_err(|e| ApiError::bad_request(format!("type: {e}")))?,
+            AgentType::new(t.clone()).map_err(|e| ApiError::bad_request(format!("type: {e}")))?,
         ),
         None => None,
     };

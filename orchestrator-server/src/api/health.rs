@@ -356,8 +356,7 @@ async fn fleet_metrics(
         .into_iter()
         .filter_map(|t| AgentType::new(t).ok())
         .collect();
-    let summaries =
-        orchestrator::ops::fleet::summaries(conn, keys, &types, state.fleet()).await?;
+    let summaries = orchestrator::ops::fleet::summaries(conn, keys, &types, state.fleet()).await?;
     let _ = writeln!(
         out,
         "# HELP agentic_agents Agent instances by state (gone: vanished, listed for --keep-gone; wedged: live, work waiting, no read, commit or progress for --wedged-after)."

@@ -35,15 +35,24 @@ async fn redis_killed_under_a_running_orchestrator_health_200_and_ready_503_with
     let (s, body, ready_took) = probe(&http, &format!("{}/ready", o.url)).await;
     let since_kill = killed.elapsed();
     assert_eq!(s, 503, "{body}");
-    assert!(body.contains("not_ready") && body.contains("redis"), "{body}");
+    assert!(
+        body.contains("not_ready") && body.contains("redis"),
+        "{body}"
+    );
     println!(
         "redis killed: /health 200 in {} ms, /ready 503 in {} ms ({} ms after the kill): {body}",
         health_took.as_millis(),
         ready_took.as_millis(),
         since_kill.as_millis()
     );
-    assert!(health_took < Duration::from_secs(1), "/health took {health_took:?}");
-    assert!(ready_took < Duration::from_secs(1), "/ready took {ready_took:?}");
+    assert!(
+        health_took < Duration::from_secs(1),
+        "/health took {health_took:?}"
+    );
+    assert!(
+        ready_took < Duration::from_secs(1),
+        "/ready took {ready_took:?}"
+    );
     // Every later probe too, not only the first.
     for _ in 0..5 {
         let (s, _, took) = probe(&http, &format!("{}/ready", o.url)).await;

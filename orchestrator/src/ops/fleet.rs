@@ -282,8 +282,14 @@ pub async fn page<C: ConnectionLike + Send>(
         };
         let expires = num(chunk.get(2));
         let active = num(chunk.get(3));
-        let state =
-            InstanceStatus::judge(&record, expires, active, now, waiting, settings.wedged_after);
+        let state = InstanceStatus::judge(
+            &record,
+            expires,
+            active,
+            now,
+            waiting,
+            settings.wedged_after,
+        );
         instances.push(InstanceView {
             heartbeat_age_ms: now.saturating_sub(record.record.last_seen_ms),
             idle_ms: now.saturating_sub(active),
@@ -408,15 +414,33 @@ mod tests {
         let idle = record(0, AgentStatus::Ready);
         let busy = record(1, AgentStatus::Ready);
         // Past its expiry: gone, whatever else.
-        assert_eq!(InstanceStatus::judge(&busy, 100, 0, 100, true, w), InstanceStatus::Gone);
+        assert_eq!(
+            InstanceStatus::judge(&busy, 100, 0, 100, true, w),
+            InstanceStatus::Gone
+        );
         // Quiet for long, but nothing waits and it holds nothing: ready.
-        assert_eq!(InstanceStatus::judge(&idle, 200_000, 0, 100_000, false, w), InstanceStatus::Ready);
+        assert_eq!(
+            InstanceStatus::judge(&idle, 200_000, 0, 100_000, false, w),
+            InstanceStatus::Ready
+        );
         // Quiet for long with backlog waiting, or holding a task: wedged.
-        assert_eq!(InstanceStatus::judge(&idle, 200_000, 0, 100_000, true, w), InstanceStatus::Wedged);
-        assert_eq!(InstanceStatus::judge(&busy, 200_000, 0, 100_000, false, w), InstanceStatus::Wedged);
+        assert_eq!(
+            InstanceStatus::judge(&idle, 200_000, 0, 100_000, true, w),
+            InstanceStatus::Wedged
+        );
+        assert_eq!(
+            InstanceStatus::judge(&busy, 200_000, 0, 100_000, false, w),
+            InstanceStatus::Wedged
+        );
         // Recently active: not wedged.
-        assert_eq!(InstanceStatus::judge(&busy, 200_000, 99_000, 100_000, true, w), InstanceStatus::Ready);
+        assert_eq!(
+            InstanceStatus::judge(&busy, 200_000, 99_000, 100_000, true, w),
+            InstanceStatus::Ready
+        );
         let draining = record(0, AgentStatus::Draining);
-        assert_eq!(InstanceStatus::judge(&draining, 200_000, 99_000, 100_000, false, w), InstanceStatus::Draining);
+        assert_eq!(
+            InstanceStatus::judge(&draining, 200_000, 99_000, 100_000, false, w),
+            InstanceStatus::Draining
+        );
     }
 }

@@ -110,7 +110,10 @@ async fn a_running_stage_shows_its_progress_and_a_stuck_agent_is_wedged_everywhe
             .unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(seen.contains("half way") && seen.contains("\"fraction\":0.42"), "{seen}");
+    assert!(
+        seen.contains("half way") && seen.contains("\"fraction\":0.42"),
+        "{seen}"
+    );
     drop(stream);
 
     // No read, commit or progress for over 1 s while it holds a task: wedged,
