@@ -38,6 +38,9 @@ impl Status {
     }
 }
 
+/// A report as one beat writes it: task id, fraction, message, age (ms).
+type Written = (String, f32, String, u64);
+
 /// One task's latest progress, waiting for the next beat.
 #[derive(Debug)]
 struct Report {
@@ -229,7 +232,7 @@ impl Activity {
 
     /// The reports changed since the last beat (marked written) and the
     /// settled tasks to delete, taken for one beat.
-    fn take(&self) -> (Vec<(String, f32, String, u64)>, Vec<String>) {
+    fn take(&self) -> (Vec<Written>, Vec<String>) {
         let now = Instant::now();
         let mut out = Vec::new();
         for (id, r) in self
@@ -249,7 +252,7 @@ impl Activity {
     }
 
     /// Puts back what a failed beat did not write.
-    fn untake(&self, reports: Vec<(String, f32, String, u64)>, settled: Vec<String>) {
+    fn untake(&self, reports: Vec<Written>, settled: Vec<String>) {
         let mut map = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         for (id, ..) in reports {
             if let Some(r) = map.get_mut(&id) {

@@ -347,7 +347,7 @@ async fn progress_is_coalesced_per_heartbeat_bounded_and_removed_when_the_task_s
     println!("{REPORTS} progress reports: {scripts} script calls of any kind meanwhile");
     release.store(true, Ordering::Relaxed);
     let ledger = settle(&redis, 1).await;
-    ledger.assert_exact(&[task.clone()], &[]);
+    ledger.assert_exact(std::slice::from_ref(&task), &[]);
     wait_until(WAIT, "the settled task's progress is removed", || async {
         let mut c = aconn(&redis).await;
         fleet::progress(&mut c, &keys(), &fault_type(), &[&task])

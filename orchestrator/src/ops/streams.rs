@@ -172,19 +172,17 @@ pub async fn stream_stats<C: ConnectionLike + Send>(
                 .and_then(|(id, _)| EntryId::ms_of(id))
                 .map(|ms| now_ms.saturating_sub(ms));
             if group.is_some() && s.pending > 0 {
+                let summary: redis::Value = redis::cmd("XPENDING")
+                    .arg(&tasks)
+                    .arg(WORKERS_GROUP)
+                    .query_async(conn)
+                    .await?;
+                if let redis::Value::Array(parts) = summary
+                    && let Some(min) = parts.get(1)
+                    && let Ok(min) = redis::from_redis_value::<String>(min.clone())
                 {
-                    let summary: redis::Value = redis::cmd("XPENDING")
-                        .arg(&tasks)
-                        .arg(WORKERS_GROUP)
-                        .query_async(conn)
-                        .await?;
-                    if let redis::Value::Array(parts) = summary
-                        && let Some(min) = parts.get(1)
-                        && let Ok(min) = redis::from_redis_value::<String>(min.clone())
-                    {
-                        s.oldest_pending_age_ms =
-                            EntryId::ms_of(&min).map(|ms| now_ms.saturating_sub(ms));
-                    }
+                    s.oldest_pending_age_ms =
+                        EntryId::ms_of(&min).map(|ms| now_ms.saturating_sub(ms));
                 }
             }
         }

@@ -61,13 +61,16 @@ local idle = redis.call('ZRANGEBYSCORE', active, '-inf', '(' .. (now - wedged_af
 for _, id in ipairs(idle) do
   local exp = tonumber(redis.call('ZSCORE', expires, id) or 0)
   if exp > now then
-    local holds = 0
-    local raw = redis.call('HGET', fleet, id)
-    if raw then
-      local ok, r = pcall(cjson.decode, raw)
-      if ok and type(r) == 'table' then holds = tonumber(r.in_flight) or 0 end
+    -- With backlog waiting every quiet live instance is wedged; without,
+    -- only one that holds tasks (its record's in_flight, found without a
+    -- full JSON decode).
+    local holds = head >= 0
+    if not holds then
+      local raw = redis.call('HGET', fleet, id)
+      local n = raw and string.match(raw, '"in_flight":(%d+)')
+      holds = n ~= nil and tonumber(n) > 0
     end
-    if head >= 0 or holds > 0 then wedged[#wedged + 1] = id end
+    if holds then wedged[#wedged + 1] = id end
   end
 end
 
