@@ -152,3 +152,73 @@ async fn agents_shows_a_stuck_worker_wedged_and_streams_the_waiting_age_and_idle
     idle.shutdown().await;
     Ledger::read(&redis, &keys(), &agent_type("stuck")).assert_exact(&ids, &[]);
 }
+
+/// Reports progress, then holds its task until released.
+struct Reporting(Arc<AtomicBool>);
+
+impl Agent for Reporting {
+    type Input = Value;
+    type Output = Value;
+
+    async fn handle(&self, ctx: &TaskContext, input: Value) -> Result<Value, AgentError> {
+        ctx.progress(0.42, "linking\u{1b}[31m objects");
+        while !self.0.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(input)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_watch_prints_the_running_stages_progress() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = TestRedis::start();
+    let o = orchestrator_server::testing::InProcess::start(&redis, &[]).await;
+    let r = orchestrator_server::testing::http()
+        .post(o.api("/definitions"))
+        .header("content-type", "application/yaml")
+        .body("name: slow\nstages:\n  - name: link\n    agent: linker\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let open = Arc::new(AtomicBool::new(false));
+    let worker = RunningWorker::spawn(
+        Reporting(open.clone()),
+        "linker",
+        short_timings(&redis, NS, "linker"),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args(["--redis-url", &redis.url(), "--namespace", NS])
+        .args(["workflow", "submit", "slow", "--input", "{}", "--watch"])
+        .env_remove("AGENTIC_REDIS_URL")
+        .env_remove("AGENTIC_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let line = loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("no progress line")
+            .unwrap()
+            .expect("watch ended before any progress");
+        if line.contains("progress") {
+            break line;
+        }
+    };
+    assert!(line.contains("link") && line.contains("42%"), "{line}");
+    // The escape character a handler sent never reaches the terminal.
+    assert!(line.contains("linking[31m objects") && !line.contains('\u{1b}'), "{line}");
+    open.store(true, Ordering::Relaxed);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("watch did not end")
+        .unwrap();
+    assert!(status.success(), "the workflow completed: {status:?}");
+    worker.shutdown().await;
+    o.shutdown().await;
+}

@@ -422,3 +422,25 @@ async fn fleet_metrics(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Loops;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_loop_that_ends_is_reported_down() {
+        let loops = Arc::new(Loops::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let results = tokio::spawn(loops.track("results", async move {
+            let _ = rx.await;
+        }));
+        let timers = loops.track("timers", std::future::pending::<()>());
+        let _timers = tokio::spawn(timers);
+        tokio::task::yield_now().await;
+        assert_eq!(loops.down(), None);
+        tx.send(()).unwrap();
+        results.await.unwrap();
+        assert_eq!(loops.down(), Some("results"));
+    }
+}
