@@ -86,16 +86,23 @@ async fn the_streams_count_each_types_queues_exactly() {
     let age = s1["oldest_pending_age_ms"].as_u64().unwrap();
     assert!(age < 60_000, "{s1}");
     s1["oldest_pending_age_ms"] = json!("checked");
+    // Two of the three wait undelivered: the backlog head's age is there,
+    // no older than the pending one's (it was enqueued after it).
+    let waiting = s1["oldest_waiting_age_ms"].as_u64().unwrap();
+    assert!(waiting <= age, "{s1}");
+    s1["oldest_waiting_age_ms"] = json!("checked");
     assert_eq!(
         s1,
         json!({ "agent_type": "st1", "backlog": 3, "pending": 1,
-                "oldest_pending_age_ms": "checked", "consumers": 1,
+                "oldest_pending_age_ms": "checked", "oldest_waiting_age_ms": "checked",
+                "consumers": 1, "live_instances": 0,
                 "delayed": 2, "dlq": 4, "lag": 2 })
     );
     assert_eq!(
         by_type("st2"),
         json!({ "agent_type": "st2", "backlog": 0, "pending": 0,
-                "oldest_pending_age_ms": null, "consumers": 0,
+                "oldest_pending_age_ms": null, "oldest_waiting_age_ms": null,
+                "consumers": 0, "live_instances": 0,
                 "delayed": 0, "dlq": 1, "lag": null })
     );
     // Sorted by name, and nothing else has anything (the sdlc agents'
