@@ -7,7 +7,8 @@ use crate::{Error, Result, scripts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::codec::{DecodeLimits, decode_any};
 use schemas::{
-    AgentRecord, AgentType, Encoding, Keys, Namespace, ResultEnvelope, TaskEnvelope, fields, names,
+    AgentRecord, AgentType, Encoding, FleetRecord, Keys, Namespace, ResultEnvelope, TaskEnvelope,
+    fields, names,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -295,47 +296,38 @@ impl Client {
         }
     }
 
-    /// Live agent instances from the registry. Members whose record has
-    /// expired (the process died) are pruned from the index on the way.
+    /// Live agent instances: every registered type's fleet records
+    /// (`N:registry:types`, then per type its fleet hash), those not yet
+    /// past their expiry by the Redis clock. For tools and small
+    /// fleets: views of large fleets page through `orchestrator::ops::fleet`.
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
         let mut conn = self.conn.clone();
-        let index = self.keys.registry_agents();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&index)
-            .arg(0)
-            .arg(-1)
+        let types: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.registry_types())
             .query_async(&mut conn)
             .await?;
-        // A member that is not a valid instance id was not written by a
-        // worker; it is pruned like an expired one.
-        let (ids, mut dead): (Vec<String>, Vec<String>) = ids
-            .into_iter()
-            .partition(|id| self.keys.registry_agent(id).is_ok());
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(self.keys.registry_agent(id)?);
-        }
-        let maps: Vec<HashMap<String, String>> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await?
-        };
         let mut out = Vec::new();
-        for (id, map) in ids.into_iter().zip(maps) {
-            match AgentRecord::from_fields(&map) {
-                Ok(r) => out.push(r),
-                Err(e) if !map.is_empty() => {
-                    tracing::warn!(instance = %id, error = %e, "leaving out an unreadable registry record");
-                }
-                Err(_) => dead.push(id),
-            }
-        }
-        if !dead.is_empty() {
-            let _: i64 = redis::cmd("ZREM")
-                .arg(&index)
-                .arg(&dead)
+        for t in types {
+            let Ok(t) = AgentType::new(t) else {
+                continue;
+            };
+            let ((secs, micros), records): ((u64, u64), HashMap<String, String>) = redis::pipe()
+                .cmd("TIME")
+                .hgetall(self.keys.fleet(&t))
                 .query_async(&mut conn)
                 .await?;
+            // Live: not past the expiry the heartbeat script wrote (both
+            // times by the Redis clock).
+            let now = secs * 1000 + micros / 1000;
+            for (id, raw) in records {
+                match serde_json::from_str::<FleetRecord>(&raw) {
+                    Ok(r) if r.expires_at_ms > now => out.push(r.record),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "leaving out an unreadable fleet record");
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -514,13 +514,16 @@ async fn registry_heartbeat_and_clean_deregistration() {
     })
     .await;
     let mut conn = redis.connection();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(keys().registry_agent(&id).unwrap())
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let expires: f64 = redis::cmd("ZSCORE")
+        .arg(keys().fleet_expires(&fault_type()))
+        .arg(&id)
         .query(&mut conn)
         .unwrap();
+    let ttl = expires as i64 - (secs * 1000 + micros / 1000) as i64;
     assert!(
         ttl > 0 && ttl <= 600,
-        "record expires three beats after the last ({ttl} ms)"
+        "counts as gone three beats after the last ({ttl} ms)"
     );
     worker.shutdown().await;
     assert!(

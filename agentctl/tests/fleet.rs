@@ -212,7 +212,10 @@ async fn workflow_watch_prints_the_running_stages_progress() {
     };
     assert!(line.contains("link") && line.contains("42%"), "{line}");
     // The escape character a handler sent never reaches the terminal.
-    assert!(line.contains("linking[31m objects") && !line.contains('\u{1b}'), "{line}");
+    assert!(
+        line.contains("linking[31m objects") && !line.contains('\u{1b}'),
+        "{line}"
+    );
     open.store(true, Ordering::Relaxed);
     let status = tokio::time::timeout(PATIENCE, child.wait())
         .await

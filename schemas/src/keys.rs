@@ -93,12 +93,16 @@ impl Keys {
         Ok(format!("{}:artifact:{sha256}", self.ns))
     }
 
-    /// `N:registry:agents` — sorted set of live instance ids, score = last seen (ms).
+    /// `N:registry:agents` — legacy: the sorted set of instance ids that
+    /// workers wrote before the per-type fleet keys ([`Keys::fleet`]); no
+    /// worker writes it any more.
     pub fn registry_agents(&self) -> String {
         format!("{}:registry:agents", self.ns)
     }
 
-    /// `N:registry:agent:<instance id>` — hash with TTL: one instance's record.
+    /// `N:registry:agent:<instance id>` — legacy: the per-instance hash with
+    /// TTL that workers wrote before [`Keys::fleet`]; no worker writes it any
+    /// more.
     pub fn registry_agent(&self, instance_id: &str) -> Result<String> {
         names::validate_consumer(instance_id)?;
         Ok(format!("{}:registry:agent:{instance_id}", self.ns))

@@ -1,7 +1,8 @@
-//! The registry record of a live agent instance: hash `N:registry:agent:<id>`.
-//!
-//! Plain fields only, so `redis-cli HGETALL` reads it. The hash has a TTL a few
-//! heartbeats long: when the process dies the record expires by itself.
+//! The registry record of an agent instance, kept (as JSON, inside a
+//! [`FleetRecord`]) in its type's fleet hash `N:agent:{T}:fleet`; and the
+//! progress a running task reports. [`AgentRecord::to_fields`] /
+//! [`AgentRecord::from_fields`] are the plain-field form of the legacy
+//! per-instance hash.
 
 use crate::{Error, Result};
 use schemars::JsonSchema;

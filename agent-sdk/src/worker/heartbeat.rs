@@ -1,14 +1,14 @@
-//! The heartbeat: this instance's record in the registry, and what it last
-//! did.
+//! The heartbeat: this instance's record in its type's fleet, and what it
+//! last did.
 //!
-//! The hash `N:registry:agent:<id>` expires three beats after the last one, so
-//! a killed process disappears by itself; a clean shutdown deletes it at once.
-//! Each beat also runs `heartbeat.lua` on the type's slot: the fleet record
-//! (last read, last commit, last progress, tasks held; Redis times), the
-//! fleet's sorted sets that keep a vanished instance listed as `gone`, and the
-//! progress handlers reported since the last beat ([`Activity`]): however
-//! often a handler calls [`crate::TaskContext::progress`], Redis sees one
-//! write per beat.
+//! Each beat is one call of `heartbeat.lua` on the type's slot: the fleet
+//! record (registry fields plus last read, last commit, last progress; Redis
+//! times), the fleet's sorted sets (the instance counts as gone three beats
+//! after its last one, and stays listed as `gone` until the orchestrator
+//! prunes it), and the progress handlers reported since the last beat
+//! ([`Activity`]): however often a handler calls
+//! [`crate::TaskContext::progress`], Redis sees one write per beat. A clean
+//! shutdown removes the instance at once.
 
 use super::{Inflight, Settings};
 use crate::clock::now_ms;
@@ -276,9 +276,6 @@ pub(crate) async fn run(
 ) {
     let started_at_ms = now_ms();
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let Ok(key) = s.keys.registry_agent(&s.consumer) else {
-        return;
-    };
     let activity = inflight.activity.clone();
     activity
         .beat_every_ms
@@ -332,15 +329,10 @@ pub(crate) async fn run(
         for id in &settled {
             inv.arg(id);
         }
-        // One round trip: the record every reader of the registry knows, and
-        // the fleet script (EVALSHA; loaded on NOSCRIPT and sent again).
+        // One command per beat: the fleet script (EVALSHA; loaded on
+        // NOSCRIPT and sent again). The type joins the set of registered
+        // types with the first beat only.
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(&key, &record.to_fields())
-            .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .zadd(s.keys.registry_agents(), &*s.consumer, record.last_seen_ms)
-            .ignore();
         if !type_known {
             pipe.sadd(s.keys.registry_types(), s.agent_type.as_str())
                 .ignore();
@@ -390,15 +382,8 @@ pub(crate) async fn deregister(s: &Settings, connector: &Connector) {
         tracing::warn!("cannot reach redis to deregister; the registry record expires by itself");
         return;
     };
-    let Ok(key) = s.keys.registry_agent(&s.consumer) else {
-        return;
-    };
     let t = &s.agent_type;
     let mut pipe = redis::pipe();
-    pipe.del(&key)
-        .ignore()
-        .zrem(s.keys.registry_agents(), &*s.consumer)
-        .ignore();
     // A clean stop is not a disappearance: the fleet forgets it at once
     // (MULTI: one slot, all or nothing).
     pipe.cmd("MULTI")
