@@ -96,7 +96,7 @@ pub struct ServeConfig {
     pub wedged_after: Duration,
 
     /// A vanished agent instance (no heartbeat) stays listed as `gone`, with
-    /// its last-seen time, this long; then it is forgotten.
+    /// its last-seen time, this long (at most 7d); then it is forgotten.
     #[arg(long, env = "AGENTIC_KEEP_GONE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub keep_gone: Duration,
 
@@ -199,6 +199,13 @@ impl ServeConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         self.redis.validate()?;
+        if self.wedged_after < Duration::from_secs(1) {
+            return bad("--wedged-after must be at least 1s".into());
+        }
+        // Workers forget instances silent for a week by themselves.
+        if self.keep_gone.is_zero() || self.keep_gone > Duration::from_secs(7 * 24 * 3600) {
+            return bad("--keep-gone must be above 0 and at most 7d".into());
+        }
         if let Some(c) = &self.consumer {
             agent_sdk::schemas::names::validate_consumer(c)?;
         }
@@ -320,6 +327,8 @@ mod tests {
             ),
             (&["--max-connections", "0"][..], "--max-connections"),
             (&["--max-agent-types", "0"][..], "--max-agent-types"),
+            (&["--wedged-after", "10ms"][..], "--wedged-after"),
+            (&["--keep-gone", "30d"][..], "--keep-gone"),
             (
                 &["--max-agent-types", "1", "--watch", "a,b"][..],
                 "--max-agent-types",

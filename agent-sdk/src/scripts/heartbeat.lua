@@ -45,6 +45,17 @@ else
   redis.call('ZADD', active, newest, id)
 end
 
+-- Instances silent for a week are forgotten here too (10 per beat), so the
+-- fleet stays bounded even when no orchestrator ever reads it (it prunes
+-- after its --keep-gone, at most a week, on every read).
+local week = 7 * 24 * 3600 * 1000
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - week), 'LIMIT', 0, 10)) do
+  redis.call('HDEL', fleet, old)
+  redis.call('ZREM', seen, old)
+  redis.call('ZREM', expires, old)
+  redis.call('ZREM', active, old)
+end
+
 local n = tonumber(ARGV[7])
 local i = 8
 for _ = 1, n do

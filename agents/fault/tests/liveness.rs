@@ -448,3 +448,53 @@ async fn the_fleet_summary_at_10000_instances_is_one_cheap_script_call() {
         (GONE, WEDGED, N - GONE - WEDGED)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_silent_for_a_week_are_forgotten_by_a_workers_heartbeat() {
+    let redis = TestRedis::start();
+    let (t, k) = (fault_type(), keys());
+    let mut c = aconn(&redis).await;
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let day = 24 * 3600 * 1000;
+    let now = secs * 1000;
+    for (id, age) in [("eight-days", 8 * day), ("six-days", 6 * day)] {
+        let () = redis::pipe()
+            .hset(k.fleet(&t), id, "{}")
+            .ignore()
+            .zadd(k.fleet_seen(&t), id, now - age)
+            .ignore()
+            .zadd(k.fleet_expires(&t), id, now - age + 600)
+            .ignore()
+            .zadd(k.fleet_active(&t), id, now - age)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let w = start_fault(config(&redis));
+    wait_until(WAIT, "the week-old instance is forgotten", || async {
+        let mut c = aconn(&redis).await;
+        let known: bool = redis::cmd("HEXISTS")
+            .arg(k.fleet(&t))
+            .arg("eight-days")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        !known
+    })
+    .await;
+    let seen: Vec<String> = redis::cmd("ZRANGE")
+        .arg(k.fleet_seen(&t))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!seen.contains(&"eight-days".to_owned()), "{seen:?}");
+    assert!(
+        seen.contains(&"six-days".to_owned()),
+        "a younger one stays: {seen:?}"
+    );
+    assert!(seen.contains(&w.instance_id), "{seen:?}");
+    w.shutdown().await;
+}
