@@ -426,9 +426,44 @@ async fn the_fleet_summary_at_10000_instances_is_one_cheap_script_call() {
         .and_then(|v| v.parse().ok())
         .expect("evalsha stats");
     println!(
-        "fleet summary at {N} instances: {usec:.1} µs of Redis CPU per call (one call per type), {} µs per round trip from the test",
+        "fleet summary at {N} instances ({WEDGED} wedged): {usec:.1} µs of Redis CPU per call (one call per type), {} µs per round trip from the test",
         round_trip.as_micros()
     );
+    // The same fleet with no quiet instance: the summary's base cost.
+    let mut pipe = redis::pipe();
+    for i in GONE..GONE + WEDGED {
+        pipe.zadd(k.fleet_active(&t), format!("host-{i}"), now)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for _ in 0..CALLS {
+        let s = fleet::summary(&mut c, &k, &t, &s).await.unwrap();
+        assert_eq!(s.wedged, 0);
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let base: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
+        .and_then(|v| v.parse().ok())
+        .expect("evalsha stats");
+    println!("fleet summary at {N} instances, none wedged: {base:.1} µs of Redis CPU per call");
+    // Put them back: the paging below counts them wedged.
+    let mut pipe = redis::pipe();
+    for i in GONE..GONE + WEDGED {
+        pipe.zadd(k.fleet_active(&t), format!("host-{i}"), now - 600_000)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
     // Paging lists every instance exactly once, with its state.
     let all = fleet::instances(&mut c, &k, &t, &s).await.unwrap();
     let mut ids: Vec<&str> = all
