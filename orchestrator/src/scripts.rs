@@ -40,6 +40,10 @@ pub(crate) static SEED_COUNTS: LazyLock<Script> =
 pub(crate) static REGISTER_DEFINITION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/register_definition.lua")));
 
+/// Where one agent type's tasks are (read only): "why is this stuck?".
+pub(crate) static LOCATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/locate.lua")));
+
 /// Runs `calls` of `script` in one round trip: a single call as `EVALSHA`
 /// (which loads the script when Redis does not have it), several in one
 /// pipeline that loads it first (a pipelined `EVALSHA` cannot). One reply

@@ -24,6 +24,7 @@ mod extract;
 mod health;
 mod streams;
 mod tasks;
+mod workflow_why;
 mod workflows;
 
 use agent_sdk::schemas::AgentType;

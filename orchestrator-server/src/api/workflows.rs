@@ -5,8 +5,8 @@ use super::auth::audit;
 use super::doc::formats::{self, EntryIdText, JsonObject, Name, WorkflowId};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson, check_input};
+use super::workflow_why::WorkflowDetail;
 use crate::tokens::Caller;
-use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -182,7 +182,8 @@ async fn load(
 /// One workflow
 ///
 /// `GET /workflows/{id}`: status, progress, every stage (status, attempt,
-/// times, duration, output or error, compensation).
+/// times, duration, output or error, compensation), and `why`: for every
+/// stage that has not ended, one reason with its evidence.
 #[utoipa::path(
     get,
     path = "/workflows/{id}",
@@ -190,7 +191,7 @@ async fn load(
     operation_id = "get_workflow",
     params(("id" = WorkflowId, Path, description = "Workflow id")),
     responses(
-        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 200, description = "The workflow, and why each stage that has not ended is where it is", body = WorkflowDetail),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
@@ -199,10 +200,14 @@ async fn load(
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<WorkflowView>> {
+) -> ApiResult<Json<WorkflowDetail>> {
     let mut conn = state.conn().await?;
     let (wf, v) = load(&state, &mut conn, &id).await?;
-    Ok(Json(view(&state, &mut conn, wf, v).await?))
+    let why = super::workflow_why::explain(&state, &mut conn, &wf).await?;
+    Ok(Json(WorkflowDetail {
+        view: view(&state, &mut conn, wf, v).await?,
+        why,
+    }))
 }
 
 /// Query of `GET /workflows`.
@@ -536,18 +541,9 @@ pub async fn replay(
         .map(|d| d.agent.clone())
         .ok_or_else(|| ApiError::not_found("stage", &stage))?;
     let agent = AgentType::new(agent).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // By the dlq-index: found whatever the DLQ's length.
     let dlq = state.engine().client().dead_letters();
-    let page = dlq
-        .list(
-            &agent,
-            &DeadLetterFilter {
-                task_id: Some(task_id.clone()),
-                limit: 10,
-                ..DeadLetterFilter::default()
-            },
-        )
-        .await?;
-    let Some(entry) = page.items.first() else {
+    let Some(entry) = dlq.find_by_task(&agent, &task_id).await? else {
         return Err(ApiError::conflict(format!(
             "no dead letter of task {task_id} in {agent}'s DLQ (replayed or purged already?)"
         )));
