@@ -7,6 +7,7 @@ use super::{CtlResult, Ctx, ExitStatus, json_arg};
 use clap::Subcommand;
 use orchestrator::engine::{NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
+use orchestrator::ops::stuck::{self, StageWhy};
 use orchestrator::store::{ListFilter, LogEntry};
 use serde::Serialize;
 use std::time::Duration;
@@ -103,6 +104,9 @@ struct WorkflowOut<'a> {
     #[serde(flatten)]
     workflow: &'a Workflow,
     version: u64,
+    /// `workflow get`: why each stage that has not ended is where it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a [StageWhy]>,
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
@@ -141,6 +145,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
                 &WorkflowOut {
                     workflow: &wf,
                     version: v,
+                    why: None,
                 },
                 || {
                     println!("submitted workflow {} ({})", wf.id, wf.definition);
@@ -151,12 +156,17 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
         }
         WorkflowCommand::Get { id } => {
             let (wf, v) = load(ctx, &id).await?;
+            let why = why(ctx, &wf).await?;
             ctx.out.show(
                 &WorkflowOut {
                     workflow: &wf,
                     version: v,
+                    why: Some(&why),
                 },
-                || print_workflow(&wf),
+                || {
+                    print_workflow(&wf);
+                    print_why(&why);
+                },
             );
             Ok(())
         }
@@ -264,6 +274,7 @@ async fn act(ctx: &Ctx, id: &str, action: OperatorAction) -> CtlResult {
         &WorkflowOut {
             workflow: &workflow,
             version,
+            why: None,
         },
         || print_workflow(&workflow),
     );
@@ -340,6 +351,32 @@ fn print_workflow(wf: &Workflow) {
     }
 }
 
+/// Why each stage of `wf` that has not ended is where it is.
+async fn why(ctx: &Ctx, wf: &Workflow) -> CtlResult<Vec<StageWhy>> {
+    if wf.status.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut conn = ctx.conn();
+    let def = ctx
+        .engine
+        .catalog()
+        .get(&mut conn, &wf.definition, Some(wf.definition_version))
+        .await?;
+    Ok(stuck::explain(&mut conn, ctx.engine.keys(), wf, &def).await?)
+}
+
+fn print_why(why: &[StageWhy]) {
+    if why.is_empty() {
+        return;
+    }
+    println!();
+    let mut t = Table::new(&["STAGE", "WHY"]);
+    for w in why {
+        t.row(vec![w.stage.clone(), w.reason.describe()]);
+    }
+    t.print("");
+}
+
 /// A duration in ms, precise below a minute.
 fn short_ms(ms: u64) -> String {
     if ms < 60_000 {
@@ -403,6 +440,7 @@ async fn watch(ctx: &Ctx, id: &str, human: bool, timeout: Option<Duration>) -> C
                 ctx.out.print_json(&WorkflowOut {
                     workflow: &wf,
                     version: v,
+                    why: None,
                 });
             }
             return Err(ExitStatus::TimedOut(format!(
@@ -423,6 +461,7 @@ fn finish(ctx: &Ctx, id: &str, human: bool, wf: &Workflow, version: u64) -> CtlR
         ctx.out.print_json(&WorkflowOut {
             workflow: wf,
             version,
+            why: None,
         });
     }
     match wf.status {

@@ -141,6 +141,79 @@ pub enum StageReason {
     },
 }
 
+/// `ms` in short words: `850ms`, `12s`, `4m`, `3h`, `2d`.
+fn span(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{}s", ms / 1000),
+        60_000..3_600_000 => format!("{}m", ms / 60_000),
+        3_600_000..86_400_000 => format!("{}h", ms / 3_600_000),
+        _ => format!("{}d", ms / 86_400_000),
+    }
+}
+
+impl StageReason {
+    /// The reason in one line of words, for `agentctl` and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::WaitingForStages { stages } if stages.is_empty() => {
+                "waiting for its dependencies".into()
+            }
+            Self::WaitingForStages { stages } => {
+                format!("waiting for stages {}", stages.join(", "))
+            }
+            Self::AwaitingApproval {
+                for_ms,
+                approve_command,
+                ..
+            } => match for_ms {
+                Some(ms) => format!(
+                    "awaiting approval for {}: {approve_command}",
+                    span(*ms)
+                ),
+                None => format!("awaiting approval: {approve_command}"),
+            },
+            Self::Queued {
+                ahead, at_least, ..
+            } => format!(
+                "waiting for {}{ahead} tasks ahead in its stream",
+                if *at_least { "at least " } else { "" }
+            ),
+            Self::NoLiveAgent { for_ms, .. } => match for_ms {
+                Some(ms) => format!("no live agent of its type (last seen {} ago)", span(*ms)),
+                None => "no live agent of its type (never seen)".into(),
+            },
+            Self::Running {
+                instance,
+                instance_live,
+                idle_ms,
+                deliveries,
+                for_ms,
+                ..
+            } => format!(
+                "running on instance {instance}{} for at most {} (delivery {deliveries}, \
+                 claim renewed {} ago)",
+                if *instance_live { "" } else { " (not registered: it will be taken over)" },
+                for_ms.map_or_else(|| "?".into(), span),
+                span(*idle_ms)
+            ),
+            Self::DeadLettered {
+                error,
+                replay_command,
+                replay_route,
+                ..
+            } => format!(
+                "dead-lettered: {error}; replay: {}",
+                replay_command.as_deref().unwrap_or(replay_route)
+            ),
+            Self::RetryScheduled { in_ms, .. } => {
+                format!("retry scheduled in {}", span(*in_ms))
+            }
+            Self::Finishing { .. } => "finished: its result is on its way".into(),
+        }
+    }
+}
+
 /// Where `locate.lua` found one task.
 #[derive(Debug, Clone, PartialEq)]
 enum Found {
