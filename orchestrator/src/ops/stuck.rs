@@ -79,7 +79,7 @@ pub enum StageReason {
         /// Undelivered entries ahead of it.
         ahead: u64,
         /// `ahead` is a lower bound: the task was not found within
-        /// [`SCAN_BUDGET`] entries.
+        /// the 10,000 entries read.
         at_least: bool,
         /// Its entry id in the task stream, when found.
         entry_id: Option<String>,

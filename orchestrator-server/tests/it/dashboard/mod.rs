@@ -481,6 +481,15 @@ async fn dashboard_follows_a_workflow_live_and_replays_a_dead_letter() {
             .is_some_and(|e| e.contains("broken until healed")),
         "{error}"
     );
+    // Why it is stuck, with the command that replays it.
+    let why = page
+        .text("[data-testid=stage-e2e] [data-testid=stage-why]")
+        .await;
+    assert!(
+        why.as_str()
+            .is_some_and(|w| w.contains("dead-lettered") && w.contains("agentctl dlq replay e2e ")),
+        "{why}"
+    );
     page.shot("workflow-detail").await;
 
     // Agents.

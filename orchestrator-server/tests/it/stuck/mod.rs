@@ -4,6 +4,7 @@
 //! dead-letter queue.
 
 mod replay;
+mod warnings;
 
 use crate::common::*;
 use serde_json::Value;
@@ -23,17 +24,7 @@ pub(crate) async fn register(http: &reqwest::Client, o: &InProcess, yaml: &str) 
     r.json().await.unwrap()
 }
 
-pub(crate) async fn get(http: &reqwest::Client, o: &InProcess, id: &str) -> Value {
-    let r = http
-        .get(o.api(&format!("/workflows/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-/// Waits until workflow `id` has ended.
+/// Waits until workflow `id` has `status`.
 pub(crate) async fn wait_status(
     redis: &TestRedis,
     id: &str,
