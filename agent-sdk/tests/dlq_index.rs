@@ -66,25 +66,41 @@ async fn every_dead_letter_operation_keeps_the_index() {
     // Found by task id, and the same entry a list gives.
     let first = dlq.find_by_task(&t, &tasks[0]).await.unwrap().unwrap();
     assert_eq!(first.task_id.as_deref(), Some(tasks[0].as_str()));
-    assert!(dlq.find_by_task(&t, "no-such-task").await.unwrap().is_none());
+    assert!(
+        dlq.find_by_task(&t, "no-such-task")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Replay: its index entry goes with it.
     assert!(dlq.replay(&t, &first.id).await.unwrap().is_some());
     assert!(dlq.find_by_task(&t, &tasks[0]).await.unwrap().is_none());
     assert_index_matches(&redis).await;
-    let replay_many: Vec<String> = all(&redis).await.iter().take(1).map(|d| d.id.clone()).collect();
+    let replay_many: Vec<String> = all(&redis)
+        .await
+        .iter()
+        .take(1)
+        .map(|d| d.id.clone())
+        .collect();
     dlq.replay_many(&t, &replay_many).await.unwrap();
     assert_index_matches(&redis).await;
     assert_eq!(index(&redis).await.len(), 4);
 
     // Purge by id.
     let one = all(&redis).await[0].clone();
-    assert_eq!(dlq.purge(&t, std::slice::from_ref(&one.id)).await.unwrap(), 1);
+    assert_eq!(
+        dlq.purge(&t, std::slice::from_ref(&one.id)).await.unwrap(),
+        1
+    );
     assert_index_matches(&redis).await;
 
     // Import: indexed under its task.
     let new_id = dlq.import(&t, &one).await.unwrap();
-    assert_eq!(index(&redis).await.get(one.task_id.as_ref().unwrap()), Some(&new_id));
+    assert_eq!(
+        index(&redis).await.get(one.task_id.as_ref().unwrap()),
+        Some(&new_id)
+    );
     assert_index_matches(&redis).await;
     assert_eq!(index(&redis).await.len(), 4);
 
@@ -103,7 +119,11 @@ async fn every_dead_letter_operation_keeps_the_index() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let found = dlq.find_by_task(&t, one.task_id.as_ref().unwrap()).await.unwrap().unwrap();
+    let found = dlq
+        .find_by_task(&t, one.task_id.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.id, new_id);
 
     // Purge of all: the index goes too.
@@ -112,6 +132,9 @@ async fn every_dead_letter_operation_keeps_the_index() {
     // Two replayed tasks are back in the stream, not lost: 6 = 2 replayed
     // + 1 purged by id + 3 purged by age (the import was the copy of one).
     let mut c = redis.connection();
-    let back: u64 = redis::cmd("XLEN").arg(keys().tasks(&t)).query(&mut c).unwrap();
+    let back: u64 = redis::cmd("XLEN")
+        .arg(keys().tasks(&t))
+        .query(&mut c)
+        .unwrap();
     assert_eq!(back, 2);
 }

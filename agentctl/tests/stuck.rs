@@ -112,7 +112,12 @@ async fn redis_now(redis: &TestRedis) -> u64 {
 }
 
 /// One worker of `agent` whose settings `tune` adjusts.
-fn worker(redis: &TestRedis, agent: &str, lab: &Arc<Lab>, tune: fn(&mut RuntimeConfig)) -> RunningWorker {
+fn worker(
+    redis: &TestRedis,
+    agent: &str,
+    lab: &Arc<Lab>,
+    tune: fn(&mut RuntimeConfig),
+) -> RunningWorker {
     let mut cfg = worker_config(redis, agent);
     tune(&mut cfg);
     let a = StageAgent {
@@ -157,13 +162,19 @@ async fn running_and_queued_behind_n_tasks() {
     assert_eq!(api_why(&o, &ahead[0], "s").await["ahead"], 0);
     // agentctl says the same.
     let c = ctl_why(&redis, &last, "s").await;
-    assert_eq!((c["kind"].clone(), c["ahead"].clone()), (json!("queued"), json!(3)));
+    assert_eq!(
+        (c["kind"].clone(), c["ahead"].clone()),
+        (json!("queued"), json!(3))
+    );
     let c = ctl_why(&redis, &first, "s").await;
     assert_eq!(c["kind"], "running");
     assert_eq!(c["instance"], w.instance_id.as_str());
     let (code, out, _) = ctl(&redis, &["workflow", "get", &last]).await;
     assert_eq!(code, 0);
-    assert!(out.contains("waiting for 3 tasks ahead in its stream"), "{out}");
+    assert!(
+        out.contains("waiting for 3 tasks ahead in its stream"),
+        "{out}"
+    );
     // Nothing ran but the first, which is still running.
     assert!(lab.runs().is_empty());
     w.shutdown().await;
@@ -184,7 +195,10 @@ async fn no_live_agent_never_seen_and_since_it_left() {
     assert_eq!(c["kind"], "no_live_agent");
     assert!(c["last_seen_ms"].is_null());
     let (_, out, _) = ctl(&redis, &["workflow", "get", &id]).await;
-    assert!(out.contains("no live agent of its type (never seen)"), "{out}");
+    assert!(
+        out.contains("no live agent of its type (never seen)"),
+        "{out}"
+    );
 
     // The only instance of `left` stops while running a task: it leaves
     // the task pending on its consumer and its registry record goes.
@@ -199,7 +213,9 @@ async fn no_live_agent_never_seen_and_since_it_left() {
     let before = redis_now(&redis).await;
     w.shutdown().await;
     let r = wait_kind(&o, &held, "s", "no_live_agent").await;
-    let seen = r["last_seen_ms"].as_u64().unwrap_or_else(|| panic!("{r:#}"));
+    let seen = r["last_seen_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{r:#}"));
     // Last seen by the server's clock: not before it started, not later
     // than now.
     assert!(seen <= redis_now(&redis).await, "{r:#}");
@@ -247,7 +263,8 @@ async fn dead_lettered_with_its_replay_and_stages_waiting_behind_it() {
     let id = create(&o, "fragile", json!({ "dead_letter": "e2e" })).await;
     let r = wait_kind(&o, &id, "e2e", "dead_lettered").await;
     let mut c = conn(&redis).await;
-    let dlq: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+    let dlq: Entries = redis::cmd("XRANGE")
         .arg(keys().dlq(&agent_type("e2e")))
         .arg("-")
         .arg("+")
@@ -257,7 +274,10 @@ async fn dead_lettered_with_its_replay_and_stages_waiting_behind_it() {
     assert_eq!(dlq.len(), 1);
     let dead_id = &dlq[0].0;
     assert_eq!(r["dead_letter_id"], dead_id.as_str(), "{r:#}");
-    assert!(r["error"].as_str().unwrap().contains("broken until healed"), "{r:#}");
+    assert!(
+        r["error"].as_str().unwrap().contains("broken until healed"),
+        "{r:#}"
+    );
     assert_eq!(
         r["replay_command"],
         format!("agentctl dlq replay e2e {dead_id}")
@@ -267,18 +287,27 @@ async fn dead_lettered_with_its_replay_and_stages_waiting_behind_it() {
         format!("POST /api/v1/workflows/{id}/stages/e2e/replay")
     );
     let w = api_why(&o, &id, "deployment").await;
-    assert_eq!(w, json!({ "kind": "waiting_for_stages", "stages": ["e2e"] }));
+    assert_eq!(
+        w,
+        json!({ "kind": "waiting_for_stages", "stages": ["e2e"] })
+    );
     // Ended stages give no reason.
     assert!(api_why(&o, &id, "scaffold").await.is_null());
     assert_eq!(ctl_why(&redis, &id, "e2e").await, r);
     assert_eq!(ctl_why(&redis, &id, "deployment").await, w);
 
     // The command it names replays it, and the workflow completes.
-    agents.lab.healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    agents
+        .lab
+        .healed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let (code, _, err) = ctl(&redis, &["dlq", "replay", "e2e", dead_id]).await;
     assert_eq!(code, 0, "{err}");
     let ended = wait_ended(&redis, std::slice::from_ref(&id), PATIENCE).await;
-    assert_eq!(ended[0].status, orchestrator::machine::WorkflowStatus::Completed);
+    assert_eq!(
+        ended[0].status,
+        orchestrator::machine::WorkflowStatus::Completed
+    );
     o.shutdown().await;
     agents.shutdown().await;
 }

@@ -95,6 +95,8 @@ pub enum StageReason {
         for_ms: Option<u64>,
         /// Undelivered entries ahead of its task, when it waits in the stream.
         ahead: Option<u64>,
+        /// `ahead` is a lower bound (the task lies beyond the entries read).
+        at_least: bool,
     },
     /// Its task runs on an instance.
     Running {
@@ -167,10 +169,7 @@ impl StageReason {
                 approve_command,
                 ..
             } => match for_ms {
-                Some(ms) => format!(
-                    "awaiting approval for {}: {approve_command}",
-                    span(*ms)
-                ),
+                Some(ms) => format!("awaiting approval for {}: {approve_command}", span(*ms)),
                 None => format!("awaiting approval: {approve_command}"),
             },
             Self::Queued {
@@ -193,7 +192,11 @@ impl StageReason {
             } => format!(
                 "running on instance {instance}{} for at most {} (delivery {deliveries}, \
                  claim renewed {} ago)",
-                if *instance_live { "" } else { " (not registered: it will be taken over)" },
+                if *instance_live {
+                    ""
+                } else {
+                    " (not registered: it will be taken over)"
+                },
                 for_ms.map_or_else(|| "?".into(), span),
                 span(*idle_ms)
             ),
@@ -217,11 +220,27 @@ impl StageReason {
 /// Where `locate.lua` found one task.
 #[derive(Debug, Clone, PartialEq)]
 enum Found {
-    Dead { id: String, error: String },
-    Pending { id: String, consumer: String, idle_ms: u64, deliveries: u64 },
-    Queued { id: String, ahead: u64 },
-    Delayed { due_ms: u64 },
-    Unseen { read: u64, undelivered: u64 },
+    Dead {
+        id: String,
+        error: String,
+    },
+    Pending {
+        id: String,
+        consumer: String,
+        idle_ms: u64,
+        deliveries: u64,
+    },
+    Queued {
+        id: String,
+        ahead: u64,
+    },
+    Delayed {
+        due_ms: u64,
+    },
+    Unseen {
+        read: u64,
+        undelivered: u64,
+    },
 }
 
 /// One agent type's answer.
@@ -270,10 +289,7 @@ fn parse_found(v: &Value) -> Found {
             ahead: num(at(2)),
         },
         "delayed" => Found::Delayed {
-            due_ms: text(at(1))
-                .parse::<f64>()
-                .map(|f| f as u64)
-                .unwrap_or(0),
+            due_ms: text(at(1)).parse::<f64>().map(|f| f as u64).unwrap_or(0),
         },
         _ => Found::Unseen {
             read: num(at(1)),
@@ -419,10 +435,11 @@ fn reason_of(
         .iter()
         .map(|(_, idle)| l.now_ms.saturating_sub(*idle))
         .max();
-    let no_agent = |ahead: Option<u64>| StageReason::NoLiveAgent {
+    let no_agent = |ahead: Option<u64>, at_least: bool| StageReason::NoLiveAgent {
         last_seen_ms: last_seen,
         for_ms: last_seen.map(|t| l.now_ms.saturating_sub(t)),
         ahead,
+        at_least,
     };
     match found {
         Found::Dead { id, error } => StageReason::DeadLettered {
@@ -445,7 +462,7 @@ fn reason_of(
         } => {
             let instance_live = live.is_some_and(|lv| lv.live_names.contains(&consumer));
             if live_n == 0 {
-                return no_agent(None);
+                return no_agent(None, false);
             }
             StageReason::Running {
                 instance: consumer,
@@ -459,7 +476,7 @@ fn reason_of(
         }
         Found::Queued { id, ahead } => {
             if live_n == 0 {
-                return no_agent(Some(ahead));
+                return no_agent(Some(ahead), false);
             }
             StageReason::Queued {
                 ahead,
@@ -475,7 +492,7 @@ fn reason_of(
         Found::Unseen { read, undelivered } => {
             if read as usize >= SCAN_BUDGET {
                 if live_n == 0 {
-                    return no_agent(Some(undelivered));
+                    return no_agent(Some(undelivered), true);
                 }
                 StageReason::Queued {
                     ahead: undelivered,
@@ -571,17 +588,17 @@ async fn approval_times<C: ConnectionLike + Send>(
     wf: &Workflow,
     def: &Definition,
 ) -> Result<BTreeMap<String, u64>> {
-    let (entries, (secs, micros)): (Vec<(String, Vec<(String, String)>)>, (u64, u64)) =
-        redis::pipe()
-            .cmd("XREVRANGE")
-            .arg(keys.workflow_events(&wf.id)?)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(LOG_LOOKBACK)
-            .cmd("TIME")
-            .query_async(conn)
-            .await?;
+    type Entries = Vec<(String, Vec<(String, String)>)>;
+    let (entries, (secs, micros)): (Entries, (u64, u64)) = redis::pipe()
+        .cmd("XREVRANGE")
+        .arg(keys.workflow_events(&wf.id)?)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(LOG_LOOKBACK)
+        .cmd("TIME")
+        .query_async(conn)
+        .await?;
     let mut out = BTreeMap::new();
     out.insert(String::new(), secs * 1000 + micros / 1000);
     for s in &wf.stages {
@@ -596,7 +613,9 @@ async fn approval_times<C: ConnectionLike + Send>(
             let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
             match get("type") {
                 Some("started") => true,
-                Some("task_succeeded") => get("stage").is_some_and(|st| deps.iter().any(|d| d == st)),
+                Some("task_succeeded") => {
+                    get("stage").is_some_and(|st| deps.iter().any(|d| d == st))
+                }
                 _ => false,
             }
         });
@@ -734,7 +753,13 @@ mod tests {
     #[test]
     fn found_parses_each_shape() {
         let s = |x: &str| Value::BulkString(x.as_bytes().to_vec());
-        let v = Value::Array(vec![s("pending"), s("1-0"), s("c"), Value::Int(5), Value::Int(2)]);
+        let v = Value::Array(vec![
+            s("pending"),
+            s("1-0"),
+            s("c"),
+            Value::Int(5),
+            Value::Int(2),
+        ]);
         assert_eq!(
             parse_found(&v),
             Found::Pending {

@@ -3,6 +3,7 @@
 //! warning for agent types never seen; the stage-replay route behind a long
 //! dead-letter queue.
 
+mod deep;
 mod replay;
 mod warnings;
 

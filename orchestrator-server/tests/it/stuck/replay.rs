@@ -71,7 +71,10 @@ async fn stage_replay_finds_its_dead_letter_behind_10500_others() {
     let dlq_key = keys().dlq(&agent_type("e2e"));
     assert_eq!(xlen(&redis, &dlq_key).await, 2 * AROUND as u64 + 1);
 
-    agents.lab.healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    agents
+        .lab
+        .healed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
     let r = http
         .post(o.api(&format!("/workflows/{id}/stages/e2e/replay")))
@@ -100,7 +103,12 @@ async fn stage_replay_finds_its_dead_letter_behind_10500_others() {
     let ok = agents.lab.ok_counts();
     assert_eq!(ok.get(&(id.clone(), "scaffold".into())), Some(&1));
     assert_eq!(ok.get(&(id.clone(), "e2e".into())), Some(&1));
-    let e2e_runs = agents.lab.runs().iter().filter(|r| r.stage == "e2e").count();
+    let e2e_runs = agents
+        .lab
+        .runs()
+        .iter()
+        .filter(|r| r.stage == "e2e")
+        .count();
     assert_eq!(e2e_runs, 2);
     o.shutdown().await;
     agents.shutdown().await;

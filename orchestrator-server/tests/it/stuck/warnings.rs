@@ -13,8 +13,11 @@ async fn wait_seen(redis: &TestRedis, t: &str) {
         let key = key.clone();
         async move {
             let mut c = conn(redis).await;
-            let groups: redis::RedisResult<Vec<redis::Value>> =
-                redis::cmd("XINFO").arg("GROUPS").arg(&key).query_async(&mut c).await;
+            let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut c)
+                .await;
             groups.is_ok_and(|g| !g.is_empty())
         }
     })
@@ -54,10 +57,18 @@ async fn definitions_naming_unseen_agent_types_are_accepted_with_a_warning() {
             )
         })
         .collect();
-    assert_eq!(named, vec![("ghost", vec!["b"]), ("phantom", vec!["b.undo"])]);
+    assert_eq!(
+        named,
+        vec![("ghost", vec!["b"]), ("phantom", vec!["b.undo"])]
+    );
 
     // Every type seen: no warnings at all.
-    let r = register(&http, &o, "name: fine\nstages:\n  - {name: a, agent: scaffold}\n").await;
+    let r = register(
+        &http,
+        &o,
+        "name: fine\nstages:\n  - {name: a, agent: scaffold}\n",
+    )
+    .await;
     assert!(r.get("warnings").is_none(), "{r:#}");
 
     // `orchestrator check --agent-types` says the same, on stderr, exit 0.
@@ -80,16 +91,33 @@ async fn definitions_naming_unseen_agent_types_are_accepted_with_a_warning() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 stages in 2 levels"));
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
     assert_eq!(warnings.len(), 2, "{err}");
-    assert!(warnings[0].contains("\"ghost\"") && warnings[0].contains("never seen"), "{err}");
+    assert!(
+        warnings[0].contains("\"ghost\"") && warnings[0].contains("never seen"),
+        "{err}"
+    );
     assert!(warnings[1].contains("\"phantom\""), "{err}");
     // Offline (no --agent-types) it cannot know, and says nothing.
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // In another namespace scaffold was never seen either.
-    let out = run(&["--agent-types", "--redis-url", &url, "--namespace", "elsewhere"]);
+    let out = run(&[
+        "--agent-types",
+        "--redis-url",
+        &url,
+        "--namespace",
+        "elsewhere",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().filter(|l| l.starts_with("warning: ")).count(), 3, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("warning: ")).count(),
+        3,
+        "{err}"
+    );
     // Redis unreachable: a clear error and a non-zero exit.
     let dead = format!("redis://127.0.0.1:{}", free_port());
     let out = run(&["--agent-types", "--redis-url", &dead]);
