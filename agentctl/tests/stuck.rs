@@ -361,3 +361,32 @@ async fn awaiting_approval_since_and_retry_scheduled() {
     w.shutdown().await;
     o.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_while_no_orchestrator_takes_its_result() {
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    register(&o, "name: fin\nstages:\n  - {name: s, agent: fin}\n").await;
+    let lab = Arc::new(Lab::default());
+    let w = worker(&redis, "fin", &lab, |_| {});
+    let id = create(&o, "fin", json!({ "sleep_ms": { "s": 1_000 } })).await;
+    wait_kind(&o, &id, "s", "running").await;
+    // No orchestrator: the task finishes and its result waits unread.
+    o.shutdown().await;
+    wait_until("the task ran", PATIENCE, || async { lab.runs().len() == 1 }).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let r = loop {
+        let r = ctl_why(&redis, &id, "s").await;
+        if r["kind"] != "running" || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r["kind"], "finishing", "{r:#}");
+    assert_eq!(r["scanned"], 0);
+    // Its result is in the results stream, unread.
+    let results = xlen(&redis, &keys().results(&agent_type("fin"))).await;
+    assert_eq!(results, 1);
+    assert!(lab.runs()[0].ok);
+    w.shutdown().await;
+}
