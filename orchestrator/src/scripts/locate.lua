@@ -37,8 +37,15 @@ local function settle(tid, v)
   left = left - 1
 end
 
+-- A key of another type (written by hand) is read as empty: a diagnosis
+-- never fails on what it diagnoses.
+local function is(key, t) return redis.call('TYPE', key)['ok'] == t end
+local tasks_ok, delayed_ok = is(tasks, 'stream'), is(delayed, 'zset')
+local dead_ok = is(idx, 'hash') and is(dlq, 'stream')
+
 -- Dead letters, by the index.
 for tid, _ in pairs(want) do
+  if not dead_ok then break end
   local d = redis.call('HGET', idx, tid)
   if d then
     local e = redis.call('XRANGE', dlq, d, d)
@@ -64,7 +71,7 @@ end
 
 -- The group: its last delivered id, its consumers.
 local last, has_group, consumers = '0-0', 0, {}
-if redis.call('TYPE', tasks)['ok'] == 'stream' then
+if tasks_ok then
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', tasks)) do
     local m = {}
     for j = 1, #g - 1, 2 do m[g[j]] = g[j + 1] end
@@ -87,7 +94,7 @@ end
 -- The stream, oldest first: delivered entries (ids up to the group's last
 -- delivered one) are pending on a consumer; the others wait, in order.
 local read, undelivered, start = 0, 0, '-'
-while left > 0 and read < budget do
+while tasks_ok and left > 0 and read < budget do
   local batch = redis.call('XRANGE', tasks, start, '+', 'COUNT', math.min(1000, budget - read))
   if #batch == 0 then break end
   for _, e in ipairs(batch) do
@@ -113,7 +120,7 @@ end
 
 -- The delayed set, soonest first.
 local off, zread = 0, 0
-while left > 0 and zread < budget do
+while delayed_ok and left > 0 and zread < budget do
   local batch = redis.call('ZRANGE', delayed, off, off + 499, 'WITHSCORES')
   if #batch == 0 then break end
   for j = 1, #batch - 1, 2 do

@@ -90,3 +90,35 @@ async fn a_task_behind_10500_others_is_at_least_10000_behind() {
     w.shutdown().await;
     o.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_another_type_do_not_break_the_answer() {
+    let redis = TestRedis::start();
+    let o = InProcess::start(&redis, &[]).await;
+    let http = http();
+    register(&http, &o, "name: odd\nstages:\n  - {name: s, agent: odd}\n").await;
+    let t = agent_type("odd");
+    let mut c = conn(&redis).await;
+    // Written by hand where a set, a hash and a stream belong.
+    for key in [keys().delayed(&t), keys().dlq_index(&t), keys().dlq(&t)] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("x")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let id = create(&http, &o.url, "odd", json!({})).await;
+    let r = http
+        .get(o.api(&format!("/workflows/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let reason = &v["why"][0]["reason"];
+    assert_eq!(reason["kind"], "no_live_agent", "{v:#}");
+    assert_eq!(reason["ahead"], 0);
+    assert!(reason["last_seen_ms"].is_null());
+    o.shutdown().await;
+}
