@@ -133,6 +133,39 @@ impl Keys {
         format!("{}:wfs:active", self.ns)
     }
 
+    /// `N:wfs:{ended}` — sorted set of workflows that have ended (completed,
+    /// failed, cancelled), score = when they ended, in ms by the Redis
+    /// server's clock: what retention expires, oldest first. A `blocked`
+    /// workflow has not ended and is never in it. Written by the transition
+    /// script that ends the workflow; shares its hash tag with
+    /// [`Keys::workflows_ended_bytes`] so retention's bookkeeping of the two
+    /// is one single-slot script.
+    pub fn workflows_ended(&self) -> String {
+        format!("{}:wfs:{{ended}}", self.ns)
+    }
+
+    /// `N:wfs:{ended}:bytes` — hash: ended workflow id → the Redis bytes of
+    /// its state and event log (`MEMORY USAGE`, measured once when it
+    /// ended), and the field `:total` (no workflow id holds a `:`) → their
+    /// sum: what `--retention-max-bytes` bounds.
+    pub fn workflows_ended_bytes(&self) -> String {
+        format!("{}:wfs:{{ended}}:bytes", self.ns)
+    }
+
+    /// `N:wfs:archive` — stream: one entry per expired workflow (field
+    /// `workflow`: the archive JSON line) when the orchestrator runs with
+    /// `--archive-stream`; capped by `--archive-stream-max-len`.
+    pub fn workflow_archive(&self) -> String {
+        format!("{}:wfs:archive", self.ns)
+    }
+
+    /// `N:lease:<name>` — string with a TTL: which orchestrator replica runs
+    /// a namespace-wide chore (`retention`, `housekeeping`) this round, so
+    /// replicas do not all do it at once. Losing it costs a round, never data.
+    pub fn chore_lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.ns)
+    }
+
     /// `N:wfs:counts` — hash: workflows by status (`running` → n, …),
     /// moved by the transition script in the same step as the status, so
     /// `/metrics` reads them in one call and every replica agrees.
@@ -233,6 +266,10 @@ mod tests {
         assert!(k.workflow("a:b").is_err());
         assert!(k.workflow("a{b}").is_err());
         assert_eq!(k.definition("sdlc").unwrap(), "prod:def:{sdlc}");
+        assert_eq!(k.workflows_ended(), "prod:wfs:{ended}");
+        assert_eq!(k.workflows_ended_bytes(), "prod:wfs:{ended}:bytes");
+        assert_eq!(k.workflow_archive(), "prod:wfs:archive");
+        assert_eq!(k.chore_lease("retention"), "prod:lease:retention");
         assert!(k.definition("Bad Name").is_err());
         assert!(k.idempotency(&t, "").is_err());
     }
