@@ -22,7 +22,9 @@ pub mod error;
 mod events;
 mod extract;
 mod health;
+mod memory;
 mod streams;
+mod retention;
 mod tasks;
 mod workflows;
 
@@ -181,7 +183,7 @@ fn parts(
 ) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let mut api = OpenApiRouter::new()
         .routes(routes!(workflows::create, workflows::list))
-        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::get, retention::delete_workflow))
         .routes(routes!(workflows::log))
         .routes(routes!(events::workflow))
         .routes(routes!(workflows::cancel))
@@ -197,6 +199,7 @@ fn parts(
         .routes(routes!(agents::list))
         .routes(routes!(streams::overview))
         .routes(routes!(streams::streams))
+        .routes(routes!(memory::memory))
         .routes(routes!(dlq::queues))
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::replay))

@@ -279,7 +279,7 @@ pub fn archive_line(rec: &ArchiveRecord) -> Result<String> {
 }
 
 /// Runs a round every `interval` (when this replica holds the lease),
-/// until `stop`; exports the ended workflows' count and bytes.
+/// until `stop`.
 pub async fn run_retention(
     store: WorkflowStore,
     mut conn: ConnectionManager,
@@ -307,10 +307,6 @@ pub async fn run_retention(
             },
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot take the retention lease; trying again"),
-        }
-        if let Ok(t) = store.ended_totals(&mut conn).await {
-            metrics::gauge!("orchestrator_ended_workflows").set(t.count as f64);
-            metrics::gauge!("orchestrator_ended_workflow_bytes").set(t.bytes as f64);
         }
         if pause(&stop, s.interval).await {
             return;

@@ -389,17 +389,6 @@ pub async fn dlq_stats<C: ConnectionLike + Send>(
     Ok(out)
 }
 
-/// Exports [`dlq_stats`] as gauges (`agentic_dlq_*`, by agent type).
-pub fn export_dlq_metrics(stats: &[DlqStats]) {
-    for s in stats {
-        let t = s.agent_type.clone();
-        metrics::gauge!("orchestrator_dlq_entries", "agent_type" => t.clone()).set(s.count as f64);
-        metrics::gauge!("orchestrator_dlq_bytes", "agent_type" => t.clone()).set(s.bytes as f64);
-        metrics::gauge!("orchestrator_dlq_oldest_age_seconds", "agent_type" => t)
-            .set(s.oldest_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
-    }
-}
-
 /// Settings of the housekeeping loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HousekeepingSettings {
@@ -433,7 +422,6 @@ pub async fn housekeep_once<C: ConnectionLike + Send>(
     let consumers = prune_consumers(conn, keys, types, s.consumer_prune_idle).await?;
     let results = trim_results(conn, keys, types, s.results_cap, s.consumer_prune_idle).await?;
     let dlq = dlq_stats(conn, keys, types).await?;
-    export_dlq_metrics(&dlq);
     Ok(HousekeepingReport {
         consumers,
         results,
