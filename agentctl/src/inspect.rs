@@ -14,8 +14,7 @@ pub(super) async fn streams(ctx: &Ctx) -> CtlResult {
     let keys = ctx.client.keys();
     let types = streams::agent_types(&mut conn, keys).await?;
     let streams = streams::stream_stats(&mut conn, keys, &types).await?;
-    let dead_letters =
-        orchestrator::ops::housekeeping::dlq_stats(&mut conn, keys, &types).await?;
+    let dead_letters = orchestrator::ops::housekeeping::dlq_stats(&mut conn, keys, &types).await?;
     ctx.out.show(
         &serde_json::json!({ "streams": streams, "dead_letters": dead_letters }),
         || {

@@ -191,7 +191,11 @@ pub struct ServeConfig {
     pub archive_stream: bool,
 
     /// The archive stream keeps about this many entries.
-    #[arg(long, env = "AGENTIC_ARCHIVE_STREAM_MAX_LEN", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "AGENTIC_ARCHIVE_STREAM_MAX_LEN",
+        default_value_t = 100_000
+    )]
     pub archive_stream_max_len: usize,
 
     /// How often dead consumers are pruned and unread results streams

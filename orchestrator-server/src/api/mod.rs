@@ -23,8 +23,8 @@ mod events;
 mod extract;
 mod health;
 mod memory;
-mod streams;
 mod retention;
+mod streams;
 mod tasks;
 mod workflows;
 

@@ -117,7 +117,12 @@ pub(super) async fn write_metrics(
     ] {
         gauge(out, name, help);
         for s in &dlq {
-            let _ = writeln!(out, "{name}{{agent_type=\"{}\"}} {}", s.agent_type, value(s));
+            let _ = writeln!(
+                out,
+                "{name}{{agent_type=\"{}\"}} {}",
+                s.agent_type,
+                value(s)
+            );
         }
     }
     Ok(())

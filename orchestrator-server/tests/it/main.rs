@@ -12,4 +12,5 @@ mod hostile;
 mod limits;
 mod openapi;
 mod outbox;
+mod retention;
 mod workflows;

@@ -20,9 +20,7 @@
 
 use crate::Result;
 use crate::error::Error;
-use crate::ops::housekeeping::{
-    ChoreLease, HousekeepingSettings, housekeep_once, server_time_ms,
-};
+use crate::ops::housekeeping::{ChoreLease, HousekeepingSettings, housekeep_once, server_time_ms};
 use crate::store::{ArchiveRecord, Deletion, WorkflowStore};
 use agent_sdk::shutdown::pause;
 use redis::aio::ConnectionManager;
@@ -333,7 +331,9 @@ pub async fn run_housekeeping(
             housekeep_once(&mut conn, &keys, &types, &s).await.map(Some)
         };
         match round.await {
-            Ok(Some(r)) if !r.consumers.removed.is_empty() || r.results.iter().any(|t| t.trimmed > 0) => {
+            Ok(Some(r))
+                if !r.consumers.removed.is_empty() || r.results.iter().any(|t| t.trimmed > 0) =>
+            {
                 tracing::info!(
                     consumers_pruned = r.consumers.removed.len(),
                     results_trimmed = r.results.iter().map(|t| t.trimmed).sum::<u64>(),
@@ -341,7 +341,9 @@ pub async fn run_housekeeping(
                 );
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "housekeeping round failed; trying again next round"),
+            Err(e) => {
+                tracing::warn!(error = %e, "housekeeping round failed; trying again next round")
+            }
         }
         if pause(&stop, s.interval).await {
             return;

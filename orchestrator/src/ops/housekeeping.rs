@@ -185,10 +185,7 @@ pub async fn prune_consumers<C: ConnectionLike + Send>(
                 }
                 // A name that is not a valid instance id has no record.
                 if let Ok(record) = keys.registry_agent(&c.name) {
-                    let live: bool = redis::cmd("EXISTS")
-                        .arg(record)
-                        .query_async(conn)
-                        .await?;
+                    let live: bool = redis::cmd("EXISTS").arg(record).query_async(conn).await?;
                     if live {
                         report.kept_registered += 1;
                         continue;
@@ -370,7 +367,12 @@ pub async fn dlq_stats<C: ConnectionLike + Send>(
         let dlq = keys.dlq(t);
         pipe.cmd("XLEN").arg(&dlq);
         pipe.cmd("MEMORY").arg("USAGE").arg(&dlq);
-        pipe.cmd("XRANGE").arg(&dlq).arg("-").arg("+").arg("COUNT").arg(1);
+        pipe.cmd("XRANGE")
+            .arg(&dlq)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
     }
     type Row = (u64, Option<u64>, redis::streams::StreamRangeReply);
     let rows: Vec<redis::Value> = pipe.query_async(conn).await?;

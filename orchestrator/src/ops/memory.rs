@@ -204,7 +204,10 @@ mod tests {
         let f = |key: &str| family_of(&k, key);
         assert_eq!(f("n1:agent:{e2e}:tasks").as_deref(), Some("agent:tasks"));
         assert_eq!(f("n1:agent:{e2e}:idem:k1").as_deref(), Some("agent:idem"));
-        assert_eq!(f("n1:agent:{e2e}:result:t:1").as_deref(), Some("agent:result"));
+        assert_eq!(
+            f("n1:agent:{e2e}:result:t:1").as_deref(),
+            Some("agent:result")
+        );
         assert_eq!(f("n1:wf:{w-1}").as_deref(), Some("wf"));
         assert_eq!(f("n1:wf:{w-1}:events").as_deref(), Some("wf:events"));
         assert_eq!(f("n1:wfs:all").as_deref(), Some("wfs:all"));

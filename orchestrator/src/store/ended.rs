@@ -100,7 +100,10 @@ impl WorkflowStore {
     }
 
     /// Count, bytes and oldest end of the ended workflows kept.
-    pub async fn ended_totals<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<EndedTotals> {
+    pub async fn ended_totals<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<EndedTotals> {
         let (count, bytes, oldest): (u64, Option<i64>, Vec<(String, u64)>) = redis::pipe()
             .zcard(self.keys.workflows_ended())
             .hget(self.keys.workflows_ended_bytes(), TOTAL_FIELD)
