@@ -104,6 +104,17 @@ impl Keys {
         Ok(format!("{}:registry:agent:{instance_id}", self.ns))
     }
 
+    /// `N:registry:orchestrator:<consumer>` — string with a TTL: an
+    /// orchestrator replica is alive under this consumer name (refreshed by
+    /// its housekeeping loop). Housekeeping keeps the consumers that this or
+    /// [`Keys::registry_agent`] names: on Redis 7.0 a consumer's idle time
+    /// grows while its blocking reads find nothing, so idle alone cannot
+    /// tell a live reader from a dead one.
+    pub fn orchestrator_presence(&self, consumer: &str) -> Result<String> {
+        names::validate_consumer(consumer)?;
+        Ok(format!("{}:registry:orchestrator:{consumer}", self.ns))
+    }
+
     /// `N:wf:{<id>}` — hash: one workflow's state (`state` JSON, `version`,
     /// `status`, `definition`, times) and its outbox of commands decided but
     /// not yet carried out. The id is the hash tag: a transition touches this
@@ -270,6 +281,10 @@ mod tests {
         assert_eq!(k.workflows_ended_bytes(), "prod:wfs:{ended}:bytes");
         assert_eq!(k.workflow_archive(), "prod:wfs:archive");
         assert_eq!(k.chore_lease("retention"), "prod:lease:retention");
+        assert_eq!(
+            k.orchestrator_presence("o-1").unwrap(),
+            "prod:registry:orchestrator:o-1"
+        );
         assert!(k.definition("Bad Name").is_err());
         assert!(k.idempotency(&t, "").is_err());
     }

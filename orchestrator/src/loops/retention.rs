@@ -20,7 +20,9 @@
 
 use crate::Result;
 use crate::error::Error;
-use crate::ops::housekeeping::{ChoreLease, HousekeepingSettings, housekeep_once, server_time_ms};
+use crate::ops::housekeeping::{
+    ChoreLease, HousekeepingSettings, housekeep_once, mark_present, server_time_ms,
+};
 use crate::store::{ArchiveRecord, Deletion, WorkflowStore};
 use agent_sdk::shutdown::pause;
 use redis::aio::ConnectionManager;
@@ -321,9 +323,11 @@ pub async fn run_housekeeping(
     s: HousekeepingSettings,
     stop: CancellationToken,
 ) {
-    let lease = ChoreLease::new(keys.chore_lease("housekeeping"), holder, s.interval);
+    let lease = ChoreLease::new(keys.chore_lease("housekeeping"), holder.clone(), s.interval);
     loop {
         let round = async {
+            // Every replica, leaseholder or not: its consumers are live.
+            mark_present(&mut conn, &keys, &holder, s.interval * 3).await?;
             if !lease.take(&mut conn).await? {
                 return Ok(None);
             }

@@ -159,7 +159,8 @@ async fn consumers<C: ConnectionLike + Send>(
 
 /// Removes from the `workers` group of each type's task stream and the
 /// `orchestrator` group of its results stream every consumer that holds
-/// nothing, has no live registry record and has been idle at least `idle`.
+/// nothing, has no live registry record (an agent's, or an orchestrator
+/// replica's presence key) and has been idle at least `idle`.
 /// The pending and idle checks are repeated atomically at the deletion.
 pub async fn prune_consumers<C: ConnectionLike + Send>(
     conn: &mut C,
@@ -184,9 +185,16 @@ pub async fn prune_consumers<C: ConnectionLike + Send>(
                     continue;
                 }
                 // A name that is not a valid instance id has no record.
-                if let Ok(record) = keys.registry_agent(&c.name) {
-                    let live: bool = redis::cmd("EXISTS").arg(record).query_async(conn).await?;
-                    if live {
+                if let (Ok(agent), Ok(orch)) = (
+                    keys.registry_agent(&c.name),
+                    keys.orchestrator_presence(&c.name),
+                ) {
+                    let live: u64 = redis::cmd("EXISTS")
+                        .arg(agent)
+                        .arg(orch)
+                        .query_async(conn)
+                        .await?;
+                    if live > 0 {
                         report.kept_registered += 1;
                         continue;
                     }
@@ -389,6 +397,24 @@ pub async fn dlq_stats<C: ConnectionLike + Send>(
         });
     }
     Ok(out)
+}
+
+/// Marks `consumer` (an orchestrator replica) alive for `ttl` (Redis's
+/// clock, `PX`), so housekeeping keeps its consumers.
+pub async fn mark_present<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    consumer: &str,
+    ttl: Duration,
+) -> Result<()> {
+    let _: () = redis::cmd("SET")
+        .arg(keys.orchestrator_presence(consumer)?)
+        .arg(1)
+        .arg("PX")
+        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 /// Settings of the housekeeping loop.

@@ -34,7 +34,7 @@ async fn dead_consumers_are_pruned_and_live_busy_and_registered_ones_kept() {
     .await;
     let keys = keys();
     let ret = agent_type(AGENT);
-    let idle = agent_type("idle");
+    let idle = agent_type("quiet");
     let (ret_tasks, ret_results) = (keys.tasks(&ret), keys.results(&ret));
     let idle_tasks = keys.tasks(&idle);
     // The live worker and the server's results consumer exist once a
@@ -324,7 +324,7 @@ async fn dead_letters_are_measured_and_memory_is_reported_by_family() {
         redis_now(&k.redis).await > t0 + 1000
     })
     .await;
-    assert_eq!(dead_letters(&k.redis).await, 1);
+    assert_eq!(dead_letters_of(&k.redis, &blocked).await, 1);
     assert_kept(&k.redis, &blocked, false).await;
     k.shutdown().await;
 }

@@ -191,7 +191,18 @@ pub(super) async fn ended_entry(redis: &TestRedis, id: &str) -> (u64, u64) {
     )
 }
 
-/// Dead letters of the test's agent type.
-pub(super) async fn dead_letters(redis: &TestRedis) -> u64 {
-    xlen(redis, &keys().dlq(&agent_type(AGENT))).await
+/// Dead letters of workflow `id` in the test's agent type's DLQ.
+pub(super) async fn dead_letters_of(redis: &TestRedis, id: &str) -> usize {
+    let mut c = conn(redis).await;
+    let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys().dlq(&agent_type(AGENT)))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    r.ids
+        .iter()
+        .filter(|e| e.get::<String>("wf").as_deref() == Some(id))
+        .count()
 }

@@ -84,7 +84,7 @@ async fn the_age_rule_expires_ended_workflows_and_keeps_a_blocked_one() {
     })
     .await;
     assert_kept(&k.redis, &blocked, false).await;
-    assert_eq!(dead_letters(&k.redis).await, 1);
+    assert_eq!(dead_letters_of(&k.redis, &blocked).await, 1);
     let n = counts(&k.redis).await;
     assert_eq!(
         (n["completed"], n["failed"], n["blocked"]),
@@ -127,7 +127,7 @@ async fn the_count_rule_keeps_the_newest_ended_workflows() {
         assert_kept(&k.redis, id, true).await;
     }
     assert_kept(&k.redis, &blocked, false).await;
-    assert_eq!(dead_letters(&k.redis).await, 1);
+    assert_eq!(dead_letters_of(&k.redis, &blocked).await, 1);
     let n = counts(&k.redis).await;
     assert_eq!(n["completed"] + n["failed"], 2, "{n:?}");
     k.shutdown().await;
@@ -231,6 +231,6 @@ async fn the_delete_route_answers_200_409_404() {
     assert_eq!(r.status(), 409);
     let ended = wait_ended(&k.redis, std::slice::from_ref(&running), PATIENCE).await;
     assert_eq!(ended[0].status, WorkflowStatus::Completed);
-    assert_eq!(dead_letters(&k.redis).await, 1);
+    assert_eq!(dead_letters_of(&k.redis, &blocked).await, 1);
     k.shutdown().await;
 }
