@@ -463,5 +463,9 @@ mod tests {
         assert_eq!(required_role(&Method::POST, "/definitions"), Role::Admin);
         assert_eq!(required_role(&Method::POST, "/something/new"), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, "/workflows"), Role::Admin);
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/v1/workflows/{id}"),
+            Role::Operator
+        );
     }
 }
