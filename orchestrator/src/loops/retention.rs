@@ -288,7 +288,24 @@ pub async fn run_retention(
     stop: CancellationToken,
 ) {
     let lease = ChoreLease::new(store.keys().chore_lease("retention"), holder, s.interval);
+    // Workflows that ended under a version without the ended index.
+    let mut backfilled = false;
     loop {
+        if !backfilled {
+            match store.backfill_ended(&mut conn).await {
+                Ok(Some(n)) => {
+                    backfilled = true;
+                    tracing::info!(
+                        workflows = n,
+                        "ended workflows stored before retention indexed"
+                    );
+                }
+                Ok(None) => backfilled = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot index older ended workflows yet; trying again")
+                }
+            }
+        }
         match lease.take(&mut conn).await {
             Ok(true) => match retain_once(&store, &mut conn, &s).await {
                 Ok(r) if r.deleted() > 0 || r.deferred > 0 => tracing::info!(

@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 /// The field of `N:wfs:{ended}:bytes` holding the sum (ids hold no `:`).
 const TOTAL_FIELD: &str = ":total";
 
+/// The field of `N:wfs:{ended}:bytes` saying the workflows that ended
+/// before the index existed have been added to it.
+const BACKFILLED_FIELD: &str = ":backfilled";
+
+/// Workflows read per round trip by the backfill.
+const BACKFILL_PAGE: isize = 500;
+
 /// Event-log entries read per round trip when archiving.
 const LOG_PAGE: usize = 1000;
 
@@ -184,6 +191,111 @@ impl WorkflowStore {
             workflow,
             events,
         }))
+    }
+
+    /// Adds the workflows that ended before the ended index existed (stored
+    /// by an older version) to it, once per Redis: their end time is now by
+    /// the Redis clock (their own end was stamped by some orchestrator's
+    /// clock, not to be compared), so they expire one retention after the
+    /// upgrade. Idempotent (`NX`, `HSETNX`), safe beside other replicas.
+    /// Returns how many it added, or `None` when done before.
+    pub async fn backfill_ended<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Option<u64>> {
+        let bytes_key = self.keys.workflows_ended_bytes();
+        let done: bool = redis::cmd("HEXISTS")
+            .arg(&bytes_key)
+            .arg(BACKFILLED_FIELD)
+            .query_async(conn)
+            .await?;
+        if done {
+            return Ok(None);
+        }
+        let mut added = 0;
+        let mut start: isize = 0;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.keys.workflows_all())
+                .arg(start)
+                .arg(start + BACKFILL_PAGE - 1)
+                .query_async(conn)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            start += ids.len() as isize;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hget(self.keys.workflow(id)?, "status")
+                    .zscore(self.keys.workflows_ended(), id);
+            }
+            let rows: Vec<(Option<String>, Option<f64>)> = {
+                let flat: Vec<redis::Value> = pipe.query_async(conn).await?;
+                flat.chunks(2)
+                    .map(|c| {
+                        (
+                            redis::from_redis_value_ref(&c[0]).ok().flatten(),
+                            redis::from_redis_value_ref(&c[1]).ok().flatten(),
+                        )
+                    })
+                    .collect()
+            };
+            let now = crate::ops::housekeeping::server_time_ms(conn).await?;
+            for (id, (status, indexed)) in ids.iter().zip(rows) {
+                let ended = status
+                    .as_deref()
+                    .and_then(WorkflowStatus::parse)
+                    .is_some_and(WorkflowStatus::is_terminal);
+                if !ended || indexed.is_some() {
+                    continue;
+                }
+                let (a, b): (Option<u64>, Option<u64>) = redis::pipe()
+                    .cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(self.keys.workflow(id)?)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(self.keys.workflow_events(id)?)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(conn)
+                    .await?;
+                let bytes = a.unwrap_or(0) + b.unwrap_or(0);
+                let (_, set): ((), bool) = redis::pipe()
+                    .cmd("ZADD")
+                    .arg(self.keys.workflows_ended())
+                    .arg("NX")
+                    .arg(now)
+                    .arg(id)
+                    .ignore()
+                    .cmd("HSETNX")
+                    .arg(&bytes_key)
+                    .arg(id)
+                    .arg(bytes)
+                    .query_async::<(bool,)>(conn)
+                    .await
+                    .map(|(s,)| ((), s))?;
+                if set {
+                    let _: i64 = redis::cmd("HINCRBY")
+                        .arg(&bytes_key)
+                        .arg(TOTAL_FIELD)
+                        .arg(bytes)
+                        .query_async(conn)
+                        .await?;
+                    added += 1;
+                }
+            }
+        }
+        let _: () = redis::cmd("HSET")
+            .arg(&bytes_key)
+            .arg(BACKFILLED_FIELD)
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        Ok(Some(added))
     }
 
     /// Deletes `id` if it has ended: its state, its event log and every

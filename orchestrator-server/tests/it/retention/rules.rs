@@ -234,3 +234,43 @@ async fn the_delete_route_answers_200_409_404() {
     assert_eq!(dead_letters_of(&k.redis, &blocked).await, 1);
     k.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_ended_before_the_index_existed_are_backfilled_once() {
+    let k = Kit::start(&[]).await;
+    let old = k.completed().await;
+    let blocked = k.blocked().await;
+    // As an older version left it: ended, but not in the ended index.
+    let (_, bytes) = ended_entry(&k.redis, &old).await;
+    let keys = keys();
+    let mut c = conn(&k.redis).await;
+    let _: () = redis::pipe()
+        .zrem(keys.workflows_ended(), &old)
+        .ignore()
+        .hdel(
+            keys.workflows_ended_bytes(),
+            &[old.as_str(), ":backfilled"][..],
+        )
+        .ignore()
+        .hincr(keys.workflows_ended_bytes(), ":total", -(bytes as i64))
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        remains(&k.redis, &old).await,
+        ["state", "events", "wfs:all"]
+    );
+    let before = redis_now(&k.redis).await;
+    assert_eq!(store().backfill_ended(&mut c).await.unwrap(), Some(1));
+    assert_eq!(store().backfill_ended(&mut c).await.unwrap(), None);
+    let (at, measured) = ended_entry(&k.redis, &old).await;
+    assert!(
+        at >= before,
+        "end time from the Redis clock at the backfill"
+    );
+    assert!(measured > 1000, "{measured}");
+    assert_eq!(store().ended_totals(&mut c).await.unwrap().count, 1);
+    assert_kept(&k.redis, &blocked, false).await;
+    k.shutdown().await;
+}
