@@ -16,11 +16,7 @@ use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The Redis server's clock, in ms.
-pub async fn server_time_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(secs * 1000 + micros / 1000)
-}
+pub use crate::store::server_time_ms;
 
 /// A lease on a namespace-wide chore (`N:lease:<name>`), so one replica
 /// does it per round. Its time runs on the Redis server's clock (`PX`).

@@ -178,7 +178,7 @@ pub async fn memory_report<C: redis::aio::ConnectionLike + Send>(
             estimated_bytes: (b as f64 * factor).round() as u64,
         })
         .collect();
-    families.sort_by(|a, b| b.estimated_bytes.cmp(&a.estimated_bytes));
+    families.sort_by_key(|f| std::cmp::Reverse(f.estimated_bytes));
     Ok(MemoryReport {
         used_memory,
         maxmemory,

@@ -80,6 +80,12 @@ pub enum Deletion {
     OutboxPending(WorkflowStatus),
 }
 
+/// The Redis server's clock, in ms: what every age here is measured by.
+pub async fn server_time_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
 impl WorkflowStore {
     /// The oldest ended workflows, at most `count`, ended at or before
     /// `until_ms` (Redis clock; `None`: any).
@@ -241,7 +247,7 @@ impl WorkflowStore {
                     })
                     .collect()
             };
-            let now = crate::ops::housekeeping::server_time_ms(conn).await?;
+            let now = server_time_ms(conn).await?;
             for (id, (status, indexed)) in ids.iter().zip(rows) {
                 let ended = status
                     .as_deref()
