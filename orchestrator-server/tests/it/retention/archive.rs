@@ -109,3 +109,48 @@ async fn a_failed_archive_write_keeps_the_workflow() {
     assert_eq!(rec.id, done);
     k.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_archive_and_delete_each_workflow_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("archive.jsonl");
+    let flags = [
+        "--retention",
+        "2s",
+        "--retention-interval",
+        "100ms",
+        "--archive-file",
+        file.to_str().unwrap(),
+    ];
+    let k = Kit::start(&flags).await;
+    let second = InProcess::start(&k.redis, &flags).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(if i % 2 == 0 {
+            k.completed().await
+        } else {
+            k.failed().await
+        });
+    }
+    for id in &ids {
+        wait_gone(&k.redis, id).await;
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut archived: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<ArchiveRecord>(l).unwrap().id)
+        .collect();
+    archived.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(
+        archived, want,
+        "each expired workflow archived exactly once"
+    );
+    let n = orchestrator::ops::counts::status_counts(&store(), &mut conn(&k.redis).await)
+        .await
+        .unwrap();
+    assert_eq!((n["completed"], n["failed"]), (0, 0), "{n:?}");
+    second.shutdown().await;
+    k.shutdown().await;
+}
