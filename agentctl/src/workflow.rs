@@ -64,6 +64,12 @@ pub(super) enum WorkflowCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Delete an ended (completed, failed, cancelled) workflow now: state,
+    /// event log, index entries. A workflow that has not ended is refused (exit 4).
+    Delete {
+        /// Workflow id.
+        id: String,
+    },
     /// Stop dispatching, compensate, end `cancelled`.
     Cancel {
         /// Workflow id.
@@ -225,6 +231,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
             load(ctx, &id).await?;
             watch(ctx, &id, !ctx.out.json(), timeout).await
         }
+        WorkflowCommand::Delete { id } => super::housekeeping::delete_workflow(ctx, &id).await,
         WorkflowCommand::Cancel { id, reason } => {
             let reason = reason_arg(reason, "cancelled by an operator")?;
             act(ctx, &id, OperatorAction::Cancel { reason }).await

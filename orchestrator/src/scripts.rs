@@ -43,6 +43,21 @@ pub(crate) static REGISTER_DEFINITION: LazyLock<Script> =
 /// Where one agent type's tasks are (read only): "why is this stuck?".
 pub(crate) static LOCATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/locate.lua")));
+/// Delete an ended workflow's state and log (retention, operators).
+pub(crate) static DELETE_WORKFLOW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/delete_workflow.lua")));
+
+/// Take a deleted workflow out of the ended index and its byte count.
+pub(crate) static FORGET_ENDED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/forget_ended.lua")));
+
+/// Delete a consumer from a group if it holds nothing and is idle.
+pub(crate) static PRUNE_CONSUMER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/prune_consumer.lua")));
+
+/// Take or renew a namespace-wide chore's lease.
+pub(crate) static CHORE_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/chore_lease.lua")));
 
 /// Runs `calls` of `script` in one round trip: a single call as `EVALSHA`
 /// (which loads the script when Redis does not have it), several in one

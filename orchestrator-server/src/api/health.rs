@@ -238,6 +238,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
             }
         }
     }
+    super::retention::write_metrics(&state, &mut conn, &mut out).await?;
     if let Some(Some(h)) = PROMETHEUS.get() {
         out.push_str(&h.render());
     }

@@ -22,6 +22,8 @@ pub mod error;
 mod events;
 mod extract;
 mod health;
+mod memory;
+mod retention;
 mod streams;
 mod tasks;
 mod workflow_why;
@@ -182,7 +184,7 @@ fn parts(
 ) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let mut api = OpenApiRouter::new()
         .routes(routes!(workflows::create, workflows::list))
-        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::get, retention::delete_workflow))
         .routes(routes!(workflows::log))
         .routes(routes!(events::workflow))
         .routes(routes!(workflows::cancel))
@@ -198,6 +200,7 @@ fn parts(
         .routes(routes!(agents::list))
         .routes(routes!(streams::overview))
         .routes(routes!(streams::streams))
+        .routes(routes!(memory::memory))
         .routes(routes!(dlq::queues))
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::replay))

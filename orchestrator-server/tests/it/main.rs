@@ -13,4 +13,5 @@ mod limits;
 mod openapi;
 mod outbox;
 mod stuck;
+mod retention;
 mod workflows;

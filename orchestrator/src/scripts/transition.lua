@@ -16,7 +16,14 @@
 -- Redis Cluster the counts would have to be kept per slot (or beside the
 -- script), which Cluster support would have to settle.
 --
--- KEYS[1] workflow hash, KEYS[2] its event-log stream, KEYS[3] counts hash.
+-- A transition that ends the workflow (completed, failed, cancelled) also
+-- records the end for retention: KEYS[4] `N:wfs:{ended}` gets the id scored
+-- by the Redis server's clock, and KEYS[5] its bytes (state + event log,
+-- measured once here, after this transition's writes) and their running
+-- total. Like KEYS[3], they lie outside the workflow's slot.
+--
+-- KEYS[1] workflow hash, KEYS[2] its event-log stream, KEYS[3] counts hash,
+-- KEYS[4] ended index, KEYS[5] ended bytes hash.
 -- ARGV[1] expected version ('0': the workflow must not exist yet),
 -- ARGV[2] state JSON, ARGV[3] status, ARGV[4] definition name,
 -- ARGV[5] now (ms, the orchestrator's clock; for people, not for logic),
@@ -46,5 +53,17 @@ end
 local entry = {}
 for i = 10, #ARGV do entry[#entry + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'version', v, unpack(entry))
+if (ARGV[3] == 'completed' or ARGV[3] == 'failed' or ARGV[3] == 'cancelled')
+    and was ~= ARGV[3] and KEYS[5] then
+  -- The id is the key's hash tag (`N:wf:{<id>}`; ids hold no braces).
+  local id = string.match(KEYS[1], '{([^{}]+)}$')
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)
+  local bytes = (redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0') or 0)
+    + (redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', '0') or 0)
+  if redis.call('HSETNX', KEYS[5], id, bytes) == 1 then
+    redis.call('HINCRBY', KEYS[5], ':total', bytes)
+  end
+end
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return 1

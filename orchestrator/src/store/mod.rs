@@ -9,6 +9,9 @@
 //! - `N:wfs:all` / `N:wfs:active` (sorted sets): every workflow / those not
 //!   ended, by creation time. Written outside the transition (another slot);
 //!   an id whose hash is missing is skipped and pruned.
+//! - `N:wfs:{ended}` (sorted set) / `N:wfs:{ended}:bytes` (hash): ended
+//!   workflows by end time (Redis clock) and their bytes, written by the
+//!   transition that ends one; what retention expires ([`ended`]).
 //! - `N:agent:{T}:deadlines` (sorted set): stage deadlines of type `T`'s
 //!   tasks, by the server's clock, in `T`'s slot (armed by the dispatch).
 //!
@@ -18,10 +21,12 @@
 //! This module reads and writes the state and outbox; [`index`] the
 //! listings, [`log`] the event log, [`timers`] the stage deadlines.
 
+mod ended;
 mod index;
 mod log;
 mod timers;
 
+pub use ended::{ArchiveRecord, Deletion, EndedEntry, EndedTotals, server_time_ms};
 pub use index::{ListFilter, Page, Summary};
 pub use log::{Change, EVENT_LOG_CAP, LogEntry};
 
@@ -138,6 +143,8 @@ impl WorkflowStore {
         inv.key(self.keys.workflow(id)?)
             .key(self.keys.workflow_events(id)?)
             .key(self.keys.workflow_counts())
+            .key(self.keys.workflows_ended())
+            .key(self.keys.workflows_ended_bytes())
             .arg(expected)
             .arg(state)
             .arg(next.status.as_str())
