@@ -16,13 +16,19 @@
 -- Redis Cluster the counts would have to be kept per slot (or beside the
 -- script), which Cluster support would have to settle.
 --
--- KEYS[1] workflow hash, KEYS[2] its event-log stream, KEYS[3] counts hash.
+-- The outbox's age is the Redis server's (`TIME`), never the writer's
+-- clock: the sweeper of another replica compares it with the same clock.
+-- KEYS[4], the index of workflows with an outbox (`N:wfs:outbox`), is kept
+-- here for the same reason as the counts, and like them is outside the slot.
+--
+-- KEYS[1] workflow hash, KEYS[2] its event-log stream, KEYS[3] counts hash,
+-- KEYS[4] outbox index.
 -- ARGV[1] expected version ('0': the workflow must not exist yet),
 -- ARGV[2] state JSON, ARGV[3] status, ARGV[4] definition name,
--- ARGV[5] now (ms, the orchestrator's clock; for people, not for logic),
+-- ARGV[5] now (ms, the Redis server's clock as the engine read it),
 -- ARGV[6] commands to append to the outbox ('' for none),
 -- ARGV[7] event-log cap, ARGV[8] pub/sub channel, ARGV[9] change message,
--- ARGV[10..] the event-log entry's fields.
+-- ARGV[10] the workflow id, ARGV[11..] the event-log entry's fields.
 -- Returns 1 when stored, 0 when the version moved on (re-read, re-apply).
 local cur = redis.call('HGET', KEYS[1], 'version') or '0'
 if cur ~= ARGV[1] then return 0 end
@@ -36,15 +42,19 @@ redis.call('HSET', KEYS[1], 'version', v, 'state', ARGV[2], 'status', ARGV[3],
   'definition', ARGV[4], 'updated_at_ms', ARGV[5])
 if cur == '0' then redis.call('HSET', KEYS[1], 'created_at_ms', ARGV[5]) end
 if ARGV[6] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local old = redis.call('HGET', KEYS[1], 'outbox')
   if old then
     redis.call('HSET', KEYS[1], 'outbox', old .. '\n' .. ARGV[6])
   else
-    redis.call('HSET', KEYS[1], 'outbox', ARGV[6], 'outbox_at_ms', ARGV[5])
+    redis.call('HSET', KEYS[1], 'outbox', ARGV[6], 'outbox_at_ms', now)
   end
+  -- NX: the oldest command's age counts.
+  redis.call('ZADD', KEYS[4], 'NX', now, ARGV[10])
 end
 local entry = {}
-for i = 10, #ARGV do entry[#entry + 1] = ARGV[i] end
+for i = 11, #ARGV do entry[#entry + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'version', v, unpack(entry))
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return 1
