@@ -12,4 +12,5 @@ mod hostile;
 mod limits;
 mod openapi;
 mod outbox;
+mod timeouts;
 mod workflows;

@@ -34,7 +34,7 @@ async fn an_input_over_the_task_limit_fails_the_workflow_naming_the_limit() {
         .unwrap();
     let (engine, _) = orchestrator::engine::Engine::new(client);
     let mut c = conn(&kit.redis).await;
-    let (created, _) = engine
+    let created = engine
         .create(
             &mut c,
             orchestrator::engine::NewWorkflow {
@@ -45,7 +45,8 @@ async fn an_input_over_the_task_limit_fails_the_workflow_naming_the_limit() {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .workflow;
     let id = created.id.clone();
 
     let s = ended(&kit.redis, &id).await;
