@@ -8,6 +8,7 @@ mod cli;
 mod clocks;
 mod common;
 mod crash;
+mod creates;
 mod dashboard;
 mod hostile;
 mod limits;
