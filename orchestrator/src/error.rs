@@ -56,7 +56,9 @@ pub enum Error {
     /// A create's store was sent but its answer did not come back: the
     /// workflow `id` may or may not be stored. Creating it again with the
     /// same id says which (creates are idempotent by id).
-    #[error("the workflow may have been stored as {id:?} (redis: {source}); create it again with this id to find out")]
+    #[error(
+        "the workflow may have been stored as {id:?} (redis: {source}); create it again with this id to find out"
+    )]
     Unconfirmed {
         id: String,
         #[source]

@@ -93,11 +93,7 @@ async fn view(
 }
 
 /// The view of `workflow` of definition `def` (no I/O).
-fn view_of(
-    def: &orchestrator::Definition,
-    workflow: Workflow,
-    version: u64,
-) -> WorkflowView {
+fn view_of(def: &orchestrator::Definition, workflow: Workflow, version: u64) -> WorkflowView {
     let stage_details = workflow
         .stages
         .iter()

@@ -101,8 +101,9 @@ async fn a_replica_ten_minutes_fast_killed_mid_create_is_swept_by_the_other() {
     // Sanity: the fast replica's clock really is ahead (its log's times).
     let first = fast.log_text();
     let stamp: String = without_colours(first.split_whitespace().next().unwrap_or_default());
-    let theirs = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z'))
-        .unwrap_or_else(|e| panic!("no time at the start of the fast replica's log ({e}): {first}"));
+    let theirs = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')).unwrap_or_else(|e| {
+        panic!("no time at the start of the fast replica's log ({e}): {first}")
+    });
     let ahead = theirs
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
@@ -128,7 +129,12 @@ async fn a_replica_ten_minutes_fast_killed_mid_create_is_swept_by_the_other() {
                     "input": { "sleep_ms": { "validation": 20 } },
                 });
                 i += 1;
-                match http.post(format!("{url}/api/v1/workflows")).json(&body).send().await {
+                match http
+                    .post(format!("{url}/api/v1/workflows"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {
                         answered.fetch_add(1, Ordering::SeqCst);
                     }
@@ -209,7 +215,15 @@ async fn a_replica_ten_minutes_fast_killed_mid_create_is_swept_by_the_other() {
             );
         }
     }
-    assert_eq!(counts.len(), stored.len() * SDLC.len(), "a stage ran outside the stored workflows");
-    assert!(steady.log_text().contains("carried out commands left by an interrupted transition"));
+    assert_eq!(
+        counts.len(),
+        stored.len() * SDLC.len(),
+        "a stage ran outside the stored workflows"
+    );
+    assert!(
+        steady
+            .log_text()
+            .contains("carried out commands left by an interrupted transition")
+    );
     agents.shutdown().await;
 }

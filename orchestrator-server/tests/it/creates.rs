@@ -66,7 +66,11 @@ async fn the_same_create_twice_is_one_workflow_and_a_different_one_is_refused() 
 }
 
 async fn info_memory(c: &mut redis::aio::MultiplexedConnection, field: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(c).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(c)
+        .await
+        .unwrap();
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
@@ -142,7 +146,10 @@ async fn creates_under_redis_oom_answer_the_truth_and_each_stored_workflow_runs_
             201 | 202 => assert!(stored, "{id} answered {status} but is not stored"),
             // A plain 503 is only for what was not stored.
             503 if code == "unavailable" => {
-                assert!(!stored, "{id} answered a plain 503 but was stored: {answer}")
+                assert!(
+                    !stored,
+                    "{id} answered a plain 503 but was stored: {answer}"
+                )
             }
             503 => assert_eq!(code, "unconfirmed", "{answer}"),
             _ => panic!("{id}: unexpected answer {status} {answer}"),
@@ -174,7 +181,10 @@ async fn creates_under_redis_oom_answer_the_truth_and_each_stored_workflow_runs_
             201 | 202 => &[200],
             _ => &[200, 201],
         };
-        assert!(expected.contains(&again), "{body} after {status}: {again} {v}");
+        assert!(
+            expected.contains(&again),
+            "{body} after {status}: {again} {v}"
+        );
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
     let ended = wait_ended(&redis, &ids, PATIENCE).await;

@@ -170,7 +170,12 @@ pub struct Created {
 }
 
 impl Created {
-    fn new(workflow: Workflow, version: u64, creation: Creation, definition: Arc<Definition>) -> Self {
+    fn new(
+        workflow: Workflow,
+        version: u64,
+        creation: Creation,
+        definition: Arc<Definition>,
+    ) -> Self {
         Self {
             workflow,
             version,
@@ -449,9 +454,7 @@ impl Engine {
             },
         };
         if stored != 1 {
-            return self
-                .existing(conn, &id, def, req.version, &req.input)
-                .await;
+            return self.existing(conn, &id, def, req.version, &req.input).await;
         }
         metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
         metrics::counter!("orchestrator_workflows_created_total").increment(1);

@@ -23,9 +23,9 @@ use crate::definition::Definition;
 use crate::error::Error;
 use crate::machine::log::log_entry;
 use crate::machine::{self, Command, Event, StageStatus, Workflow};
-use agent_sdk::schemas::AgentType;
 use crate::scripts::{self, invoke_all};
 use crate::store::server_time_ms;
+use agent_sdk::schemas::AgentType;
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 
@@ -373,7 +373,11 @@ impl Engine {
     /// these jobs ended (an operator aborted or cancelled a blocked one): an
     /// ended workflow leaves none behind (unless the engine keeps them).
     /// Best effort: one left behind by an error is an operator's to purge.
-    async fn forget_ended_dead_letters<C: ConnectionLike + Send>(&self, conn: &mut C, jobs: &[Job]) {
+    async fn forget_ended_dead_letters<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        jobs: &[Job],
+    ) {
         if self.keeps_dead_letters() {
             return;
         }
@@ -386,7 +390,8 @@ impl Engine {
                 let (StageStatus::DeadLettered, Some(task)) = (st.status, &st.task_id) else {
                     continue;
                 };
-                let Some(agent) = super::task_agent(&j.def, task).and_then(|a| AgentType::new(a).ok())
+                let Some(agent) =
+                    super::task_agent(&j.def, task).and_then(|a| AgentType::new(a).ok())
                 else {
                     continue;
                 };

@@ -135,11 +135,13 @@ fn task_of(e: &Entry) -> String {
 /// still its workflow's business after the result was applied: only while
 /// the workflow waits on it (its stage is dead-lettered on this very task,
 /// for an operator to replay). Otherwise — the stage timed out or failed,
-/// the workflow ended or is gone — it would be left behind for nothing.
+/// the workflow ended — it would be left behind for nothing. A task naming
+/// a workflow that does not exist keeps its dead letter: nothing says what
+/// it was for.
 fn keeps_dead_letter(outcome: &Outcome, task: &str) -> bool {
     let wf = match outcome {
         Outcome::Applied { workflow, .. } | Outcome::Unchanged { workflow, .. } => workflow,
-        Outcome::NotFound => return false,
+        Outcome::NotFound => return true,
     };
     !wf.status.is_terminal()
         && wf.stages.iter().any(|s| {
@@ -203,16 +205,26 @@ async fn apply_batch(
         {
             match outcome {
                 Ok(outcome) => {
-                    if dead && !engine.keeps_dead_letters() && !keeps_dead_letter(&outcome, &entry.2) {
+                    if dead
+                        && !engine.keeps_dead_letters()
+                        && !keeps_dead_letter(&outcome, &entry.2)
+                    {
                         forget.push(entry.clone());
                     }
                     let what = match outcome {
                         Outcome::Applied { workflow, .. } => {
                             // Both times are the Redis server's: the
                             // result's entry id and the transition's `now`.
-                            if let Some(ms) = entry.1.split('-').next().and_then(|m| m.parse::<u64>().ok()) {
+                            if let Some(ms) = entry
+                                .1
+                                .split('-')
+                                .next()
+                                .and_then(|m| m.parse::<u64>().ok())
+                            {
                                 metrics::histogram!("orchestrator_result_to_transition_seconds")
-                                    .record(workflow.updated_at_ms.saturating_sub(ms) as f64 / 1000.0);
+                                    .record(
+                                        workflow.updated_at_ms.saturating_sub(ms) as f64 / 1000.0,
+                                    );
                             }
                             "applied"
                         }
