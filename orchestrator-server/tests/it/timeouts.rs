@@ -206,3 +206,39 @@ async fn a_dead_letter_after_a_deadline_missed_by_a_dead_orchestrator_fails_the_
     assert!(second.log_text().contains("orchestrator serving"));
     agents.shutdown().await;
 }
+
+/// One stage, one attempt, no timeout to speak of: a retryable failure is
+/// dead-lettered and blocks the workflow.
+const BLOCKY: &str = r#"
+name: blocky
+stages:
+  - name: slow
+    agent: slow
+    max_attempts: 1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_workflow_keeps_its_dead_letter_until_it_is_aborted() {
+    let redis = TestRedis::start();
+    let agents = Agents::start(&redis, &["slow"]);
+    let o = Proc::spawn(&redis, "orch-a", &[]).await;
+    let http = http();
+    register(&http, &o.url, BLOCKY).await;
+    let id = create(&http, &o.url, "blocky", json!({ "dead_letter": "slow" })).await;
+    let by = settle(&redis, std::slice::from_ref(&id)).await;
+    assert_eq!(by.get("blocked"), Some(&1), "{by:?}");
+    // Blocked on it: the operator's to replay, so it stays.
+    assert_eq!(dead_letters_left(&redis, "slow", 1).await, 1);
+    let r = http
+        .post(o.api(&format!("/workflows/{id}/abort")))
+        .json(&json!({ "reason": "given up" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let ended = wait_ended(&redis, std::slice::from_ref(&id), PATIENCE).await;
+    assert_eq!(ended[0].status, WorkflowStatus::Failed);
+    // Ended: it leaves no dead letter of its stages behind.
+    assert_eq!(xlen(&redis, &keys().dlq(&agent_type("slow"))).await, 0);
+    agents.shutdown().await;
+}
