@@ -14,5 +14,6 @@ mod hostile;
 mod limits;
 mod openapi;
 mod outbox;
+mod sweep;
 mod timeouts;
 mod workflows;

@@ -438,8 +438,11 @@ impl Engine {
         let mut pipe = redis::pipe();
         pipe.load_script(&scripts::TRANSITION).ignore();
         self.store.add_index_commands(&mut pipe, &id, now);
-        pipe.zadd(self.keys().workflows_outbox(), &id, now)
+        pipe.cmd("ZADD")
+            .arg(self.keys().workflows_outbox())
             .arg("NX")
+            .arg(now)
+            .arg(&id)
             .ignore();
         pipe.invoke_script(&save);
         let stored = match pipe.query_async::<(i64,)>(conn).await {

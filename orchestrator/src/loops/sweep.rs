@@ -91,6 +91,44 @@ pub async fn sweep_once(
     }
 }
 
+/// Puts every active workflow that holds an outbox into the outbox index
+/// (`NX`: an entry's age is kept). Outboxes left by an orchestrator that
+/// predates the index are in no index; once per start, before the first
+/// sweep, is the only time the sweeper reads every active workflow.
+/// Returns how many it added.
+pub async fn index_outboxes(engine: &Engine, conn: &mut ConnectionManager) -> crate::Result<usize> {
+    let store = engine.store();
+    let now = server_time_ms(conn).await?;
+    let mut offset = 0;
+    let mut added = 0;
+    loop {
+        let page = store.active_page(conn, offset, PAGE).await?;
+        if page.is_empty() {
+            return Ok(added);
+        }
+        offset += page.len();
+        let mut pipe = redis::pipe();
+        for (id, _) in &page {
+            pipe.cmd("HEXISTS")
+                .arg(store.keys().workflow(id)?)
+                .arg("outbox");
+        }
+        let has: Vec<bool> = pipe.query_async(conn).await?;
+        let mut pipe = redis::pipe();
+        for ((id, _), has) in page.iter().zip(has) {
+            if has {
+                pipe.cmd("ZADD")
+                    .arg(store.keys().workflows_outbox())
+                    .arg("NX")
+                    .arg(now)
+                    .arg(id);
+            }
+        }
+        let n: Vec<i64> = pipe.query_async(conn).await?;
+        added += n.iter().filter(|n| **n == 1).count();
+    }
+}
+
 /// Sweeps at once, then every `interval`, until `stop`.
 pub async fn run(
     engine: Arc<Engine>,
@@ -101,6 +139,11 @@ pub async fn run(
     // At start every outbox is taken over: a previous run of this
     // orchestrator may have died with some in hand.
     let mut grace = Duration::ZERO;
+    match index_outboxes(&engine, &mut conn).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(outboxes = n, "indexed outboxes no index had"),
+        Err(e) => tracing::warn!(error = %e, "cannot index outboxes left before the outbox index"),
+    }
     loop {
         match sweep_once(&engine, &mut conn, grace).await {
             Ok(0) => {}
