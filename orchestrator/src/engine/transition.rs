@@ -24,7 +24,6 @@ use crate::error::Error;
 use crate::machine::log::log_entry;
 use crate::machine::{self, Command, Event, StageStatus, Workflow};
 use crate::scripts::{self, invoke_all};
-use crate::store::server_time_ms;
 use agent_sdk::schemas::AgentType;
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
@@ -245,9 +244,11 @@ impl Engine {
         // states: every replica decides by the same clock (stage deadlines,
         // times recorded in the state).
         let (now, loaded) = if ids.is_empty() {
-            (server_time_ms(conn).await?, Vec::new())
+            (self.server_now(conn).await?, Vec::new())
         } else {
-            self.store().load_many_at(conn, &ids).await?
+            let (now, loaded) = self.store().load_many_at(conn, &ids).await?;
+            self.note_time(now);
+            (now, loaded)
         };
         for (&i, loaded) in misses.iter().zip(loaded) {
             match loaded {
