@@ -127,7 +127,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
         } => {
             let input = json_arg("--input", &input)?;
             let mut conn = ctx.conn();
-            let (wf, v) = ctx
+            let created = ctx
                 .engine
                 .create(
                     &mut conn,
@@ -139,6 +139,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
                     },
                 )
                 .await?;
+            let (wf, v) = (created.workflow, created.version);
             if follow {
                 if ctx.out.json() {
                     // One document: the workflow as it ended.

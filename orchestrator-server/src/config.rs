@@ -101,6 +101,13 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_MAX_AGENT_TYPES", default_value_t = orchestrator::engine::DEFAULT_MAX_AGENT_TYPES)]
     pub max_agent_types: usize,
 
+    /// Keep the dead letters of workflow tasks that no workflow waits for
+    /// any more. By default they are deleted: a stage that timed out or
+    /// failed, or a workflow that ended, leaves no dead letter behind (its
+    /// error stays in the workflow and its event log).
+    #[arg(long, env = "AGENTIC_KEEP_DEAD_LETTERS")]
+    pub keep_dead_letters: bool,
+
     /// `/metrics` asks for the API token like `/api/v1` does (the auth layer
     /// reads this through `AppState::metrics_token_required`).
     #[arg(long, env = "AGENTIC_METRICS_TOKEN_REQUIRED")]

@@ -116,6 +116,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     };
     let (mut engine, watch_rx) = Engine::new(client);
     engine.set_max_agent_types(cfg.max_agent_types);
+    engine.set_keep_dead_letters(cfg.keep_dead_letters);
     let engine = Arc::new(engine);
 
     // The built-in `sdlc` only when none is registered (an operator's own

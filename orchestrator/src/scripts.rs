@@ -16,6 +16,15 @@ pub(crate) static TRANSITION: LazyLock<Script> =
 pub(crate) static CLEAR_OUTBOX: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/clear_outbox.lua")));
 
+/// Take a workflow without an outbox out of the outbox index (and an
+/// ended one out of the active index; an orphan out of every index).
+pub(crate) static FORGET_OUTBOX: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/forget_outbox.lua")));
+
+/// Delete the dead letter of a task its workflow no longer waits for.
+pub(crate) static FORGET_DEAD_LETTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/forget_dead_letter.lua")));
+
 /// Dispatch a task at most once and arm its deadline.
 pub(crate) static DISPATCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/dispatch.lua")));

@@ -177,6 +177,16 @@ impl Keys {
         format!("{}:lease:{name}", self.ns)
     }
 
+    /// `N:wfs:outbox` — sorted set of workflows whose outbox holds commands
+    /// not carried out yet, score = when the oldest of them was decided (ms,
+    /// the Redis server's clock). Written by the transition script, emptied
+    /// by the script that clears an outbox: the sweeper reads only this
+    /// (entries older than its grace), never every active workflow, and no
+    /// replica's own clock takes part.
+    pub fn workflows_outbox(&self) -> String {
+        format!("{}:wfs:outbox", self.ns)
+    }
+
     /// `N:wfs:counts` — hash: workflows by status (`running` → n, …),
     /// moved by the transition script in the same step as the status, so
     /// `/metrics` reads them in one call and every replica agrees.

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use orchestrator::engine::{NewWorkflow, OperatorAction};
+use orchestrator::engine::{Creation, NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
 use orchestrator::store::{ListFilter, LogEntry, Page};
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,11 @@ async fn view(
             Some(workflow.definition_version),
         )
         .await?;
+    Ok(view_of(&def, workflow, version))
+}
+
+/// The view of `workflow` of definition `def` (no I/O).
+fn view_of(def: &orchestrator::Definition, workflow: Workflow, version: u64) -> WorkflowView {
     let stage_details = workflow
         .stages
         .iter()
@@ -106,12 +111,12 @@ async fn view(
             }
         })
         .collect();
-    Ok(WorkflowView {
+    WorkflowView {
         progress: workflow.progress(),
         workflow,
         version,
         stage_details,
-    })
+    }
 }
 
 fn location(id: &str) -> HeaderValue {
@@ -122,6 +127,15 @@ fn location(id: &str) -> HeaderValue {
 /// Start a workflow
 ///
 /// `POST /workflows` — 201 with the workflow and its `Location`.
+///
+/// Idempotent by `id`: sending the same body again (same `id`, definition,
+/// version if given, input) answers 200 with the workflow it created; a
+/// different body for a taken `id` is 409. Once the workflow is stored the
+/// answer is a success: 202 when its first tasks could not be dispatched
+/// yet (Redis out of memory, a lost connection) — they wait in its outbox
+/// and an orchestrator's sweeper dispatches them. A 503 `unconfirmed` names
+/// the id of a workflow whose store may have happened: send the body again
+/// with that `id`. Without an `id` a retry creates another workflow.
 #[utoipa::path(
     post,
     path = "/workflows",
@@ -129,16 +143,20 @@ fn location(id: &str) -> HeaderValue {
     operation_id = "create_workflow",
     request_body = CreateRequest,
     responses(
+        (status = 200, description = "The same request came before (same `id` and body): the workflow it created", body = WorkflowView,
+            headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
         (status = 201, description = "Created and started", body = WorkflowView,
+            headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
+        (status = 202, description = "Stored; its first tasks are dispatched by the sweeper (Redis refused the dispatch for now)", body = WorkflowView,
             headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
         (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
-        (status = 409, description = "`conflict`: a workflow with this id exists", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: a workflow with this id exists with another definition or input", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
         (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id, or an input over the input limits (62 levels deep, 256 KiB encoded)", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
-        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached, nothing was stored; `unconfirmed`: the store may have happened — the message names the workflow id to send again", body = ApiErrorBody),
     )
 )]
 pub async fn create(
@@ -148,7 +166,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     check_input(&req.input)?;
     let mut conn = state.conn().await?;
-    let (workflow, version) = state
+    let created = state
         .engine()
         .create(
             &mut conn,
@@ -160,10 +178,19 @@ pub async fn create(
             },
         )
         .await?;
-    audit(&caller, "start", &workflow.id);
-    let loc = location(&workflow.id);
-    let body = view(&state, &mut conn, workflow, version).await?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
+    let status = match created.creation {
+        Creation::Created => StatusCode::CREATED,
+        Creation::Existing => StatusCode::OK,
+        Creation::Stored => StatusCode::ACCEPTED,
+    };
+    if created.creation != Creation::Existing {
+        audit(&caller, "start", &created.workflow.id);
+    }
+    let loc = location(&created.workflow.id);
+    // Built from what the create returned: no further read can turn a
+    // stored workflow's answer into an error.
+    let body = view_of(&created.definition, created.workflow, created.version);
+    Ok((status, [(header::LOCATION, loc)], Json(body)).into_response())
 }
 
 async fn load(

@@ -5,8 +5,10 @@
 
 mod api;
 mod cli;
+mod clocks;
 mod common;
 mod crash;
+mod creates;
 mod dashboard;
 mod hostile;
 mod limits;
@@ -14,4 +16,6 @@ mod openapi;
 mod outbox;
 mod stuck;
 mod retention;
+mod sweep;
+mod timeouts;
 mod workflows;
