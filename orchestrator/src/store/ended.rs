@@ -2,7 +2,7 @@
 //! the Redis clock when the transition script ended them), their measured
 //! bytes, the archive record of one, and its deletion.
 
-use super::{LogEntry, Result, WorkflowStore, corrupt};
+use super::{LogEntry, Result, WorkflowStore, corrupt, server_time_ms};
 use crate::error::Error;
 use crate::machine::WorkflowStatus;
 use crate::scripts;
@@ -78,12 +78,6 @@ pub enum Deletion {
     NotEnded(WorkflowStatus),
     /// Ended, but its last commands are not carried out yet: kept this time.
     OutboxPending(WorkflowStatus),
-}
-
-/// The Redis server's clock, in ms: what every age here is measured by.
-pub async fn server_time_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(secs * 1000 + micros / 1000)
 }
 
 impl WorkflowStore {

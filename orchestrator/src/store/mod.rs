@@ -28,7 +28,7 @@ mod index;
 mod log;
 mod timers;
 
-pub use ended::{ArchiveRecord, Deletion, EndedEntry, EndedTotals, server_time_ms};
+pub use ended::{ArchiveRecord, Deletion, EndedEntry, EndedTotals};
 pub use index::{ListFilter, Page, Summary};
 pub use log::{Change, EVENT_LOG_CAP, LogEntry};
 
