@@ -14,6 +14,18 @@ ensure_redis() {
   fi
 }
 
+# Installs libfaketime (Debian's faketime) when missing: the orchestrator's
+# clock-skew test runs one replica under LD_PRELOAD=libfaketime.so.1.
+ensure_faketime() {
+  if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] \
+    && [ ! -e /usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1 ] \
+    && [ ! -e /usr/lib/faketime/libfaketime.so.1 ]; then
+    echo "installing faketime (apt-get)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq faketime >/dev/null
+  fi
+}
+
 # Installs Debian's chromium and chromium-driver when missing (the
 # dashboard's headless-browser test drives /usr/bin/chromium through
 # /usr/bin/chromedriver).

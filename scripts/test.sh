@@ -12,6 +12,8 @@ ensure_curl
 ensure_agent_tools
 # The dashboard's test drives a real headless Chromium.
 ensure_chromium
+# The orchestrator's clock-skew test runs a replica under libfaketime.
+ensure_faketime
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

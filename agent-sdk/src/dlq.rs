@@ -1,10 +1,19 @@
-//! Dead-letter operations: list, get, replay, purge. The operator CLI and the
-//! orchestrator build on these.
+//! Dead-letter operations: list, get, find by task, replay, purge. The
+//! operator CLI and the orchestrator build on these.
+//!
+//! Every operation that adds, replays or deletes dead letters keeps the
+//! dlq-index (`N:agent:{T}:dlq-index`: task id → entry id of its newest dead
+//! letter) in the same atomic step, so [`DeadLetters::find_by_task`] is one
+//! `HGET` and one `XRANGE` whatever the DLQ's length.
 
 use crate::stream::{Entry, parse_entries};
 use crate::{Error, Result, scripts};
 use redis::aio::ConnectionManager;
 use schemas::{AgentType, DeadLetter, DeadLetterReason, Keys};
+
+/// Most entries [`DeadLetters::find_by_task`] reads when its task is not in
+/// the index (a dead letter written before the index existed).
+pub const FIND_SCAN_BUDGET: usize = 10_000;
 
 /// Which dead letters to list.
 #[derive(Debug, Clone, Default)]
@@ -164,6 +173,7 @@ impl DeadLetters {
         Ok(scripts::REPLAY
             .key(self.keys.dlq(agent_type))
             .key(self.keys.tasks(agent_type))
+            .key(self.keys.dlq_index(agent_type))
             .arg(id)
             .invoke_async(&mut conn)
             .await?)
@@ -184,10 +194,11 @@ impl DeadLetters {
         }
         let mut conn = self.conn.clone();
         let (dlq, tasks) = (self.keys.dlq(agent_type), self.keys.tasks(agent_type));
+        let index = self.keys.dlq_index(agent_type);
         let mut pipe = redis::pipe();
         pipe.load_script(&scripts::REPLAY).ignore();
         for id in ids {
-            pipe.invoke_script(scripts::REPLAY.key(&dlq).key(&tasks).arg(id));
+            pipe.invoke_script(scripts::REPLAY.key(&dlq).key(&tasks).key(&index).arg(id));
         }
         let replies: Vec<redis::RedisResult<Option<String>>> =
             pipe.ignore_errors().query_async(&mut conn).await?;
@@ -197,58 +208,131 @@ impl DeadLetters {
             .collect())
     }
 
-    /// Deletes the given dead letters; returns how many existed.
+    /// Deletes the given dead letters (and their index entries); returns
+    /// how many existed.
     pub async fn purge(&self, agent_type: &AgentType, ids: &[String]) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
         let mut conn = self.conn.clone();
-        Ok(redis::cmd("XDEL")
-            .arg(self.keys.dlq(agent_type))
+        Ok(scripts::DLQ_DELETE
+            .key(self.keys.dlq(agent_type))
+            .key(self.keys.dlq_index(agent_type))
+            .arg("ids")
             .arg(ids)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?)
     }
 
-    /// Deletes every dead letter of `agent_type`; returns how many there were.
+    /// Deletes every dead letter of `agent_type` (and the whole index);
+    /// returns how many there were.
     pub async fn purge_all(&self, agent_type: &AgentType) -> Result<u64> {
         let mut conn = self.conn.clone();
         let key = self.keys.dlq(agent_type);
-        let (n, _): (u64, i64) = redis::pipe()
+        let (n, _, _): (u64, i64, i64) = redis::pipe()
             .atomic()
             .cmd("XLEN")
             .arg(&key)
             .cmd("DEL")
             .arg(&key)
+            .cmd("DEL")
+            .arg(self.keys.dlq_index(agent_type))
             .query_async(&mut conn)
             .await?;
         Ok(n)
     }
 
     /// Adds `dead_letter` to `agent_type`'s DLQ as a new entry (its old
-    /// entry id is not kept: ids are per stream). For moving dead letters
-    /// between environments; returns the new entry id.
+    /// entry id is not kept: ids are per stream), indexed by its task id.
+    /// For moving dead letters between environments; returns the new entry id.
     pub async fn import(&self, agent_type: &AgentType, dead_letter: &DeadLetter) -> Result<String> {
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.keys.dlq(agent_type)).arg("*");
+        let mut inv = scripts::DLQ_ADD.prepare_invoke();
+        inv.key(self.keys.dlq(agent_type))
+            .key(self.keys.dlq_index(agent_type));
         for (k, v) in dead_letter.to_fields() {
-            cmd.arg(k).arg(v);
+            inv.arg(k).arg(v);
         }
-        Ok(cmd.query_async(&mut conn).await?)
+        Ok(inv.invoke_async(&mut conn).await?)
     }
 
     /// Deletes the dead letters of `agent_type` that were dead-lettered
     /// before `cutoff_ms` (by the Redis server's clock, which made their
-    /// entry ids), in one command; returns how many.
+    /// entry ids), with their index entries, a chunk per call; returns how
+    /// many.
     pub async fn purge_older_than(&self, agent_type: &AgentType, cutoff_ms: u64) -> Result<u64> {
+        // Chunks keep each script call short on a long DLQ.
+        const CHUNK: usize = 1000;
         let mut conn = self.conn.clone();
-        Ok(redis::cmd("XTRIM")
-            .arg(self.keys.dlq(agent_type))
-            .arg("MINID")
-            .arg(cutoff_ms)
+        let (dlq, index) = (self.keys.dlq(agent_type), self.keys.dlq_index(agent_type));
+        let before = format!("{cutoff_ms}-0");
+        let mut total = 0;
+        loop {
+            let n: u64 = scripts::DLQ_DELETE
+                .key(&dlq)
+                .key(&index)
+                .arg("before")
+                .arg(&before)
+                .arg(CHUNK)
+                .invoke_async(&mut conn)
+                .await?;
+            total += n;
+            if n < CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The newest dead letter of task `task_id`, found through the dlq-index
+    /// whatever the DLQ's length. An entry written before the index existed
+    /// is looked for among the newest [`FIND_SCAN_BUDGET`] entries.
+    pub async fn find_by_task(
+        &self,
+        agent_type: &AgentType,
+        task_id: &str,
+    ) -> Result<Option<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.dlq(agent_type);
+        let indexed: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.dlq_index(agent_type))
+            .arg(task_id)
             .query_async(&mut conn)
-            .await?)
+            .await?;
+        if let Some(id) = indexed {
+            let found = range(&mut conn, &key, &id, &id, None).await?;
+            if let Some(d) = found.first().map(to_dead_letter).transpose()?
+                && d.task_id.as_deref() == Some(task_id)
+            {
+                return Ok(Some(d));
+            }
+        }
+        // Newest first: a task's newest dead letter is the one to find.
+        const CHUNK: usize = 500;
+        let mut end = "+".to_owned();
+        let mut scanned = 0;
+        while scanned < FIND_SCAN_BUDGET {
+            let v: redis::Value = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(&mut conn)
+                .await?;
+            let entries = parse_entries(v);
+            scanned += entries.len();
+            for e in &entries {
+                let task = e.fields.iter().find(|(k, _)| k == schemas::fields::TASK_ID);
+                if task.is_some_and(|(_, v)| v == task_id.as_bytes()) {
+                    return to_dead_letter(e).map(Some);
+                }
+            }
+            match entries.last() {
+                Some(last) if entries.len() == CHUNK => end = format!("({}", last.id),
+                _ => break,
+            }
+        }
+        Ok(None)
     }
 
     /// The entry id of the newest dead letter of `agent_type`, if any.

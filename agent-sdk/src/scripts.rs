@@ -36,6 +36,14 @@ pub(crate) static SCHEDULE: LazyLock<Script> =
 pub(crate) static REPLAY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/replay.lua")));
 
+/// Add one dead letter and index it by task id.
+pub(crate) static DLQ_ADD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/dlq_add.lua")));
+
+/// Delete dead letters (by id, or older than an id) and their index entries.
+pub(crate) static DLQ_DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/dlq_delete.lua")));
+
 /// Encodes stream fields as a delayed-set member: `len:bytes` per name and
 /// per value, back to back (parsed by `promote.lua`).
 pub(crate) fn delayed_member<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {

@@ -13,8 +13,10 @@ pub(super) async fn streams(ctx: &Ctx) -> CtlResult {
     let keys = ctx.client.keys();
     let types = streams::agent_types(&mut conn, keys).await?;
     let streams = streams::stream_stats(&mut conn, keys, &types).await?;
-    ctx.out
-        .show(&serde_json::json!({ "streams": streams }), || {
+    let dead_letters = orchestrator::ops::housekeeping::dlq_stats(&mut conn, keys, &types).await?;
+    ctx.out.show(
+        &serde_json::json!({ "streams": streams, "dead_letters": dead_letters }),
+        || {
             let mut t = Table::new(&[
                 "TYPE",
                 "BACKLOG",
@@ -40,7 +42,9 @@ pub(super) async fn streams(ctx: &Ctx) -> CtlResult {
                 ]);
             }
             t.print("no agent types in this namespace");
-        });
+            super::housekeeping::print_dead_letters(&dead_letters);
+        },
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! JSON lines for `dlq export`). Exit codes: see [`ExitStatus`].
 
 mod dlq;
+mod housekeeping;
 mod inspect;
 pub mod output;
 mod task;
@@ -45,8 +46,11 @@ enum Command {
     /// Dead letters: list, show, replay, purge, export, import.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Per agent type: backlog, pending, oldest pending, consumers, delayed, DLQ, lag.
-    Streams,
+    /// Per agent type: backlog, pending, oldest pending, consumers, delayed,
+    /// DLQ (count, bytes, oldest), lag; `prune-consumers`, `trim-results`.
+    Streams(housekeeping::StreamsArgs),
+    /// Redis memory by key family (sampled) against maxmemory.
+    Memory(housekeeping::MemoryArgs),
     /// Live agent instances from the registry; stale ones marked.
     Agents(inspect::AgentsArgs),
     /// Enqueue a task or read its result.
@@ -199,7 +203,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         };
         match cli.command {
             Command::Dlq(c) => dlq::run(&ctx, c).await,
-            Command::Streams => inspect::streams(&ctx).await,
+            Command::Streams(a) => match a.command {
+                None => inspect::streams(&ctx).await,
+                Some(c) => housekeeping::run(&ctx, c).await,
+            },
+            Command::Memory(a) => housekeeping::memory(&ctx, a).await,
             Command::Agents(a) => inspect::agents(&ctx, a).await,
             Command::Task(c) => task::run(&ctx, c).await,
             Command::Workflow(c) => workflow::run(&ctx, c).await,

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use orchestrator::engine::{NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
 use orchestrator::ops::fleet;
+use orchestrator::ops::stuck::{self, StageWhy};
 use orchestrator::store::{ListFilter, LogEntry};
 use serde::Serialize;
 use std::time::Duration;
@@ -64,6 +65,12 @@ pub(super) enum WorkflowCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Delete an ended (completed, failed, cancelled) workflow now: state,
+    /// event log, index entries. A workflow that has not ended is refused (exit 4).
+    Delete {
+        /// Workflow id.
+        id: String,
+    },
     /// Stop dispatching, compensate, end `cancelled`.
     Cancel {
         /// Workflow id.
@@ -104,6 +111,9 @@ struct WorkflowOut<'a> {
     #[serde(flatten)]
     workflow: &'a Workflow,
     version: u64,
+    /// `workflow get`: why each stage that has not ended is where it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a [StageWhy]>,
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
@@ -118,7 +128,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
         } => {
             let input = json_arg("--input", &input)?;
             let mut conn = ctx.conn();
-            let (wf, v) = ctx
+            let created = ctx
                 .engine
                 .create(
                     &mut conn,
@@ -130,6 +140,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
                     },
                 )
                 .await?;
+            let (wf, v) = (created.workflow, created.version);
             if follow {
                 if ctx.out.json() {
                     // One document: the workflow as it ended.
@@ -142,6 +153,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
                 &WorkflowOut {
                     workflow: &wf,
                     version: v,
+                    why: None,
                 },
                 || {
                     println!("submitted workflow {} ({})", wf.id, wf.definition);
@@ -152,12 +164,17 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
         }
         WorkflowCommand::Get { id } => {
             let (wf, v) = load(ctx, &id).await?;
+            let why = why(ctx, &wf).await?;
             ctx.out.show(
                 &WorkflowOut {
                     workflow: &wf,
                     version: v,
+                    why: Some(&why),
                 },
-                || print_workflow(&wf),
+                || {
+                    print_workflow(&wf);
+                    print_why(&why);
+                },
             );
             Ok(())
         }
@@ -216,6 +233,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: WorkflowCommand) -> CtlResult {
             load(ctx, &id).await?;
             watch(ctx, &id, !ctx.out.json(), timeout).await
         }
+        WorkflowCommand::Delete { id } => super::housekeeping::delete_workflow(ctx, &id).await,
         WorkflowCommand::Cancel { id, reason } => {
             let reason = reason_arg(reason, "cancelled by an operator")?;
             act(ctx, &id, OperatorAction::Cancel { reason }).await
@@ -265,6 +283,7 @@ async fn act(ctx: &Ctx, id: &str, action: OperatorAction) -> CtlResult {
         &WorkflowOut {
             workflow: &workflow,
             version,
+            why: None,
         },
         || print_workflow(&workflow),
     );
@@ -341,6 +360,32 @@ fn print_workflow(wf: &Workflow) {
     }
 }
 
+/// Why each stage of `wf` that has not ended is where it is.
+async fn why(ctx: &Ctx, wf: &Workflow) -> CtlResult<Vec<StageWhy>> {
+    if wf.status.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut conn = ctx.conn();
+    let def = ctx
+        .engine
+        .catalog()
+        .get(&mut conn, &wf.definition, Some(wf.definition_version))
+        .await?;
+    Ok(stuck::explain(&mut conn, ctx.engine.keys(), wf, &def).await?)
+}
+
+fn print_why(why: &[StageWhy]) {
+    if why.is_empty() {
+        return;
+    }
+    println!();
+    let mut t = Table::new(&["STAGE", "WHY"]);
+    for w in why {
+        t.row(vec![w.stage.clone(), w.reason.describe()]);
+    }
+    t.print("");
+}
+
 /// A duration in ms, precise below a minute.
 fn short_ms(ms: u64) -> String {
     if ms < 60_000 {
@@ -409,6 +454,7 @@ async fn watch(ctx: &Ctx, id: &str, human: bool, timeout: Option<Duration>) -> C
                 ctx.out.print_json(&WorkflowOut {
                     workflow: &wf,
                     version: v,
+                    why: None,
                 });
             }
             return Err(ExitStatus::TimedOut(format!(
@@ -473,6 +519,7 @@ fn finish(ctx: &Ctx, id: &str, human: bool, wf: &Workflow, version: u64) -> CtlR
         ctx.out.print_json(&WorkflowOut {
             workflow: wf,
             version,
+            why: None,
         });
     }
     match wf.status {

@@ -903,11 +903,17 @@ async fn a_replay_does_not_meet_the_dead_letters_it_causes() {
 async fn dead_letters_of_ended_workflows_stay_unless_forced() {
     let redis = TestRedis::start();
     let agents = Agents::start(&redis, &SDLC);
-    let o = InProcess::start(&redis, &[]).await;
+    // An ended workflow's dead letters are deleted unless kept explicitly:
+    // this orchestrator keeps them, and the abort goes through it.
+    let o = InProcess::start(&redis, &["--keep-dead-letters"]).await;
     let id = submit_blocked(&redis).await;
-    ctl(&redis, &["workflow", "abort", &id, "--reason", "given up"])
+    let r = orchestrator_server::testing::http()
+        .post(o.api(&format!("/workflows/{id}/abort")))
+        .json(&json!({ "reason": "given up" }))
+        .send()
         .await
-        .ok();
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     wait_ended(&redis, std::slice::from_ref(&id), PATIENCE).await;
     assert_eq!(xlen(&redis, &dlq_key("e2e")).await, 1);
 

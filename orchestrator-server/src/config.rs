@@ -112,6 +112,13 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_MAX_AGENT_TYPES", default_value_t = orchestrator::engine::DEFAULT_MAX_AGENT_TYPES)]
     pub max_agent_types: usize,
 
+    /// Keep the dead letters of workflow tasks that no workflow waits for
+    /// any more. By default they are deleted: a stage that timed out or
+    /// failed, or a workflow that ended, leaves no dead letter behind (its
+    /// error stays in the workflow and its event log).
+    #[arg(long, env = "AGENTIC_KEEP_DEAD_LETTERS")]
+    pub keep_dead_letters: bool,
+
     /// `/metrics` asks for the API token like `/api/v1` does (the auth layer
     /// reads this through `AppState::metrics_token_required`).
     #[arg(long, env = "AGENTIC_METRICS_TOKEN_REQUIRED")]
@@ -170,12 +177,91 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Ended workflows (completed, failed, cancelled) are deleted this long
+    /// after they ended (Redis clock): state, event log, index entries. A
+    /// workflow blocked on a dead letter has not ended and is kept.
+    #[arg(long, env = "AGENTIC_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// Keep at most this many ended workflows (the oldest go first).
+    #[arg(long, env = "AGENTIC_RETENTION_MAX_COUNT")]
+    pub retention_max_count: Option<u64>,
+
+    /// Keep at most this many bytes of ended workflows (state + event log,
+    /// measured with MEMORY USAGE when each ended; the oldest go first).
+    #[arg(long, env = "AGENTIC_RETENTION_MAX_BYTES")]
+    pub retention_max_bytes: Option<u64>,
+
+    /// How often retention looks for ended workflows to delete (one
+    /// replica per round, by a lease in Redis).
+    #[arg(long, env = "AGENTIC_RETENTION_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Before deleting, append each expired workflow with its event log as
+    /// one JSON line to this file (synced first; a failed write keeps the
+    /// workflow for the next round).
+    #[arg(long, env = "AGENTIC_ARCHIVE_FILE")]
+    pub archive_file: Option<PathBuf>,
+
+    /// Before deleting, add each expired workflow as one entry (field
+    /// `workflow`, the same JSON line) to the stream `N:wfs:archive`.
+    #[arg(long, env = "AGENTIC_ARCHIVE_STREAM")]
+    pub archive_stream: bool,
+
+    /// The archive stream keeps about this many entries.
+    #[arg(
+        long,
+        env = "AGENTIC_ARCHIVE_STREAM_MAX_LEN",
+        default_value_t = 100_000
+    )]
+    pub archive_stream_max_len: usize,
+
+    /// How often dead consumers are pruned and unread results streams
+    /// capped (one replica per round, by a lease in Redis).
+    #[arg(long, env = "AGENTIC_HOUSEKEEPING_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub housekeeping_interval: Duration,
+
+    /// A consumer of a `workers` or `orchestrator` group that holds nothing,
+    /// has no live registry record and has been idle this long is removed.
+    /// Also: a results stream whose group has no consumer active within
+    /// this long counts as unread.
+    #[arg(long, env = "AGENTIC_CONSUMER_PRUNE_IDLE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub consumer_prune_idle: Duration,
+
+    /// A results stream nobody reads is capped at this many entries
+    /// (never below what an orchestrator group has not applied).
+    #[arg(long, env = "AGENTIC_RESULTS_CAP", default_value_t = 10_000)]
+    pub results_cap: u64,
+
     /// Log format.
     #[arg(long, env = "AGENTIC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 impl ServeConfig {
+    /// The retention rules ([`orchestrator::loops::retention`]).
+    pub fn retention_settings(&self) -> orchestrator::loops::retention::RetentionSettings {
+        orchestrator::loops::retention::RetentionSettings {
+            interval: self.retention_interval,
+            max_age: self.retention,
+            max_count: self.retention_max_count,
+            max_bytes: self.retention_max_bytes,
+            archive: orchestrator::loops::retention::ArchiveSettings {
+                file: self.archive_file.clone(),
+                stream_max_len: self.archive_stream.then_some(self.archive_stream_max_len),
+            },
+        }
+    }
+
+    /// The streams' housekeeping ([`orchestrator::ops::housekeeping`]).
+    pub fn housekeeping_settings(&self) -> orchestrator::ops::housekeeping::HousekeepingSettings {
+        orchestrator::ops::housekeeping::HousekeepingSettings {
+            interval: self.housekeeping_interval,
+            consumer_prune_idle: self.consumer_prune_idle,
+            results_cap: self.results_cap,
+        }
+    }
+
     /// The bounds of each request ([`crate::transport`]).
     pub fn request_bounds(&self) -> crate::transport::RequestBounds {
         crate::transport::RequestBounds {
@@ -271,6 +357,29 @@ impl ServeConfig {
                  keep-alive of event streams (a quiet stream or a working handler moves no byte)",
                 EVENT_KEEP_ALIVE.as_secs()
             ));
+        }
+        for (flag, d) in [
+            ("--retention-interval", self.retention_interval),
+            ("--housekeeping-interval", self.housekeeping_interval),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) {
+                return bad(format!("{flag} must be between 100ms and 1d"));
+            }
+        }
+        if self.retention.is_zero() {
+            return bad("--retention must be above 0".into());
+        }
+        if self.retention_max_count == Some(0) || self.retention_max_bytes == Some(0) {
+            return bad("--retention-max-count and --retention-max-bytes must be above 0 (leave them out for no cap)".into());
+        }
+        if self.archive_stream_max_len == 0 {
+            return bad("--archive-stream-max-len must be above 0".into());
+        }
+        if self.consumer_prune_idle < Duration::from_secs(1) {
+            return bad("--consumer-prune-idle must be at least 1s".into());
+        }
+        if self.results_cap == 0 {
+            return bad("--results-cap must be above 0".into());
         }
         if self.max_connections == 0 || self.max_connections > 65_536 {
             return bad("--max-connections must be 1..=65536".into());

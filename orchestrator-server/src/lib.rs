@@ -11,6 +11,7 @@
 //!   timeouts, the connection cap.
 
 pub mod api;
+pub mod check;
 pub mod config;
 mod error;
 pub mod server;

@@ -32,6 +32,15 @@ enum Command {
     Check {
         /// The definition file.
         file: PathBuf,
+        /// Also warn (on stderr) about agent types its stages name that were
+        /// never seen in Redis (--redis-url, --namespace): no worker of the
+        /// type has read its task stream and none is registered. The
+        /// warnings do not change the exit code; an unreachable Redis does.
+        #[arg(long)]
+        agent_types: bool,
+        /// Redis and namespace, with --agent-types.
+        #[command(flatten)]
+        redis: agent_sdk::RedisArgs,
     },
     /// Print the HTTP API's OpenAPI document (pretty JSON; needs no Redis).
     Openapi,
@@ -62,7 +71,11 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli: Cli = agent_sdk::parse_cli();
     match cli.command {
-        Command::Check { file } => check(&file),
+        Command::Check {
+            file,
+            agent_types,
+            redis,
+        } => check(&file, agent_types.then_some(&redis)),
         Command::Token(TokenCommand::New {
             name,
             role,
@@ -108,7 +121,7 @@ fn new_token(name: &str, role: Role, file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn check(file: &PathBuf) -> ExitCode {
+fn check(file: &PathBuf, redis: Option<&agent_sdk::RedisArgs>) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -127,11 +140,35 @@ fn check(file: &PathBuf) -> ExitCode {
             for (i, level) in plan.levels.iter().enumerate() {
                 println!("  level {i}: {}", level.join(", "));
             }
-            ExitCode::SUCCESS
+            match redis {
+                Some(redis) => warn_agent_types(redis, &d),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("orchestrator: {}: {e}", file.display());
             Exit::Data.into()
+        }
+    }
+}
+
+/// Prints the agent-type warnings of `def` on stderr.
+fn warn_agent_types(redis: &agent_sdk::RedisArgs, def: &Definition) -> ExitCode {
+    let found = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(orchestrator_server::Error::from)
+        .and_then(|rt| rt.block_on(orchestrator_server::check::agent_type_warnings(redis, def)));
+    match found {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("warning: {}", w.message);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("orchestrator: cannot check the agent types: {e}");
+            e.exit().into()
         }
     }
 }

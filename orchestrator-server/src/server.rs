@@ -13,7 +13,7 @@ use agent_sdk::shutdown::pause;
 use agent_sdk::stream::consumer_id;
 use orchestrator::loops::results::{self, ConsumerSettings};
 use orchestrator::loops::sweep::{self, SweepSettings};
-use orchestrator::loops::{changes, timers};
+use orchestrator::loops::{changes, retention, timers};
 use orchestrator::{Definition, Engine};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
@@ -133,6 +133,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     };
     let (mut engine, watch_rx) = Engine::new(client);
     engine.set_max_agent_types(cfg.max_agent_types);
+    engine.set_keep_dead_letters(cfg.keep_dead_letters);
     let engine = Arc::new(engine);
 
     // The built-in `sdlc` only when none is registered (an operator's own
@@ -243,6 +244,20 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
             },
             loops_stop.clone(),
         ),
+    ));
+    tracker.spawn(retention::run_retention(
+        engine.store().clone(),
+        conn.clone(),
+        consumer.clone(),
+        cfg.retention_settings(),
+        loops_stop.clone(),
+    ));
+    tracker.spawn(retention::run_housekeeping(
+        engine.keys().clone(),
+        conn.clone(),
+        consumer.clone(),
+        cfg.housekeeping_settings(),
+        loops_stop.clone(),
     ));
     let (changes_tx, _) = broadcast::channel(1024);
     tracker.spawn(loops.track(

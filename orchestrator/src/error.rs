@@ -53,6 +53,17 @@ pub enum Error {
     /// Settings are inconsistent; the message names the setting.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A create's store was sent but its answer did not come back: the
+    /// workflow `id` may or may not be stored. Creating it again with the
+    /// same id says which (creates are idempotent by id).
+    #[error(
+        "the workflow may have been stored as {id:?} (redis: {source}); create it again with this id to find out"
+    )]
+    Unconfirmed {
+        id: String,
+        #[source]
+        source: redis::RedisError,
+    },
     /// Redis refused a command or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -72,6 +83,9 @@ impl Error {
     /// calls, a transition that kept losing its version check. Not: an
     /// unreadable state, an unknown definition, a refused request.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Redis(_) | Self::Sdk(_) | Self::Conflict(_))
+        matches!(
+            self,
+            Self::Redis(_) | Self::Sdk(_) | Self::Conflict(_) | Self::Unconfirmed { .. }
+        )
     }
 }

@@ -16,6 +16,15 @@ pub(crate) static TRANSITION: LazyLock<Script> =
 pub(crate) static CLEAR_OUTBOX: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/clear_outbox.lua")));
 
+/// Take a workflow without an outbox out of the outbox index (and an
+/// ended one out of the active index; an orphan out of every index).
+pub(crate) static FORGET_OUTBOX: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/forget_outbox.lua")));
+
+/// Delete the dead letter of a task its workflow no longer waits for.
+pub(crate) static FORGET_DEAD_LETTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/forget_dead_letter.lua")));
+
 /// Dispatch a task at most once and arm its deadline.
 pub(crate) static DISPATCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/dispatch.lua")));
@@ -39,6 +48,25 @@ pub(crate) static SEED_COUNTS: LazyLock<Script> =
 /// Register a definition as its next version.
 pub(crate) static REGISTER_DEFINITION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/register_definition.lua")));
+
+/// Where one agent type's tasks are (read only): "why is this stuck?".
+pub(crate) static LOCATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/locate.lua")));
+/// Delete an ended workflow's state and log (retention, operators).
+pub(crate) static DELETE_WORKFLOW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/delete_workflow.lua")));
+
+/// Take a deleted workflow out of the ended index and its byte count.
+pub(crate) static FORGET_ENDED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/forget_ended.lua")));
+
+/// Delete a consumer from a group if it holds nothing and is idle.
+pub(crate) static PRUNE_CONSUMER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/prune_consumer.lua")));
+
+/// Take or renew a namespace-wide chore's lease.
+pub(crate) static CHORE_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/chore_lease.lua")));
 
 /// Runs `calls` of `script` in one round trip: a single call as `EVALSHA`
 /// (which loads the script when Redis does not have it), several in one

@@ -150,6 +150,17 @@ impl Keys {
         self.agent(t, "progress")
     }
 
+    /// `N:registry:orchestrator:<consumer>` — string with a TTL: an
+    /// orchestrator replica is alive under this consumer name (refreshed by
+    /// its housekeeping loop). Housekeeping keeps the consumers that this or
+    /// [`Keys::fleet_expires`] lists as live: on Redis 7.0 a consumer's idle time
+    /// grows while its blocking reads find nothing, so idle alone cannot
+    /// tell a live reader from a dead one.
+    pub fn orchestrator_presence(&self, consumer: &str) -> Result<String> {
+        names::validate_consumer(consumer)?;
+        Ok(format!("{}:registry:orchestrator:{consumer}", self.ns))
+    }
+
     /// `N:wf:{<id>}` — hash: one workflow's state (`state` JSON, `version`,
     /// `status`, `definition`, times) and its outbox of commands decided but
     /// not yet carried out. The id is the hash tag: a transition touches this
@@ -177,6 +188,49 @@ impl Keys {
     /// outboxes after a crash.
     pub fn workflows_active(&self) -> String {
         format!("{}:wfs:active", self.ns)
+    }
+
+    /// `N:wfs:{ended}` — sorted set of workflows that have ended (completed,
+    /// failed, cancelled), score = when they ended, in ms by the Redis
+    /// server's clock: what retention expires, oldest first. A `blocked`
+    /// workflow has not ended and is never in it. Written by the transition
+    /// script that ends the workflow; shares its hash tag with
+    /// [`Keys::workflows_ended_bytes`] so retention's bookkeeping of the two
+    /// is one single-slot script.
+    pub fn workflows_ended(&self) -> String {
+        format!("{}:wfs:{{ended}}", self.ns)
+    }
+
+    /// `N:wfs:{ended}:bytes` — hash: ended workflow id → the Redis bytes of
+    /// its state and event log (`MEMORY USAGE`, measured once when it
+    /// ended), and the field `:total` (no workflow id holds a `:`) → their
+    /// sum: what `--retention-max-bytes` bounds.
+    pub fn workflows_ended_bytes(&self) -> String {
+        format!("{}:wfs:{{ended}}:bytes", self.ns)
+    }
+
+    /// `N:wfs:archive` — stream: one entry per expired workflow (field
+    /// `workflow`: the archive JSON line) when the orchestrator runs with
+    /// `--archive-stream`; capped by `--archive-stream-max-len`.
+    pub fn workflow_archive(&self) -> String {
+        format!("{}:wfs:archive", self.ns)
+    }
+
+    /// `N:lease:<name>` — string with a TTL: which orchestrator replica runs
+    /// a namespace-wide chore (`retention`, `housekeeping`) this round, so
+    /// replicas do not all do it at once. Losing it costs a round, never data.
+    pub fn chore_lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.ns)
+    }
+
+    /// `N:wfs:outbox` — sorted set of workflows whose outbox holds commands
+    /// not carried out yet, score = when the oldest of them was decided (ms,
+    /// the Redis server's clock). Written by the transition script, emptied
+    /// by the script that clears an outbox: the sweeper reads only this
+    /// (entries older than its grace), never every active workflow, and no
+    /// replica's own clock takes part.
+    pub fn workflows_outbox(&self) -> String {
+        format!("{}:wfs:outbox", self.ns)
     }
 
     /// `N:wfs:counts` — hash: workflows by status (`running` → n, …),
@@ -285,6 +339,14 @@ mod tests {
         assert!(k.workflow("a:b").is_err());
         assert!(k.workflow("a{b}").is_err());
         assert_eq!(k.definition("sdlc").unwrap(), "prod:def:{sdlc}");
+        assert_eq!(k.workflows_ended(), "prod:wfs:{ended}");
+        assert_eq!(k.workflows_ended_bytes(), "prod:wfs:{ended}:bytes");
+        assert_eq!(k.workflow_archive(), "prod:wfs:archive");
+        assert_eq!(k.chore_lease("retention"), "prod:lease:retention");
+        assert_eq!(
+            k.orchestrator_presence("o-1").unwrap(),
+            "prod:registry:orchestrator:o-1"
+        );
         assert!(k.definition("Bad Name").is_err());
         assert!(k.idempotency(&t, "").is_err());
     }

@@ -12,7 +12,9 @@
 -- batch is acknowledged and deleted with one XACK and one XDEL.
 --
 -- KEYS[1] tasks stream, KEYS[2] results stream, KEYS[3] dlq stream,
--- KEYS[4] delayed zset, KEYS[5..] result keys, one per op that publishes, in order.
+-- KEYS[4] delayed zset, KEYS[5..] result keys, one per op that publishes, in
+-- order, and last (KEYS[#KEYS]) the dlq-index hash (task id -> its newest
+-- dead letter's entry id), kept in the same step as the dead letter.
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] result TTL ms (0 = no result key),
 -- ARGV[4] results stream cap (0 = none), ARGV[5] lowest entry id of the
 -- batch, ARGV[6] highest, ARGV[7] most of our entries that can lie in that
@@ -110,7 +112,16 @@ while i <= #ARGV do
     i = nexti
     o = owner(id)
     if o == 1 then
-      redis.call('XADD', dlq, '*', unpack(d))
+      local did = redis.call('XADD', dlq, '*', unpack(d))
+      -- The index finds this dead letter by its task id whatever the DLQ's
+      -- length (the stage-replay route); an entry too broken to name its
+      -- task has no task id and no index entry.
+      for j = 1, #d - 1, 2 do
+        if d[j] == 'task_id' then
+          redis.call('HSET', KEYS[#KEYS], d[j + 1], did)
+          break
+        end
+      end
       if f then publish(f, key) end
     end
   else

@@ -6,7 +6,12 @@
 -- The new entry is the original one rebuilt from the `raw.*` fields, with
 -- `attempt` reset to 1.
 --
--- KEYS[1] dlq stream, KEYS[2] tasks stream; ARGV[1] dead letter entry id.
+-- The dlq-index entry of its task goes with it when it points at this
+-- dead letter (an older dead letter of the same task leaves a newer one's
+-- entry alone).
+--
+-- KEYS[1] dlq stream, KEYS[2] tasks stream, KEYS[3] dlq-index hash;
+-- ARGV[1] dead letter entry id.
 -- Returns the new task entry id, or nil when there is no such dead letter.
 local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #e == 0 then return false end
@@ -26,4 +31,12 @@ out[#out + 1] = 'attempt'
 out[#out + 1] = '1'
 local id = redis.call('XADD', KEYS[2], '*', unpack(out))
 redis.call('XDEL', KEYS[1], ARGV[1])
+for i = 1, #fields - 1, 2 do
+  if fields[i] == 'task_id' then
+    if redis.call('HGET', KEYS[3], fields[i + 1]) == ARGV[1] then
+      redis.call('HDEL', KEYS[3], fields[i + 1])
+    end
+    break
+  end
+end
 return id

@@ -136,6 +136,8 @@ fn invocation<'a>(settings: &Settings, batch: &[Finished]) -> redis::ScriptInvoc
             }
         }
     }
+    // Last, after the result keys: the dead-letter index (see commit.lua).
+    inv.key(&settings.dlq_index_key);
     inv
 }
 

@@ -52,6 +52,7 @@ pub(crate) struct Settings {
     pub(crate) tasks_key: String,
     pub(crate) results_key: String,
     pub(crate) dlq_key: String,
+    pub(crate) dlq_index_key: String,
     pub(crate) delayed_key: String,
     pub(crate) result_prefix: String,
     pub(crate) consumer: Arc<str>,
@@ -192,6 +193,7 @@ impl<A: Agent> WorkerBuilder<A> {
             tasks_key: keys.tasks(&agent_type),
             results_key: keys.results(&agent_type),
             dlq_key: keys.dlq(&agent_type),
+            dlq_index_key: keys.dlq_index(&agent_type),
             delayed_key: keys.delayed(&agent_type),
             result_prefix: keys.result_prefix(&agent_type),
             limits: DecodeLimits {

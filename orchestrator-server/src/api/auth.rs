@@ -115,7 +115,7 @@ fn is_port(p: &str) -> bool {
 /// definitions and raw tasks to an agent type for `admin` (a raw task
 /// reaches an agent without its workflow's stages, approvals included);
 /// every other POST (start a workflow, its actions, dead-letter replay
-/// and purge) for `operator`. `path` is the route's pattern, with or
+/// and purge) and deleting an ended workflow for `operator`. `path` is the route's pattern, with or
 /// without `/api/v1`. Anything not listed needs `admin`, so a route added
 /// without thought is closed rather than open.
 pub fn required_role(method: &Method, path: &str) -> Role {
@@ -132,6 +132,10 @@ pub fn required_role(method: &Method, path: &str) -> Role {
             | "/workflows/{id}/stages/{stage}/replay"
             | "/dlq/{agent_type}/replay"
             | "/dlq/{agent_type}/purge" => Role::Operator,
+            _ => Role::Admin,
+        },
+        Method::DELETE => match path {
+            "/workflows/{id}" => Role::Operator,
             _ => Role::Admin,
         },
         _ => Role::Admin,
@@ -459,5 +463,9 @@ mod tests {
         assert_eq!(required_role(&Method::POST, "/definitions"), Role::Admin);
         assert_eq!(required_role(&Method::POST, "/something/new"), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, "/workflows"), Role::Admin);
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/v1/workflows/{id}"),
+            Role::Operator
+        );
     }
 }

@@ -13,6 +13,7 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orchestrator::Definition;
+use orchestrator::ops::stuck::{self, DefinitionWarning};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -23,6 +24,10 @@ pub struct DefinitionView {
     definition: Definition,
     /// Stage names by parallel level.
     levels: Vec<Vec<String>>,
+    /// On registration only: what is accepted but likely wrong (an agent
+    /// type never seen in this namespace); absent when nothing is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<DefinitionWarning>,
 }
 
 fn view(def: &Definition) -> ApiResult<DefinitionView> {
@@ -30,6 +35,7 @@ fn view(def: &Definition) -> ApiResult<DefinitionView> {
     Ok(DefinitionView {
         definition: def.clone(),
         levels: plan.levels,
+        warnings: Vec::new(),
     })
 }
 
@@ -37,7 +43,8 @@ fn view(def: &Definition) -> ApiResult<DefinitionView> {
 ///
 /// `POST /definitions` — body YAML (`application/yaml`, `text/yaml`) or JSON
 /// (`application/json`). 201 with the new version, 200 if it equals the
-/// latest version already registered.
+/// latest version already registered; either with `warnings` when a stage
+/// names an agent type never seen in this namespace (accepted all the same).
 #[utoipa::path(
     post,
     path = "/definitions",
@@ -116,7 +123,13 @@ pub async fn create(
             &format!("{}@{}", stored.name, stored.version),
         );
     }
-    let body = view(&stored)?;
+    // Accepted all the same: workers of a new type may start later.
+    let warnings =
+        stuck::definition_warnings(&mut conn, state.engine().keys(), &stored, &[]).await?;
+    let body = DefinitionView {
+        warnings,
+        ..view(&stored)?
+    };
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -71,7 +71,7 @@ pub struct ApiErrorDetail {
     /// `method_not_allowed` (405), `conflict` (409), `body_too_large` (413),
     /// `unsupported_media_type` (415), `invalid`, `invalid_body`,
     /// `invalid_definition` (422), `internal` (500), `unavailable`,
-    /// `not_ready` (503).
+    /// `unconfirmed`, `not_ready` (503).
     #[schema(example = "not_found")]
     pub code: String,
     /// For people.
@@ -105,6 +105,10 @@ impl From<Error> for ApiError {
             Error::Invalid(_) | Error::Protocol(_) => Self::invalid(msg),
             Error::Definition(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_definition", msg)
+            }
+            Error::Unconfirmed { .. } => {
+                tracing::warn!(error = %msg, "create unconfirmed: redis unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unconfirmed", msg)
             }
             Error::Redis(_) | Error::Sdk(_) => {
                 tracing::warn!(error = %msg, "request failed: redis unavailable");

@@ -325,6 +325,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
         }
     }
     fleet_metrics(&state, &mut conn, &types, &mut out).await?;
+    super::retention::write_metrics(&state, &mut conn, &mut out).await?;
     if let Some(Some(h)) = PROMETHEUS.get() {
         out.push_str(&h.render());
     }

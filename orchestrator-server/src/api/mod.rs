@@ -22,8 +22,11 @@ pub mod error;
 mod events;
 mod extract;
 mod health;
+mod memory;
+mod retention;
 mod streams;
 mod tasks;
+mod workflow_why;
 mod workflows;
 
 use agent_sdk::schemas::AgentType;
@@ -210,7 +213,7 @@ fn parts(
 ) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let mut api = OpenApiRouter::new()
         .routes(routes!(workflows::create, workflows::list))
-        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::get, retention::delete_workflow))
         .routes(routes!(workflows::log))
         .routes(routes!(events::workflow))
         .routes(routes!(workflows::cancel))
@@ -226,6 +229,7 @@ fn parts(
         .routes(routes!(agents::list))
         .routes(routes!(streams::overview))
         .routes(routes!(streams::streams))
+        .routes(routes!(memory::memory))
         .routes(routes!(dlq::queues))
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::replay))

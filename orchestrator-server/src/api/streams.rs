@@ -7,6 +7,7 @@ use super::error::{ApiErrorBody, ApiResult};
 use axum::Json;
 use axum::extract::State;
 use orchestrator::ops::counts::{self, WorkflowCounts};
+use orchestrator::ops::housekeeping::{self, DlqStats};
 use orchestrator::ops::streams::{self, StreamStats};
 use serde::Serialize;
 
@@ -42,6 +43,8 @@ pub async fn overview(State(state): State<AppState>) -> ApiResult<Json<Overview>
 pub struct StreamsView {
     /// One per agent type with any stream in the namespace, by name.
     streams: Vec<StreamStats>,
+    /// Dead letters per agent type: count, bytes, oldest age.
+    dead_letters: Vec<DlqStats>,
 }
 
 /// Task streams
@@ -63,5 +66,9 @@ pub async fn streams(State(state): State<AppState>) -> ApiResult<Json<StreamsVie
     let keys = state.engine().keys();
     let types = state.agent_types(&mut conn).await?;
     let streams = streams::stream_stats(&mut conn, keys, &types).await?;
-    Ok(Json(StreamsView { streams }))
+    let dead_letters = housekeeping::dlq_stats(&mut conn, keys, &types).await?;
+    Ok(Json(StreamsView {
+        streams,
+        dead_letters,
+    }))
 }

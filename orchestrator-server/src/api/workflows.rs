@@ -5,14 +5,14 @@ use super::auth::audit;
 use super::doc::formats::{self, EntryIdText, JsonObject, Name, WorkflowId};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::{ApiJson, ApiQuery, OptionalJson, check_input};
+use super::workflow_why::WorkflowDetail;
 use crate::tokens::Caller;
-use agent_sdk::DeadLetterFilter;
 use agent_sdk::schemas::AgentType;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use orchestrator::engine::{NewWorkflow, OperatorAction};
+use orchestrator::engine::{Creation, NewWorkflow, OperatorAction};
 use orchestrator::machine::{StageStatus, Workflow, WorkflowStatus};
 use orchestrator::store::{ListFilter, LogEntry, Page};
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,17 @@ async fn view(
         )
         .await?;
     let progress = running_progress(state, conn, &workflow, &def).await?;
+    Ok(view_of(&def, workflow, version, &progress))
+}
+
+/// The view of `workflow` of definition `def` (no I/O), with the latest
+/// progress of its running stages' tasks (by task id).
+fn view_of(
+    def: &orchestrator::Definition,
+    workflow: Workflow,
+    version: u64,
+    progress: &std::collections::HashMap<String, agent_sdk::schemas::TaskProgress>,
+) -> WorkflowView {
     let stage_details = workflow
         .stages
         .iter()
@@ -115,12 +126,12 @@ async fn view(
             }
         })
         .collect();
-    Ok(WorkflowView {
+    WorkflowView {
         progress: workflow.progress(),
         workflow,
         version,
         stage_details,
-    })
+    }
 }
 
 /// The latest progress of `workflow`'s running stages, by task id: one
@@ -148,6 +159,15 @@ fn location(id: &str) -> HeaderValue {
 /// Start a workflow
 ///
 /// `POST /workflows` — 201 with the workflow and its `Location`.
+///
+/// Idempotent by `id`: sending the same body again (same `id`, definition,
+/// version if given, input) answers 200 with the workflow it created; a
+/// different body for a taken `id` is 409. Once the workflow is stored the
+/// answer is a success: 202 when its first tasks could not be dispatched
+/// yet (Redis out of memory, a lost connection) — they wait in its outbox
+/// and an orchestrator's sweeper dispatches them. A 503 `unconfirmed` names
+/// the id of a workflow whose store may have happened: send the body again
+/// with that `id`. Without an `id` a retry creates another workflow.
 #[utoipa::path(
     post,
     path = "/workflows",
@@ -155,16 +175,20 @@ fn location(id: &str) -> HeaderValue {
     operation_id = "create_workflow",
     request_body = CreateRequest,
     responses(
+        (status = 200, description = "The same request came before (same `id` and body): the workflow it created", body = WorkflowView,
+            headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
         (status = 201, description = "Created and started", body = WorkflowView,
+            headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
+        (status = 202, description = "Stored; its first tasks are dispatched by the sweeper (Redis refused the dispatch for now)", body = WorkflowView,
             headers(("Location" = String, description = "`/api/v1/workflows/{id}`"))),
         (status = 400, description = "`malformed_json`: the body is not JSON; `too_deep`: nested more than 64 levels; `bad_body`: it could not be read", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such definition or version", body = ApiErrorBody),
-        (status = 409, description = "`conflict`: a workflow with this id exists", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: a workflow with this id exists with another definition or input", body = ApiErrorBody),
         (status = 413, description = "`body_too_large`", body = ApiErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ApiErrorBody),
         (status = 422, description = "`invalid_body`: wrong shape or an unknown field; `invalid`: a bad workflow id, or an input over the input limits (62 levels deep, 256 KiB encoded)", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
-        (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached, nothing was stored; `unconfirmed`: the store may have happened — the message names the workflow id to send again", body = ApiErrorBody),
     )
 )]
 pub async fn create(
@@ -174,7 +198,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     check_input(&req.input)?;
     let mut conn = state.conn().await?;
-    let (workflow, version) = state
+    let created = state
         .engine()
         .create(
             &mut conn,
@@ -186,10 +210,24 @@ pub async fn create(
             },
         )
         .await?;
-    audit(&caller, "start", &workflow.id);
-    let loc = location(&workflow.id);
-    let body = view(&state, &mut conn, workflow, version).await?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, loc)], Json(body)).into_response())
+    let status = match created.creation {
+        Creation::Created => StatusCode::CREATED,
+        Creation::Existing => StatusCode::OK,
+        Creation::Stored => StatusCode::ACCEPTED,
+    };
+    if created.creation != Creation::Existing {
+        audit(&caller, "start", &created.workflow.id);
+    }
+    let loc = location(&created.workflow.id);
+    // Built from what the create returned: no further read can turn a
+    // stored workflow's answer into an error.
+    let body = view_of(
+        &created.definition,
+        created.workflow,
+        created.version,
+        &Default::default(),
+    );
+    Ok((status, [(header::LOCATION, loc)], Json(body)).into_response())
 }
 
 async fn load(
@@ -208,7 +246,8 @@ async fn load(
 /// One workflow
 ///
 /// `GET /workflows/{id}`: status, progress, every stage (status, attempt,
-/// times, duration, output or error, compensation).
+/// times, duration, output or error, compensation), and `why`: for every
+/// stage that has not ended, one reason with its evidence.
 #[utoipa::path(
     get,
     path = "/workflows/{id}",
@@ -216,7 +255,7 @@ async fn load(
     operation_id = "get_workflow",
     params(("id" = WorkflowId, Path, description = "Workflow id")),
     responses(
-        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 200, description = "The workflow, and why each stage that has not ended is where it is", body = WorkflowDetail),
         (status = 404, description = "`not_found`: no such workflow", body = ApiErrorBody),
         (status = 500, description = "`internal`: a stored value cannot be read", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: Redis cannot be reached", body = ApiErrorBody),
@@ -225,10 +264,14 @@ async fn load(
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<WorkflowView>> {
+) -> ApiResult<Json<WorkflowDetail>> {
     let mut conn = state.conn().await?;
     let (wf, v) = load(&state, &mut conn, &id).await?;
-    Ok(Json(view(&state, &mut conn, wf, v).await?))
+    let why = super::workflow_why::explain(&state, &mut conn, &wf).await?;
+    Ok(Json(WorkflowDetail {
+        view: view(&state, &mut conn, wf, v).await?,
+        why,
+    }))
 }
 
 /// Query of `GET /workflows`.
@@ -562,18 +605,9 @@ pub async fn replay(
         .map(|d| d.agent.clone())
         .ok_or_else(|| ApiError::not_found("stage", &stage))?;
     let agent = AgentType::new(agent).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // By the dlq-index: found whatever the DLQ's length.
     let dlq = state.engine().client().dead_letters();
-    let page = dlq
-        .list(
-            &agent,
-            &DeadLetterFilter {
-                task_id: Some(task_id.clone()),
-                limit: 10,
-                ..DeadLetterFilter::default()
-            },
-        )
-        .await?;
-    let Some(entry) = page.items.first() else {
+    let Some(entry) = dlq.find_by_task(&agent, &task_id).await? else {
         return Err(ApiError::conflict(format!(
             "no dead letter of task {task_id} in {agent}'s DLQ (replayed or purged already?)"
         )));

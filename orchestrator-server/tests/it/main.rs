@@ -5,12 +5,18 @@
 
 mod api;
 mod cli;
+mod clocks;
 mod common;
 mod crash;
+mod creates;
 mod dashboard;
 mod hostile;
 mod limits;
 mod liveness;
 mod openapi;
 mod outbox;
+mod stuck;
+mod retention;
+mod sweep;
+mod timeouts;
 mod workflows;

@@ -15,19 +15,20 @@
 //! workflow, or the sweeper, carries it out. Carrying a command out twice is
 //! harmless, so the outbox is at-least-once and its effects exactly-once.
 
+mod create;
 mod dispatch;
 mod transition;
+
+pub use create::{Created, Creation};
 
 use crate::catalog::Catalog;
 use crate::definition::Definition;
 use crate::error::Error;
-use crate::machine::log::log_entry;
-use crate::machine::{self, Command, Event, Workflow};
+use crate::machine::{Command, Event, Workflow};
 use crate::scripts;
 use crate::store::WorkflowStore;
 use agent_sdk::Client;
-use agent_sdk::clock::now_ms;
-use agent_sdk::schemas::{AgentType, Keys, TaskId, TaskKind, names};
+use agent_sdk::schemas::{AgentType, Keys, TaskId, TaskKind};
 use redis::aio::ConnectionLike;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -157,6 +158,11 @@ pub struct Engine {
     watch_tx: mpsc::UnboundedSender<AgentType>,
     /// States this process stored last, with their version (outbox empty).
     cache: Mutex<HashMap<String, (Workflow, u64)>>,
+    /// Dead letters of tasks no workflow waits for are kept (not deleted).
+    keep_dead_letters: bool,
+    /// The last reading of the Redis server's clock (ms) and when it was
+    /// taken (this process's monotonic clock): see [`Engine::server_now`].
+    clock: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl Engine {
@@ -175,6 +181,8 @@ impl Engine {
                 max_agent_types: DEFAULT_MAX_AGENT_TYPES,
                 watch_tx,
                 cache: Mutex::default(),
+                keep_dead_letters: false,
+                clock: Mutex::default(),
             },
             watch_rx,
         )
@@ -203,6 +211,41 @@ impl Engine {
     /// Caps the agent types this engine watches (at least 1).
     pub fn set_max_agent_types(&mut self, max: usize) {
         self.max_agent_types = max.max(1);
+    }
+
+    /// Keeps the dead letters of workflow tasks that no workflow waits for
+    /// any more (by default they are deleted: the stage timed out or
+    /// failed, or the workflow ended, and the stage's error and the event
+    /// log keep what they said).
+    pub fn set_keep_dead_letters(&mut self, keep: bool) {
+        self.keep_dead_letters = keep;
+    }
+
+    /// Whether such dead letters are kept ([`Engine::set_keep_dead_letters`]).
+    pub fn keeps_dead_letters(&self) -> bool {
+        self.keep_dead_letters
+    }
+
+    /// The script call that deletes the dead letter of `task` (agent type
+    /// `agent`), looked for by the dead-letter index, else walking back
+    /// from `newest_ms` (Redis clock; the newest it can be).
+    pub fn forget_dead_letter_invocation(
+        &self,
+        agent: &AgentType,
+        task: &str,
+        newest_ms: Option<u64>,
+    ) -> redis::ScriptInvocation<'static> {
+        /// Most dead letters walked to find one that is not indexed.
+        const WALK: u64 = 10_000;
+        let keys = self.keys();
+        let mut inv = scripts::FORGET_DEAD_LETTER.prepare_invoke();
+        inv.key(keys.dlq(agent))
+            .key(keys.dlq_index(agent))
+            .arg(task)
+            .arg(newest_ms.map_or_else(|| "+".to_owned(), |ms| ms.to_string()))
+            .arg(WALK)
+            .arg(agent_sdk::schemas::fields::TASK_ID);
+        inv
     }
 
     /// The most agent types this engine watches.
@@ -307,57 +350,6 @@ impl Engine {
         let (stored, created) = self.catalog.register(conn, def).await?;
         self.watch_definition(&stored)?;
         Ok((stored, created))
-    }
-
-    /// Creates and starts a workflow; returns it as stored.
-    pub async fn create<C: ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        req: NewWorkflow,
-    ) -> Result<(Workflow, u64)> {
-        let id = match req.id {
-            Some(id) => {
-                names::validate_workflow_id(&id).map_err(|e| Error::Invalid(e.to_string()))?;
-                id
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        };
-        let def = self.catalog.get(conn, &req.definition, req.version).await?;
-        // A workflow whose results nobody would read is refused up front.
-        self.watch_definition(&def)?;
-        let now = now_ms();
-        let fresh = Workflow::new(id.clone(), &def, req.input, now);
-        let Some((started, commands)) = machine::apply(&fresh, &def, &Event::Started, now) else {
-            return Err(Error::Invalid(format!(
-                "definition {} v{} cannot start",
-                def.name, def.version
-            )));
-        };
-        let entry = log_entry(&fresh, &Event::Started, &commands);
-        // One round trip: indexed first (a crash in between leaves an index
-        // entry without a workflow, which is skipped and pruned, never a
-        // workflow nobody can find), then stored if the id is free.
-        let save = self.store.save_invocation(0, &started, &commands, &entry)?;
-        let mut pipe = redis::pipe();
-        pipe.load_script(&scripts::TRANSITION).ignore();
-        self.store.add_index_commands(&mut pipe, &id, now);
-        pipe.invoke_script(&save);
-        let (stored,): (i64,) = pipe.query_async(conn).await?;
-        if stored != 1 {
-            return Err(Error::Conflict(format!("workflow {id:?} exists already")));
-        }
-        metrics::counter!("orchestrator_transitions_total", "event" => "started").increment(1);
-        metrics::counter!("orchestrator_workflows_created_total").increment(1);
-        if self.carry_out(conn, &def, &id, 1, &commands, None).await? {
-            self.remember(&started, 1);
-            return Ok((started, 1));
-        }
-        // Something moved it on already (a refused dispatch failed it, an
-        // operator, a fast result): answer with what is stored now.
-        match self.store.load(conn, &id).await? {
-            Some(s) => Ok((s.workflow, s.version)),
-            None => Ok((started, 1)),
-        }
     }
 
     /// Carries out an operator's `action` on workflow `id`; returns the
@@ -512,6 +504,29 @@ impl Engine {
             self.refuse(conn, id, &task, &why).await?;
         }
         Ok(carried.cleared)
+    }
+
+    /// Records a reading of the Redis server's clock.
+    fn note_time(&self, ms: u64) {
+        if let Ok(mut c) = self.clock.lock() {
+            *c = Some((ms, std::time::Instant::now()));
+        }
+    }
+
+    /// The Redis server's time (ms): the last reading plus the time since
+    /// by this process's monotonic clock while that reading is under a
+    /// second old (a round trip saved on transitions of cached states),
+    /// else a fresh `TIME`. No wall clock of this host takes part.
+    async fn server_now<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<u64> {
+        let last = self.clock.lock().ok().and_then(|c| *c);
+        if let Some((ms, at)) = last
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(ms + at.elapsed().as_millis() as u64);
+        }
+        let ms = crate::store::server_time_ms(conn).await?;
+        self.note_time(ms);
+        Ok(ms)
     }
 
     fn cached(&self, id: &str) -> Option<(Workflow, u64)> {

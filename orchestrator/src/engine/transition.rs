@@ -22,9 +22,9 @@ use super::{Engine, Outcome, Result};
 use crate::definition::Definition;
 use crate::error::Error;
 use crate::machine::log::log_entry;
-use crate::machine::{self, Command, Event, Workflow};
+use crate::machine::{self, Command, Event, StageStatus, Workflow};
 use crate::scripts::{self, invoke_all};
-use agent_sdk::clock::now_ms;
+use agent_sdk::schemas::AgentType;
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 
@@ -240,7 +240,17 @@ impl Engine {
             }
         }
         let ids: Vec<&str> = misses.iter().map(|&i| items[i].id).collect();
-        for (&i, loaded) in misses.iter().zip(self.store().load_many(conn, &ids).await?) {
+        // The transitions' `now` is the Redis server's, read with the
+        // states: every replica decides by the same clock (stage deadlines,
+        // times recorded in the state).
+        let (now, loaded) = if ids.is_empty() {
+            (self.server_now(conn).await?, Vec::new())
+        } else {
+            let (now, loaded) = self.store().load_many_at(conn, &ids).await?;
+            self.note_time(now);
+            (now, loaded)
+        };
+        for (&i, loaded) in misses.iter().zip(loaded) {
             match loaded {
                 Ok(None) => out[i] = Some(Ok(Done::not_found())),
                 Ok(Some(s)) => states.push((i, s.workflow, s.version, s.outbox, false)),
@@ -263,7 +273,7 @@ impl Engine {
             };
             let applied = item
                 .event
-                .and_then(|e| machine::apply(&wf, &def, e, now_ms()).map(|a| (e, a)));
+                .and_then(|e| machine::apply(&wf, &def, e, now).map(|a| (e, a)));
             match applied {
                 // Only a fresh read may conclude that nothing changes.
                 None if from_cache => again.push((i, Read::Fresh)),
@@ -360,6 +370,44 @@ impl Engine {
         Ok(kept)
     }
 
+    /// Deletes the dead letters of the dead-lettered stages of workflows
+    /// these jobs ended (an operator aborted or cancelled a blocked one): an
+    /// ended workflow leaves none behind (unless the engine keeps them).
+    /// Best effort: one left behind by an error is an operator's to purge.
+    async fn forget_ended_dead_letters<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        jobs: &[Job],
+    ) {
+        if self.keeps_dead_letters() {
+            return;
+        }
+        let mut calls = Vec::new();
+        for j in jobs {
+            let Some(next) = j.stored_state().filter(|n| n.status.is_terminal()) else {
+                continue;
+            };
+            for st in &next.stages {
+                let (StageStatus::DeadLettered, Some(task)) = (st.status, &st.task_id) else {
+                    continue;
+                };
+                let Some(agent) =
+                    super::task_agent(&j.def, task).and_then(|a| AgentType::new(a).ok())
+                else {
+                    continue;
+                };
+                let newest = st.finished_at_ms.map(|ms| ms + 1);
+                calls.push(self.forget_dead_letter_invocation(&agent, task, newest));
+            }
+        }
+        let calls: Vec<_> = calls.iter().collect();
+        if let Err(e) =
+            invoke_all::<_, Option<String>>(conn, &scripts::FORGET_DEAD_LETTER, &calls).await
+        {
+            tracing::warn!(error = %e, "cannot delete the dead letters of ended workflows");
+        }
+    }
+
     /// Carries out the stored jobs' commands and clears their outboxes.
     async fn carry_out_jobs<C: ConnectionLike + Send>(
         &self,
@@ -389,11 +437,18 @@ impl Engine {
         let outboxes: Vec<(&str, u64, bool)> = ready
             .iter()
             .map(|j| {
-                let ended = j.stored_state().is_some_and(|n| n.status.is_terminal());
+                // A leftover outbox of an ended workflow (its orchestrator
+                // died before clearing it) takes it out of the active index
+                // as well.
+                let ended = match &j.state {
+                    JobState::Applied { next, .. } => next.status.is_terminal(),
+                    JobState::Leftover { workflow } => workflow.status.is_terminal(),
+                };
                 (items[j.at].id, j.version, ended)
             })
             .collect();
         let carried = self.carry_out_all(conn, &plans, &outboxes).await?;
+        self.forget_ended_dead_letters(conn, &ready).await;
         for (j, carried) in ready.into_iter().zip(carried) {
             let id = items[j.at].id;
             let cleared = carried.cleared;

@@ -23,7 +23,6 @@
 
 use crate::engine::{Engine, Outcome};
 use crate::machine::Event;
-use agent_sdk::clock::now_ms;
 use agent_sdk::connection::Conn;
 use agent_sdk::schemas::codec::{DecodeLimits, decode_any};
 use agent_sdk::schemas::{
@@ -71,6 +70,9 @@ pub fn result_event(result: &ResultEnvelope) -> Event {
                 .map(|e| (Some(e.kind), e.message.clone()))
                 .unwrap_or((None, "dead-lettered".to_owned()));
             match kind {
+                // The agent's handler timeout is the stage's timeout: the
+                // same outcome as the orchestrator's deadline firing.
+                Some(ErrorKind::Timeout) => Event::TaskTimedOut { task_id },
                 // The agent said no attempt will succeed: the stage failed.
                 Some(ErrorKind::Permanent | ErrorKind::InvalidInput) => Event::TaskFailed {
                     task_id,
@@ -94,7 +96,8 @@ enum Parsed {
     Apply {
         workflow: String,
         event: Event,
-        finished_at_ms: u64,
+        /// A dead letter stands behind it.
+        dead: bool,
     },
 }
 
@@ -114,7 +117,7 @@ fn parse(stream: &str, e: &Entry) -> Parsed {
         Ok((r, _)) => Parsed::Apply {
             workflow: wf,
             event: result_event(&r),
-            finished_at_ms: r.finished_at_ms,
+            dead: r.status == TaskStatus::DeadLettered,
         },
         Err(err) => {
             tracing::error!(stream, entry = %e.id, workflow = %wf, error = %err, "undecodable result; its workflow will time the stage out");
@@ -128,15 +131,36 @@ fn task_of(e: &Entry) -> String {
     e.text(fields::TASK_ID).unwrap_or_default().to_owned()
 }
 
+/// Whether the dead letter behind a `dead_lettered` result of `task` is
+/// still its workflow's business after the result was applied: only while
+/// the workflow waits on it (its stage is dead-lettered on this very task,
+/// for an operator to replay). Otherwise — the stage timed out or failed,
+/// the workflow ended — it would be left behind for nothing. A task naming
+/// a workflow that does not exist keeps its dead letter: nothing says what
+/// it was for.
+fn keeps_dead_letter(outcome: &Outcome, task: &str) -> bool {
+    let wf = match outcome {
+        Outcome::Applied { workflow, .. } | Outcome::Unchanged { workflow, .. } => workflow,
+        Outcome::NotFound => return true,
+    };
+    !wf.status.is_terminal()
+        && wf.stages.iter().any(|s| {
+            s.status == crate::machine::StageStatus::DeadLettered
+                && s.task_id.as_deref() == Some(task)
+        })
+}
+
 /// Applies a batch of results; returns the (entry id, task id) pairs that
-/// may be acknowledged.
+/// may be acknowledged, and the dead letters to delete (their results
+/// entries) before they are.
 async fn apply_batch(
     engine: &Engine,
     conn: &ConnectionManager,
     entries: &[(usize, &str, Entry)],
     parallelism: usize,
-) -> Vec<Settled> {
+) -> (Vec<Settled>, Vec<Settled>) {
     let mut done = Vec::with_capacity(entries.len());
+    let mut forget = Vec::new();
     let mut work = Vec::new();
     for (at, stream, e) in entries {
         let settled = (*at, e.id.clone(), task_of(e));
@@ -145,8 +169,8 @@ async fn apply_batch(
             Parsed::Apply {
                 workflow,
                 event,
-                finished_at_ms,
-            } => work.push((workflow, (settled, event, finished_at_ms))),
+                dead,
+            } => work.push((workflow, (settled, event, dead))),
         }
     }
     // One workflow's results in order, different workflows side by side:
@@ -154,7 +178,7 @@ async fn apply_batch(
     // pipelined chunks of `parallelism` workflows (see `batch.rs`).
     let mut groups: Vec<(String, VecDeque<_>)> = group_by_workflow(work);
     while !groups.is_empty() {
-        let round: Vec<(String, (Settled, Event, u64))> = groups
+        let round: Vec<(String, (Settled, Event, bool))> = groups
             .iter_mut()
             .filter_map(|(wf, q)| q.pop_front().map(|item| (wf.clone(), item)))
             .collect();
@@ -169,26 +193,39 @@ async fn apply_batch(
                 chunk
                     .iter()
                     .zip(outcomes)
-                    .map(|((wf, (entry, _, finished)), o)| {
-                        (wf.clone(), entry.clone(), *finished, o)
-                    })
+                    .map(|((wf, (entry, _, dead)), o)| (wf.clone(), entry.clone(), *dead, o))
                     .collect::<Vec<_>>()
             }
         });
         let mut failed: Vec<String> = Vec::new();
-        for (wf, entry, finished_at_ms, outcome) in futures::future::join_all(chunks)
+        for (wf, entry, dead, outcome) in futures::future::join_all(chunks)
             .await
             .into_iter()
             .flatten()
         {
             match outcome {
                 Ok(outcome) => {
+                    if dead
+                        && !engine.keeps_dead_letters()
+                        && !keeps_dead_letter(&outcome, &entry.2)
+                    {
+                        forget.push(entry.clone());
+                    }
                     let what = match outcome {
-                        Outcome::Applied { .. } => {
-                            // Worker and orchestrator clocks: a figure for
-                            // people, never for logic.
-                            metrics::histogram!("orchestrator_result_to_transition_seconds")
-                                .record(now_ms().saturating_sub(finished_at_ms) as f64 / 1000.0);
+                        Outcome::Applied { workflow, .. } => {
+                            // Both times are the Redis server's: the
+                            // result's entry id and the transition's `now`.
+                            if let Some(ms) = entry
+                                .1
+                                .split('-')
+                                .next()
+                                .and_then(|m| m.parse::<u64>().ok())
+                            {
+                                metrics::histogram!("orchestrator_result_to_transition_seconds")
+                                    .record(
+                                        workflow.updated_at_ms.saturating_sub(ms) as f64 / 1000.0,
+                                    );
+                            }
                             "applied"
                         }
                         Outcome::Unchanged { .. } => {
@@ -221,7 +258,39 @@ async fn apply_batch(
         }
         groups.retain(|(wf, q)| !q.is_empty() && !failed.contains(wf));
     }
-    done
+    (done, forget)
+}
+
+/// Deletes the dead letters behind `forget` (results entries of `streams`'
+/// agent types): one script call each, in one round trip. Each is looked
+/// for no later than its result's entry (written in the same step).
+async fn forget_dead_letters(
+    engine: &Engine,
+    conn: &ConnectionManager,
+    types: &[Option<AgentType>],
+    forget: &[Settled],
+) -> redis::RedisResult<()> {
+    let calls: Vec<redis::ScriptInvocation<'static>> = forget
+        .iter()
+        .filter_map(|(at, entry, task)| {
+            let t = types.get(*at)?.as_ref()?;
+            let ms = entry.split('-').next()?.parse::<u64>().ok()?;
+            Some(engine.forget_dead_letter_invocation(t, task, Some(ms + 1)))
+        })
+        .collect();
+    let calls: Vec<&redis::ScriptInvocation<'_>> = calls.iter().collect();
+    let mut c = conn.clone();
+    let gone: Vec<Option<String>> =
+        crate::scripts::invoke_all(&mut c, &crate::scripts::FORGET_DEAD_LETTER, &calls).await?;
+    let n = gone.iter().flatten().count() as u64;
+    if n > 0 {
+        tracing::info!(
+            dead_letters = n,
+            "deleted dead letters of tasks their workflows no longer wait for (timed out, failed or ended)"
+        );
+        metrics::counter!("orchestrator_dead_letters_forgotten_total").increment(n);
+    }
+    Ok(())
 }
 
 /// A results entry to acknowledge: its stream (index in the batch's
@@ -290,22 +359,23 @@ pub async fn consume(
         s.claim_idle,
         s.block,
     );
-    // Results stream → deadlines set, of each type read.
+    // Results stream → deadlines set, and agent type, of each type read.
     let mut deadlines_of: HashMap<String, String> = HashMap::new();
+    let mut types_of: HashMap<String, AgentType> = HashMap::new();
     loop {
         if reader.is_empty() {
             // Nothing to read yet: wait for a first type.
             tokio::select! {
                 _ = stop.cancelled() => return,
                 t = watch.recv() => match t {
-                    Some(t) => join(&engine, &mut reader, &mut deadlines_of, &t),
+                    Some(t) => join(&engine, &mut reader, &mut deadlines_of, &mut types_of, &t),
                     None => return,
                 },
             }
         }
         // Types watched since the last read join the set.
         while let Ok(t) = watch.try_recv() {
-            join(&engine, &mut reader, &mut deadlines_of, &t);
+            join(&engine, &mut reader, &mut deadlines_of, &mut types_of, &t);
         }
         let Some(taken) = reader
             .next(&mut reader_conn, &stop, s.batch, &TakeAll)
@@ -332,7 +402,26 @@ pub async fn consume(
         if entries.is_empty() {
             continue;
         }
-        let done = apply_batch(&engine, &conn, &entries, s.parallelism).await;
+        let (done, forget) = apply_batch(&engine, &conn, &entries, s.parallelism).await;
+        if !forget.is_empty() {
+            let types: Vec<Option<AgentType>> = streams
+                .iter()
+                .map(|(stream, _)| types_of.get(stream).cloned())
+                .collect();
+            // Before the acknowledgement: if this fails, the results are
+            // applied again (no effect) and their dead letters looked for
+            // again.
+            if let Err(e) = forget_dead_letters(&engine, &conn, &types, &forget).await {
+                tracing::warn!(error = %e, "cannot delete dead letters of ended stages yet; their results are read again");
+                for (stream, _) in &streams {
+                    reader.reread_own(stream);
+                }
+                if pause(&stop, Duration::from_millis(500)).await {
+                    return;
+                }
+                continue;
+            }
+        }
         if done.len() < entries.len() {
             // Something could not be applied: read our pending entries of
             // those streams again after a pause rather than spin on them.
@@ -361,12 +450,14 @@ fn join(
     engine: &Engine,
     reader: &mut ManyReader,
     deadlines_of: &mut HashMap<String, String>,
+    types_of: &mut HashMap<String, AgentType>,
     t: &AgentType,
 ) {
     let stream = engine.keys().results(t);
     if reader.add(stream.clone()) {
         tracing::info!(stream = %stream, streams = reader.len(), "consuming results");
-        deadlines_of.insert(stream, engine.keys().deadlines(t));
+        deadlines_of.insert(stream.clone(), engine.keys().deadlines(t));
+        types_of.insert(stream, t.clone());
     }
 }
 
@@ -418,9 +509,12 @@ mod tests {
         for k in [ErrorKind::Permanent, ErrorKind::InvalidInput] {
             assert!(matches!(result_event(&dead(k)), Event::TaskFailed { .. }));
         }
+        assert!(matches!(
+            result_event(&dead(ErrorKind::Timeout)),
+            Event::TaskTimedOut { .. }
+        ));
         for k in [
             ErrorKind::Retryable,
-            ErrorKind::Timeout,
             ErrorKind::Panic,
             ErrorKind::Malformed,
             ErrorKind::MaxDeliveries,

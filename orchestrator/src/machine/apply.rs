@@ -101,6 +101,14 @@ fn step(
             }
             None => false,
         },
+        Event::TaskFailed { task_id, error } | Event::TaskDeadLettered { task_id, error }
+            if overdue(wf, task_id, now_ms) =>
+        {
+            // It came after the stage's deadline: the stage timed out,
+            // whether or not the deadline has fired yet (one timeout, one
+            // outcome).
+            time_out(wf, task_id, Some(error), now_ms)
+        }
         Event::TaskFailed { task_id, error }
         | Event::DispatchFailed { task_id, error }
         | Event::TaskDeadLettered { task_id, error } => {
@@ -155,25 +163,7 @@ fn step(
             end(wf, Ending::Failed { reason });
             true
         }
-        Event::TaskTimedOut { task_id } => match find_task(wf, task_id) {
-            // A dead-lettered stage has no deadline: it waits for a person.
-            Some((i, false)) if wf.stages[i].status == StageStatus::Running => {
-                let s = &mut wf.stages[i];
-                s.status = StageStatus::Failed;
-                s.error = Some("timed out".into());
-                s.finished_at_ms = Some(now_ms);
-                let reason = format!("stage {} timed out", s.name);
-                end(wf, Ending::Failed { reason });
-                true
-            }
-            Some((i, true)) => {
-                wf.stages[i].compensation = Some(CompensationState::Failed {
-                    error: "timed out".into(),
-                });
-                true
-            }
-            _ => false,
-        },
+        Event::TaskTimedOut { task_id } => time_out(wf, task_id, None, now_ms),
         Event::Approved { stage } => match stage_index(wf, stage) {
             Some(i)
                 if wf.stages[i].status == StageStatus::AwaitingApproval && wf.ending.is_none() =>
@@ -206,10 +196,12 @@ fn step(
                 s.error = None;
                 s.finished_at_ms = None;
                 s.started_at_ms = Some(now_ms);
+                let timeout = stage_timeout(&def.stages[i]);
+                s.deadline_at_ms = Some(now_ms.saturating_add(timeout.as_millis() as u64));
                 if let Some(task_id) = s.task_id.clone() {
                     cmds.push(Command::ArmTimer {
                         task_id,
-                        after: stage_timeout(&def.stages[i]),
+                        after: timeout,
                     });
                 }
                 true
@@ -231,6 +223,42 @@ fn step(
             end(wf, ending);
             true
         }
+    }
+}
+
+/// Whether `task_id` is the task of a running stage whose deadline has
+/// passed at `now_ms`.
+fn overdue(wf: &Workflow, task_id: &str, now_ms: u64) -> bool {
+    matches!(find_task(wf, task_id), Some((i, false))
+        if wf.stages[i].status == StageStatus::Running
+            && wf.stages[i].deadline_at_ms.is_some_and(|d| d <= now_ms))
+}
+
+/// `task_id` timed out: its running stage fails (the workflow ends
+/// `failed`), or its compensation fails. `error` is what the agent said, if
+/// its failure is what showed it. A dead-lettered stage has no deadline: it
+/// waits for a person.
+fn time_out(wf: &mut Workflow, task_id: &str, error: Option<&String>, now_ms: u64) -> bool {
+    match find_task(wf, task_id) {
+        Some((i, false)) if wf.stages[i].status == StageStatus::Running => {
+            let s = &mut wf.stages[i];
+            s.status = StageStatus::Failed;
+            s.error = Some(match error {
+                Some(e) => format!("timed out ({e})"),
+                None => "timed out".into(),
+            });
+            s.finished_at_ms = Some(now_ms);
+            let reason = format!("stage {} timed out", s.name);
+            end(wf, Ending::Failed { reason });
+            true
+        }
+        Some((i, true)) => {
+            wf.stages[i].compensation = Some(CompensationState::Failed {
+                error: "timed out".into(),
+            });
+            true
+        }
+        _ => false,
     }
 }
 
@@ -287,6 +315,7 @@ fn dispatch(wf: &mut Workflow, def: &Definition, i: usize, now_ms: u64, cmds: &m
     s.task_id = Some(task_id.clone());
     s.started_at_ms = Some(now_ms);
     let timeout = stage_timeout(sd);
+    s.deadline_at_ms = Some(now_ms.saturating_add(timeout.as_millis() as u64));
     cmds.push(Command::Dispatch {
         stage: s.name.clone(),
         task_id: task_id.clone(),

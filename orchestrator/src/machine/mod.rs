@@ -21,6 +21,13 @@
 //! - A dead-lettered stage (retries used up, poison, malformed) blocks the
 //!   workflow until an operator replays its dead letter (the stage runs on)
 //!   or aborts the workflow (it is compensated).
+//! - One timeout, one outcome: a stage's `timeout` is the orchestrator's
+//!   deadline and the agent's handler timeout. Whichever notices first, the
+//!   stage has timed out and the workflow fails: the deadline firing, a
+//!   dead letter the agent's timeout made, or any failure or dead letter
+//!   that arrives once the stage's deadline has passed (by the Redis
+//!   server's clock, `now` here) — also when no orchestrator was running
+//!   when the deadline fell due.
 
 use crate::definition::Definition;
 use serde::{Deserialize, Serialize};
@@ -147,9 +154,14 @@ pub struct Stage {
     /// Why it failed or was dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// When it was last dispatched (ms, orchestrator clock).
+    /// When it was last dispatched (ms, Redis clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
+    /// When its task's time is up (ms, Redis clock): its dispatch (or
+    /// replay) plus the stage's timeout. A failure or dead letter that
+    /// arrives later counts as the timeout (see [`apply`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at_ms: Option<u64>,
     /// When it completed or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
@@ -199,9 +211,9 @@ pub struct Workflow {
     pub ending: Option<Ending>,
     /// Stages completed so far, for `completed_seq`.
     pub completions: u32,
-    /// Created (ms, orchestrator clock).
+    /// Created (ms, Redis clock).
     pub created_at_ms: u64,
-    /// Last transition (ms, orchestrator clock).
+    /// Last transition (ms, Redis clock).
     pub updated_at_ms: u64,
 }
 
@@ -337,6 +349,7 @@ impl Workflow {
                     output: None,
                     error: None,
                     started_at_ms: None,
+                    deadline_at_ms: None,
                     finished_at_ms: None,
                     completed_seq: None,
                     compensation: None,

@@ -608,6 +608,67 @@ fn a_timeout_fails_the_stage() {
     );
 }
 
+#[test]
+fn a_failure_or_dead_letter_after_the_deadline_is_the_timeout() {
+    // The default stage timeout is an hour; `now` is the Redis clock.
+    let hour = DEFAULT_STAGE_TIMEOUT.as_millis() as u64;
+    for late in [
+        |t: String| Event::TaskDeadLettered {
+            task_id: t,
+            error: "timed out after 1h".into(),
+        },
+        |t: String| Event::TaskFailed {
+            task_id: t,
+            error: "gave up".into(),
+        },
+    ] {
+        let mut r = Run::new(chain(2, &[0]));
+        r.apply(Event::Started);
+        let t0 = r.task_of("s0");
+        assert!(r.apply(Event::TaskSucceeded {
+            task_id: t0,
+            output: json!(0)
+        }));
+        let t1 = r.task_of("s1");
+        assert!(r.wf.stage("s1").unwrap().deadline_at_ms.is_some());
+        r.now += hour; // the deadline passed, whether or not it fired
+        assert!(r.apply(late(t1.clone())));
+        let s1 = r.wf.stage("s1").unwrap();
+        assert_eq!(s1.status, StageStatus::Failed, "{s1:?}");
+        assert!(s1.error.as_deref().unwrap().starts_with("timed out"));
+        // Failed and compensated, never blocked.
+        assert_eq!(r.wf.status, WorkflowStatus::Compensating);
+        let Some(CompensationState::Running { task_id: undo }) =
+            r.wf.stage("s0").unwrap().compensation.clone()
+        else {
+            panic!("s0 is not being undone: {:?}", r.wf.stage("s0"));
+        };
+        assert!(r.apply(Event::TaskSucceeded {
+            task_id: undo,
+            output: json!(null)
+        }));
+        assert_eq!(r.wf.status, WorkflowStatus::Failed);
+        // The deadline firing afterwards changes nothing.
+        assert!(!r.apply(Event::TaskTimedOut { task_id: t1 }));
+    }
+}
+
+#[test]
+fn a_dead_letter_before_the_deadline_still_blocks() {
+    let mut r = Run::new(chain(1, &[]));
+    r.apply(Event::Started);
+    let t0 = r.task_of("s0");
+    assert!(r.apply(Event::TaskDeadLettered {
+        task_id: t0.clone(),
+        error: "retries used up".into()
+    }));
+    assert_eq!(r.wf.status, WorkflowStatus::Blocked);
+    // A dead-lettered stage has no deadline: it waits for a person.
+    r.now += DEFAULT_STAGE_TIMEOUT.as_millis() as u64;
+    assert!(!r.apply(Event::TaskTimedOut { task_id: t0 }));
+    assert_eq!(r.wf.status, WorkflowStatus::Blocked);
+}
+
 // ---- properties over random event sequences ----
 
 #[test]

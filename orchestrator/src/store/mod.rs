@@ -4,11 +4,16 @@
 //!   `status`, `definition`, `created_at_ms`, `updated_at_ms`, and the
 //!   outbox (`outbox`, `outbox_at_ms`): commands decided by a stored
 //!   transition and not yet carried out, as JSON lines.
+//! - `N:wfs:outbox` (sorted set): the workflows that have an outbox, by
+//!   when it was started (Redis clock): all the sweeper reads.
 //! - `N:wf:{<id>}:events` (stream): the event log, one entry per stored
 //!   transition, written by the same script as the state.
 //! - `N:wfs:all` / `N:wfs:active` (sorted sets): every workflow / those not
 //!   ended, by creation time. Written outside the transition (another slot);
 //!   an id whose hash is missing is skipped and pruned.
+//! - `N:wfs:{ended}` (sorted set) / `N:wfs:{ended}:bytes` (hash): ended
+//!   workflows by end time (Redis clock) and their bytes, written by the
+//!   transition that ends one; what retention expires ([`ended`]).
 //! - `N:agent:{T}:deadlines` (sorted set): stage deadlines of type `T`'s
 //!   tasks, by the server's clock, in `T`'s slot (armed by the dispatch).
 //!
@@ -18,10 +23,12 @@
 //! This module reads and writes the state and outbox; [`index`] the
 //! listings, [`log`] the event log, [`timers`] the stage deadlines.
 
+mod ended;
 mod index;
 mod log;
 mod timers;
 
+pub use ended::{ArchiveRecord, Deletion, EndedEntry, EndedTotals};
 pub use index::{ListFilter, Page, Summary};
 pub use log::{Change, EVENT_LOG_CAP, LogEntry};
 
@@ -43,7 +50,7 @@ pub struct Stored {
     pub version: u64,
     /// Commands decided and not yet carried out (oldest first).
     pub outbox: Vec<Command>,
-    /// When the oldest of them was decided (ms, orchestrator clock).
+    /// When the oldest of them was decided (ms, Redis clock).
     pub outbox_at_ms: Option<u64>,
 }
 
@@ -138,6 +145,9 @@ impl WorkflowStore {
         inv.key(self.keys.workflow(id)?)
             .key(self.keys.workflow_events(id)?)
             .key(self.keys.workflow_counts())
+            .key(self.keys.workflows_outbox())
+            .key(self.keys.workflows_ended())
+            .key(self.keys.workflows_ended_bytes())
             .arg(expected)
             .arg(state)
             .arg(next.status.as_str())
@@ -147,6 +157,7 @@ impl WorkflowStore {
             .arg(EVENT_LOG_CAP)
             .arg(self.keys.workflow_changes())
             .arg(change)
+            .arg(id)
             .arg("type")
             .arg(&entry.kind)
             .arg("status")
@@ -214,9 +225,90 @@ impl WorkflowStore {
         version: u64,
     ) -> Result<redis::ScriptInvocation<'static>> {
         let mut inv = scripts::CLEAR_OUTBOX.prepare_invoke();
-        inv.key(self.keys.workflow(id)?).arg(version);
+        inv.key(self.keys.workflow(id)?)
+            .key(self.keys.workflows_outbox())
+            .arg(version)
+            .arg(id);
         Ok(inv)
     }
+
+    /// [`WorkflowStore::load_many`] with the Redis server's time (ms) read
+    /// in the same round trip: the `now` of the transitions decided on
+    /// these states, the one clock every replica shares.
+    pub async fn load_many_at<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        ids: &[&str],
+    ) -> Result<(u64, Vec<Result<Option<Stored>>>)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        for id in ids {
+            pipe.cmd("HMGET").arg(self.keys.workflow(id)?).arg(&[
+                "state",
+                "version",
+                "outbox",
+                "outbox_at_ms",
+            ]);
+        }
+        type Row = (Option<String>, Option<u64>, Option<String>, Option<u64>);
+        let (time, rows): ((u64, u64), Vec<Row>) = {
+            let mut v: Vec<redis::Value> = pipe.query_async(conn).await?;
+            let rows = v.split_off(1.min(v.len()));
+            let parse = |e: redis::ParsingError| Error::Redis(e.into());
+            let time = v
+                .pop()
+                .map(redis::from_redis_value::<(u64, u64)>)
+                .transpose()
+                .map_err(parse)?
+                .unwrap_or_default();
+            let rows = rows
+                .into_iter()
+                .map(redis::from_redis_value::<Row>)
+                .collect::<Result<Vec<Row>, _>>()
+                .map_err(parse)?;
+            (time, rows)
+        };
+        Ok((
+            time_ms(time),
+            ids.iter()
+                .zip(rows)
+                .map(|(id, row)| parse_stored(id, row))
+                .collect(),
+        ))
+    }
+
+    /// Takes `id` out of the outbox index when its hash holds no outbox
+    /// (the sweeper found nothing to carry out), and out of the active index
+    /// when it has ended; an id never stored (its creation died between
+    /// indexing and storing) leaves every index once it is `orphan_after`
+    /// old by the Redis server's clock. Returns what was found: 0 an outbox
+    /// after all (or an orphan too young), 1 none, 2 an orphan removed.
+    pub async fn forget_outbox<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        id: &str,
+        orphan_after: std::time::Duration,
+    ) -> Result<i64> {
+        Ok(scripts::FORGET_OUTBOX
+            .key(self.keys.workflow(id)?)
+            .key(self.keys.workflows_outbox())
+            .key(self.keys.workflows_all())
+            .key(self.keys.workflows_active())
+            .arg(id)
+            .arg(orphan_after.as_millis() as u64)
+            .invoke_async(conn)
+            .await?)
+    }
+}
+
+/// The Redis server's time (`TIME`) in ms.
+pub async fn server_time_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64> {
+    let t: (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(time_ms(t))
+}
+
+fn time_ms((secs, micros): (u64, u64)) -> u64 {
+    secs * 1000 + micros / 1000
 }
 
 fn parse_stored(

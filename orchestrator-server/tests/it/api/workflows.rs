@@ -54,8 +54,19 @@ async fn creating_a_workflow_with_a_bad_or_taken_id_is_refused() {
     let m = refused(r, 422, "invalid").await;
     assert!(m.contains("workflow id"), "{m}");
     api.create_as("sdlc", "wf-1").await;
+    // The same request again is the same workflow (creates are idempotent
+    // by id); another body under a taken id is refused.
+    api.post_json(
+        "/workflows",
+        json!({ "definition": "sdlc", "id": "wf-1" }),
+        200,
+    )
+    .await;
     let r = api
-        .post("/workflows", json!({ "definition": "sdlc", "id": "wf-1" }))
+        .post(
+            "/workflows",
+            json!({ "definition": "sdlc", "id": "wf-1", "input": { "other": 1 } }),
+        )
         .await;
     refused(r, 409, "conflict").await;
     api.shutdown().await;

@@ -356,6 +356,14 @@ async fn dashboard_follows_a_workflow_live_and_replays_a_dead_letter() {
         },
     )
     .await;
+    // The memory panel: used_memory, and that the test Redis has no maxmemory.
+    page.wait_js(
+        "the memory panel",
+        "const e = document.querySelector('[data-testid=ov-memory-used]'); return e ? e.textContent : ''",
+        vec![],
+        |v| v.as_str().is_some_and(|s| s.starts_with("used ") && s.contains("no maxmemory set")),
+    )
+    .await;
     assert_eq!(
         page.js("return sessionStorage.getItem('agentic.api-token')", vec![])
             .await,
@@ -480,6 +488,15 @@ async fn dashboard_follows_a_workflow_live_and_replays_a_dead_letter() {
             .as_str()
             .is_some_and(|e| e.contains("broken until healed")),
         "{error}"
+    );
+    // Why it is stuck, with the command that replays it.
+    let why = page
+        .text("[data-testid=stage-e2e] [data-testid=stage-why]")
+        .await;
+    assert!(
+        why.as_str()
+            .is_some_and(|w| w.contains("dead-lettered") && w.contains("agentctl dlq replay e2e ")),
+        "{why}"
     );
     page.shot("workflow-detail").await;
 
