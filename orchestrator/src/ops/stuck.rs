@@ -549,7 +549,6 @@ async fn live_consumers<C: ConnectionLike + Send>(
 ) -> Result<BTreeMap<String, Liveness>> {
     let mut asked: Vec<(&str, &str)> = Vec::new();
     let mut pipe = redis::pipe();
-    pipe.cmd("TIME");
     for (agent, l) in located {
         let t = AgentType::new(agent.as_str())?;
         for (name, _) in &l.consumers {
@@ -565,12 +564,11 @@ async fn live_consumers<C: ConnectionLike + Send>(
     if asked.is_empty() {
         return Ok(out);
     }
+    let now = crate::store::server_time_ms(conn).await?;
     let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let (secs, micros): (u64, u64) = redis::from_redis_value(replies[0].clone())?;
-    let now = secs * 1000 + micros / 1000;
-    for ((agent, name), pair) in asked.into_iter().zip(replies[1..].chunks(2)) {
-        let expires: Option<f64> = redis::from_redis_value(pair[0].clone())?;
-        let record: Option<String> = redis::from_redis_value(pair[1].clone())?;
+    for ((agent, name), pair) in asked.into_iter().zip(replies.chunks(2)) {
+        let expires = redis::from_redis_value_ref::<f64>(&pair[0]).ok();
+        let record = redis::from_redis_value_ref::<String>(&pair[1]).ok();
         if !expires.is_some_and(|e| e > now as f64) {
             continue;
         }
