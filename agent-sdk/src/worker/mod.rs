@@ -1,8 +1,9 @@
 //! The worker: consumes one agent type's task stream through the `workers`
 //! consumer group and runs each task through an [`Agent`].
 //!
-//! One process runs these loops, each on its own Redis connection so a slow
-//! or blocked call in one never stalls another:
+//! One process runs these loops on two Redis connections: the reader's own
+//! (a blocked `XREADGROUP` parks its connection) and one multiplexed
+//! connection every other loop shares (no call on it blocks):
 //!
 //! | loop | what it does |
 //! |---|---|
@@ -11,13 +12,15 @@
 //! | [`execute`] | one tokio task per entry: decode, run the handler, decide |
 //! | [`commit`] | batches finished tasks into one fenced `commit.lua` call |
 //! | [`lease`] | renews the claim on running tasks so nobody reclaims them |
-//! | [`promote`] | moves due retries / delayed tasks into the stream |
+//! | [`janitor`] | the lease that makes one instance per agent type the promoter and reclaimer |
+//! | [`promote`] | (janitor only) moves due retries / delayed tasks into the stream |
 //! | [`heartbeat`] | keeps this instance's registry record alive |
 
 mod commit;
 mod delivery;
 mod execute;
 mod heartbeat;
+mod janitor;
 mod lease;
 mod metrics;
 mod promote;
@@ -144,6 +147,7 @@ pub struct WorkerBuilder<A> {
     config: RuntimeConfig,
     agent_type: Option<String>,
     version: String,
+    connector: Option<Connector>,
 }
 
 impl<A: Agent> WorkerBuilder<A> {
@@ -165,6 +169,15 @@ impl<A: Agent> WorkerBuilder<A> {
         self
     }
 
+    /// Shares `connector` (and so its multiplexed connection) with other
+    /// workers of this process: several workers in one process then hold
+    /// one shared connection plus one reader connection each. By default a
+    /// worker opens its own from the configuration's Redis URL.
+    pub fn connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
     /// Validates everything and builds the worker. No I/O happens here.
     pub fn build(self) -> Result<Worker<A>> {
         let cfg = self.config;
@@ -181,7 +194,10 @@ impl<A: Agent> WorkerBuilder<A> {
             None => consumer_id(None).into(),
         };
         schemas::names::validate_consumer(&consumer)?;
-        let connector = cfg.redis.connector()?;
+        let connector = match self.connector {
+            Some(c) => c,
+            None => cfg.redis.connector()?,
+        };
         let settings = Settings {
             tasks_key: keys.tasks(&agent_type),
             results_key: keys.results(&agent_type),
@@ -245,6 +261,7 @@ impl<A: Agent> Worker<A> {
             config: RuntimeConfig::default(),
             agent_type: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            connector: None,
         }
     }
 
@@ -295,14 +312,13 @@ impl<A: Agent> Worker<A> {
         );
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let short = Duration::from_secs(5);
         let committer = tokio::spawn(
             commit::run(
                 s.clone(),
                 shared.inflight.clone(),
                 shared.metrics.clone(),
                 rx,
-                connector.conn("commit", short),
+                connector.shared("commit"),
                 shared.hard_stop.clone(),
             )
             .instrument(shared.span.clone()),
@@ -314,7 +330,7 @@ impl<A: Agent> Worker<A> {
                 s.clone(),
                 shared.inflight.clone(),
                 status.clone(),
-                connector.conn("heartbeat", short),
+                connector.shared("heartbeat"),
                 stop_all.clone(),
             )
             .instrument(shared.span.clone()),
@@ -323,21 +339,32 @@ impl<A: Agent> Worker<A> {
             lease::run(
                 s.clone(),
                 shared.inflight.clone(),
-                connector.conn("lease", short),
+                connector.shared("lease"),
                 stop_all.clone(),
             )
             .instrument(shared.span.clone()),
         );
+        let janitor_state = Arc::new(janitor::JanitorState::new(&s));
         background.spawn(
-            promote::run(
+            janitor::run(
                 s.clone(),
-                connector.conn("promote", short),
+                janitor_state.clone(),
+                connector.shared("janitor"),
                 shutdown.clone(),
             )
             .instrument(shared.span.clone()),
         );
         background.close();
-        read::run(shared.clone(), tx, reader, read_conn, shutdown.clone()).await;
+        read::run(
+            shared.clone(),
+            tx,
+            reader,
+            read_conn,
+            connector.shared("register"),
+            &janitor_state,
+            shutdown.clone(),
+        )
+        .await;
 
         // Draining.
         status.set_draining();
@@ -368,6 +395,12 @@ impl<A: Agent> Worker<A> {
         stop_all.cancel();
         background.wait().await;
         heartbeat::deregister(&s, &connector).await;
+        let leave = async {
+            if let Some(mut c) = connector.shared("deregister").get(&CancellationToken::new()).await {
+                janitor::leave(&s, &mut c).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
         tracing::info!(
             processed = shared.inflight.processed.load(Ordering::Relaxed),
             "worker stopped"
