@@ -62,20 +62,22 @@ end
 local nxt = '-'
 if last and (#chosen >= want or #p >= window) then nxt = '(' .. last end
 
-local claim, ids, cnt, vanished = { tasks, group, me, 0 }, {}, {}, {}
-for i, id in ipairs(chosen) do
-  if #redis.call('XRANGE', tasks, id, id) == 0 then
-    if redis.call('XACK', tasks, group, id) == 1 then
+-- XCLAIM (Redis 7.0+) skips an id whose entry is gone and drops it from
+-- the pending list: whatever it did not return has vanished. It is
+-- acknowledged too, for servers that leave it pending.
+local ids, cnt, vanished, claimed = {}, {}, {}, {}
+if #chosen > 0 then
+  claimed = redis.call('XCLAIM', tasks, group, me, 0, unpack(chosen))
+  local got = {}
+  for _, e in ipairs(claimed) do got[e[1]] = true end
+  for i, id in ipairs(chosen) do
+    if got[id] then
+      ids[#ids + 1] = id
+      cnt[#cnt + 1] = counts[i]
+    else
+      redis.call('XACK', tasks, group, id)
       vanished[#vanished + 1] = id
     end
-  else
-    claim[#claim + 1] = id
-    ids[#ids + 1] = id
-    cnt[#cnt + 1] = counts[i]
   end
-end
-local claimed = {}
-if #claim > 4 then
-  claimed = redis.call('XCLAIM', unpack(claim))
 end
 return { 1, claimed, ids, cnt, vanished, nxt }
