@@ -441,7 +441,19 @@ impl GroupReader {
         match step {
             Step::Reclaim => self.reclaim(c, want, policy).await,
             Step::Own(from) => self.recover_own(c, from, want, policy).await,
-            Step::New => self.read_new(c, want).await,
+            Step::New => {
+                // A reclaimer blocks no longer than until its next pass.
+                let block = if policy.reclaims() {
+                    self.block.min(
+                        self.next_reclaim
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(10)),
+                    )
+                } else {
+                    self.block
+                };
+                self.read_new(c, want, block).await
+            }
         }
     }
 
@@ -490,6 +502,7 @@ impl GroupReader {
         &mut self,
         c: &mut C,
         want: usize,
+        block: Duration,
     ) -> redis::RedisResult<Taken> {
         let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -498,7 +511,7 @@ impl GroupReader {
             .arg("COUNT")
             .arg(want)
             .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")

@@ -5,8 +5,9 @@
 //! The lease (`N:agent:{T}:janitor`, `janitor.lua`) is kept by the Redis
 //! server's clock: its holder renews it every `--lease-renew / 2` and it
 //! lapses `3 × --lease-renew` after the last renewal. Other instances try to
-//! take it once per lease period (jittered), so a fleet's attempts cost one
-//! call per instance per period; an instance's first attempt also takes the
+//! take it every one to two lease periods (jittered), so a fleet's attempts
+//! cost one call per instance per period at most; an instance's first
+//! attempt also takes the
 //! lease over at once from a holder whose connection is gone (a crashed
 //! process restarted by its supervisor does not wait for the lapse).
 //!
@@ -33,7 +34,7 @@ use crate::scripts;
 use redis::aio::MultiplexedConnection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -76,6 +77,10 @@ pub(crate) struct JanitorState {
     pub(crate) dead: Mutex<Vec<String>>,
     pub(crate) lease_key: String,
     pub(crate) max_gap_ms: u64,
+    /// The Redis client id of this instance's reader connection (0: none
+    /// yet): `CLIENT UNBLOCK` ends its blocking read early, for a reclaim
+    /// pass that cannot wait or for shutdown.
+    pub(crate) reader_client: AtomicI64,
 }
 
 impl JanitorState {
@@ -86,6 +91,7 @@ impl JanitorState {
             dead: Mutex::new(Vec::new()),
             lease_key: s.keys.janitor(&s.agent_type),
             max_gap_ms: Timings::new(s.cfg.lease_renew).max_gap.as_millis() as u64,
+            reader_client: AtomicI64::new(0),
         }
     }
 
@@ -240,10 +246,16 @@ pub(crate) async fn run(
                 }
                 match find_dead(&s, &mut c, &state.dead()).await {
                     Ok(dead) => {
-                        if !dead.is_empty() {
+                        let any = !dead.is_empty();
+                        if any {
                             tracing::info!(consumers = ?dead, "consumers holding entries have lost their connection; taking their entries over");
                         }
                         state.set_dead(dead);
+                        if any {
+                            // The reader may be blocked for a while: the
+                            // pass is due now.
+                            unblock_reader(&state, &mut c).await;
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "cannot look for dead consumers"),
                 }
@@ -286,8 +298,11 @@ pub(crate) async fn run(
                     take_from = holder;
                     continue;
                 }
-                // Jittered, so a fleet's attempts spread over the period.
-                t.ttl.mul_f64(0.5 + fastrand::f64() * 0.5)
+                // Once or twice a lease period, jittered so that a fleet's
+                // attempts spread out: a lapsed lease is taken within a
+                // period by a fleet of two, within a fraction of one by a
+                // larger fleet, at one call per instance per period or two.
+                t.ttl.mul_f64(1.0 + fastrand::f64())
             }
             Err(e) => {
                 state.leader.store(false, Ordering::Relaxed);
@@ -305,14 +320,29 @@ pub(crate) async fn run(
     }
 }
 
+/// Ends the blocking read of this instance's reader, if one is under way
+/// (a no-op otherwise).
+pub(crate) async fn unblock_reader(state: &JanitorState, c: &mut MultiplexedConnection) {
+    let id = state.reader_client.load(Ordering::Relaxed);
+    if id > 0 {
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(id)
+            .query_async(c)
+            .await;
+    }
+}
+
 /// Records this instance's reader connection (its Redis client id) in the
 /// consumers hash, so the janitor can tell when its process is gone.
 pub(crate) async fn register_reader(
     s: &Settings,
+    state: &JanitorState,
     read: &mut MultiplexedConnection,
     shared: &mut MultiplexedConnection,
 ) -> redis::RedisResult<()> {
     let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(read).await?;
+    state.reader_client.store(id, Ordering::Relaxed);
     redis::cmd("HSET")
         .arg(s.keys.consumers(&s.agent_type))
         .arg(&*s.consumer)

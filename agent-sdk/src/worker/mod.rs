@@ -355,6 +355,26 @@ impl<A: Agent> Worker<A> {
             .instrument(shared.span.clone()),
         );
         background.close();
+        // At shutdown, end the reader's blocking read at once instead of
+        // waiting out --read-block; again until the reader is out, in case
+        // the first arrived between two reads.
+        let read_done = CancellationToken::new();
+        let unblocker = tokio::spawn({
+            let (state, done, stop) = (janitor_state.clone(), read_done.clone(), shutdown.clone());
+            let mut conn = connector.shared("unblock");
+            async move {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = stop.cancelled() => {}
+                }
+                while !done.is_cancelled() {
+                    if let Some(mut c) = conn.get(&done).await {
+                        janitor::unblock_reader(&state, &mut c).await;
+                    }
+                    crate::shutdown::pause(&done, Duration::from_millis(200)).await;
+                }
+            }
+        });
         read::run(
             shared.clone(),
             tx,
@@ -365,6 +385,8 @@ impl<A: Agent> Worker<A> {
             shutdown.clone(),
         )
         .await;
+        read_done.cancel();
+        let _ = unblocker.await;
 
         // Draining.
         status.set_draining();

@@ -58,7 +58,7 @@ pub(crate) async fn run<A: Agent>(
                 return;
             };
             if let Some(mut sc) = register.get(&stop).await {
-                match janitor::register_reader(&s, &mut rc, &mut sc).await {
+                match janitor::register_reader(&s, janitor, &mut rc, &mut sc).await {
                     Ok(()) => registered = Some(conn.generation()),
                     // Tried again before the next read; meanwhile our
                     // entries are only reclaimed after claim_idle.
