@@ -281,8 +281,9 @@ impl ReadPolicy for TakeAll {}
 pub struct Delivered {
     /// The entry.
     pub entry: Entry,
-    /// For an entry taken over from another consumer: its deliveries
-    /// including this claim. `None` for a new entry or one of our own.
+    /// For an entry taken over (from another consumer, or from our own
+    /// pending list): its deliveries including this claim. `None` for a new
+    /// entry.
     pub deliveries: Option<u32>,
 }
 
@@ -552,11 +553,15 @@ impl GroupReader {
             Some(last) if own.ids.len() == want => Some(Some(last.id.clone())),
             _ => None,
         };
-        let unseen: Vec<String> = own
+        // Deliveries so far: a process restarted under the same name (a
+        // fixed --instance-id) finds here what its predecessor was running
+        // when it crashed, and a poison message must still reach
+        // max_deliveries.
+        let unseen: Vec<(String, usize)> = own
             .ids
             .into_iter()
-            .map(|p| p.id)
-            .filter(|id| !policy.holds(id))
+            .filter(|p| !policy.holds(&p.id))
+            .map(|p| (p.id, p.times_delivered))
             .collect();
         if unseen.is_empty() {
             return Ok(Taken::default());
@@ -566,13 +571,21 @@ impl GroupReader {
             count = unseen.len(),
             "picking up entries delivered to this consumer that it never handled (a lost reply, or a restart)"
         );
-        let (claimed, vanished) = self.claim(c, &unseen, 0).await?;
+        let ids: Vec<String> = unseen.iter().map(|(id, _)| id.clone()).collect();
+        let (claimed, vanished) = self.claim(c, &ids, 0).await?;
         Ok(Taken {
             entries: claimed
                 .into_iter()
-                .map(|entry| Delivered {
-                    entry,
-                    deliveries: None,
+                .map(|entry| {
+                    // The claim counted one more delivery.
+                    let n = unseen
+                        .iter()
+                        .find(|(id, _)| *id == entry.id)
+                        .map_or(1, |(_, n)| n + 1);
+                    Delivered {
+                        entry,
+                        deliveries: Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                    }
                 })
                 .collect(),
             vanished,

@@ -1,0 +1,192 @@
+//! Recovery without idle waits, against a real redis-server: out of memory
+//! and freed again under three busy workers, and a Redis freeze (SIGSTOP)
+//! longer than `--claim-idle` under workers running long tasks.
+//!
+//! Every test ends by accounting for every task it enqueued.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use agent_sdk::{Agent, AgentError, RuntimeConfig, TaskContext};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use agent_sdk::testing::TestRedis;
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A field of `INFO <section>`.
+fn info_field(redis: &TestRedis, section: &str, name: &str) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut redis.connection())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// How many calls Redis refused with `OOM` so far.
+fn oom_refusals(redis: &TestRedis) -> u64 {
+    let line = info_field(redis, "errorstats", "errorstat_OOM");
+    line.strip_prefix("count=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sleeps a little, counts the handlers that ended, succeeds.
+#[derive(Clone, Default)]
+struct Counted {
+    ended: Arc<AtomicUsize>,
+}
+
+impl Agent for Counted {
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+
+    async fn handle(
+        &self,
+        _ctx: &TaskContext,
+        input: serde_json::Value,
+    ) -> Result<serde_json::Value, AgentError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.ended.fetch_add(1, Ordering::SeqCst);
+        Ok(input)
+    }
+}
+
+fn config(redis: &TestRedis, instance: &str) -> RuntimeConfig {
+    RuntimeConfig {
+        concurrency: 4,
+        instance_id: Some(instance.into()),
+        ..common::config(redis)
+    }
+}
+
+/// Three workers have finished tasks they cannot commit: Redis is out of
+/// memory (`maxmemory`, `noeviction`). Once the memory is freed, every
+/// commit goes through at once: no worker sits out a long backoff step
+/// while its finished tasks hold their slots and leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_memory_settles_the_last_task_within_two_seconds() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    let agent = Counted::default();
+    let workers: Vec<_> = ["oom-a", "oom-b", "oom-c"]
+        .into_iter()
+        .map(|w| start(agent.clone(), config(&redis, w)))
+        .collect();
+    // Every slot busy: 3 workers × 4 slots.
+    let ids = enqueue_n(&client, 12, &sleep_input(0)).await;
+    wait_until(WAIT, "every task delivered", || async {
+        pending(&redis).len() == 12
+    })
+    .await;
+
+    // Out of memory: a big key (built in small pieces: a big argument's
+    // query buffer would count as used memory until freed), then a limit
+    // below what is used.
+    let mut conn = redis.connection();
+    for _ in 0..32 {
+        let _: u64 = redis::cmd("APPEND")
+            .arg("ballast")
+            .arg(vec![b'x'; 256 * 1024])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let used: u64 = info_field(&redis, "memory", "used_memory").parse().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used - 2 * 1024 * 1024)
+        .query(&mut conn)
+        .unwrap();
+    let before = oom_refusals(&redis);
+    wait_until(WAIT, "every handler ended", || async {
+        agent.ended.load(Ordering::SeqCst) == 12
+    })
+    .await;
+    // Memory stays full for 3 s while the workers hold finished tasks whose
+    // commits are refused, again and again: long enough for an exponential
+    // backoff to have grown to seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(oom_refusals(&redis) > before + 12, "commits were refused with OOM");
+    assert_eq!(ledger(&redis).settled(), 0, "nothing committed while out of memory");
+
+    let _: () = redis::cmd("DEL").arg("ballast").query(&mut conn).unwrap();
+    let freed = Instant::now();
+    wait_settled(&redis, 12).await;
+    let took = freed.elapsed();
+    println!("last task settled {} ms after memory was freed", took.as_millis());
+    assert!(
+        took < Duration::from_secs(2),
+        "the last task settled {took:?} after memory was freed (bound: 2 s)"
+    );
+
+    for w in workers {
+        w.shutdown().await;
+    }
+    ledger(&redis).assert_exact(&ids, &[]);
+}
+
+/// Redis is frozen (SIGSTOP) for 10 s while workers run long tasks: on
+/// resume every entry looks idle far beyond `--claim-idle`, yet the workers
+/// are alive. The reclaimer sees the server's clock jump, waits for the
+/// workers to renew their tasks, and takes none of them over: every task is
+/// delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_freeze_takes_no_task_from_a_live_worker() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    let workers: Vec<_> = ["frz-a", "frz-b", "frz-c"]
+        .into_iter()
+        .map(|w| start_fault(config(&redis, w)))
+        .collect();
+    // Longer than the freeze, so they still run when Redis comes back.
+    let ids = enqueue_n(&client, 12, &sleep_input(13_000)).await;
+    wait_until(WAIT, "every task delivered", || async {
+        pending(&redis).len() == 12
+    })
+    .await;
+    let pid = info_field(&redis, "server", "process_id");
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("-STOP");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    kill("-CONT");
+
+    // Until everything is settled, no entry may be delivered twice.
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger(&redis).settled() < 12 {
+        assert!(Instant::now() < deadline, "not settled: {:#?}", ledger(&redis));
+        for (id, owner, n) in pending(&redis) {
+            assert_eq!(n, 1, "entry {id} delivered {n} times (now at {owner}) after the freeze");
+            most = most.max(n);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("most deliveries of any entry across a 10 s freeze: {most}");
+    for w in workers {
+        w.shutdown().await;
+    }
+    ledger(&redis).assert_exact(&ids, &[]);
+}
+
+const WAIT: Duration = Duration::from_secs(30);
