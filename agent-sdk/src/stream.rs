@@ -262,6 +262,18 @@ pub trait ReadPolicy {
         Vec::new()
     }
 
+    /// Whether a pass may claim a suspect (see [`ReadPolicy::max_deliveries`])
+    /// now: no earlier suspect of ours is still running.
+    fn suspects(&self) -> bool {
+        true
+    }
+
+    /// Whether reads should block only briefly: passes are wanted soon
+    /// (entries of dead consumers wait for them).
+    fn short_block(&self) -> bool {
+        false
+    }
+
     /// The lease a pass must hold, and the largest gap (ms by the server's
     /// clock) since its holder's last renewal at which claims may go on:
     /// checked atomically with the claims (see `reclaim.lua`).
@@ -444,7 +456,9 @@ impl GroupReader {
             Step::Own(from) => self.recover_own(c, from, want, policy).await,
             Step::New => {
                 // A reclaimer blocks no longer than until its next pass.
-                let block = if policy.reclaims() {
+                let block = if policy.reclaims() && policy.short_block() {
+                    self.block.min(Duration::from_millis(100))
+                } else if policy.reclaims() {
                     self.block.min(
                         self.next_reclaim
                             .saturating_duration_since(Instant::now())
@@ -616,7 +630,8 @@ impl GroupReader {
             .arg(RECLAIM_SCAN)
             .arg(want)
             .arg(policy.max_deliveries().unwrap_or(0))
-            .arg(gap);
+            .arg(gap)
+            .arg(u8::from(policy.suspects()));
         for dead in policy.dead_consumers() {
             inv.arg(dead);
         }

@@ -10,7 +10,9 @@
 -- delivered more than once but fewer (a suspect: in flight when workers
 -- died more than once) is claimed one per pass, so a poison message cannot
 -- take its neighbours down with it. An entry whose body is gone (trimmed or
--- deleted) is acknowledged and reported instead of silently dropped.
+-- deleted) is acknowledged and reported instead of silently dropped. The
+-- caller says when a suspect of its own still runs: no other is claimed
+-- until it is settled.
 --
 -- With KEYS[2] (the janitor lease hash) the pass runs only for the lease's
 -- holder, and claims nothing while the lease says to hold (see janitor.lua)
@@ -21,7 +23,8 @@
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] min idle ms, ARGV[4] where the
 -- window starts ('-' or '(<id>'), ARGV[5] window size, ARGV[6] most entries
 -- to claim, ARGV[7] max deliveries (0: claim all), ARGV[8] largest tick
--- gap ms, ARGV[9..] consumers known dead.
+-- gap ms, ARGV[9] 1 if a suspect may be claimed (0: one of ours still
+-- runs), ARGV[10..] consumers known dead.
 -- Returns { state, claimed entries (as XCLAIM returns them), their ids,
 -- their delivery counts after this claim, vanished ids, next window start }
 -- with state 1 (ran), 0 (not the leaseholder) or -1 (holding).
@@ -40,10 +43,11 @@ if KEYS[2] then
   end
 end
 local dead = {}
-for i = 9, #ARGV do dead[ARGV[i]] = true end
+for i = 10, #ARGV do dead[ARGV[i]] = true end
+local suspect = ARGV[9] ~= '1' 
 
 local p = redis.call('XPENDING', tasks, group, start, '+', window)
-local chosen, counts, suspect, last = {}, {}, false, nil
+local chosen, counts, last = {}, {}, nil
 for _, e in ipairs(p) do
   if #chosen >= want then break end
   last = e[1]

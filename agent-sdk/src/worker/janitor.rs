@@ -81,6 +81,9 @@ pub(crate) struct JanitorState {
     /// yet): `CLIENT UNBLOCK` ends its blocking read early, for a reclaim
     /// pass that cannot wait or for shutdown.
     pub(crate) reader_client: AtomicI64,
+    /// The suspect this instance took over last (an entry delivered more
+    /// than once, fewer than max_deliveries): no other is taken while it runs.
+    pub(crate) suspect: Mutex<Option<String>>,
 }
 
 impl JanitorState {
@@ -92,6 +95,7 @@ impl JanitorState {
             lease_key: s.keys.janitor(&s.agent_type),
             max_gap_ms: Timings::new(s.cfg.lease_renew).max_gap.as_millis() as u64,
             reader_client: AtomicI64::new(0),
+            suspect: Mutex::new(None),
         }
     }
 

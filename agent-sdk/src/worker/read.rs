@@ -76,6 +76,15 @@ pub(crate) async fn run<A: Agent>(
             .filter(|d| d.deliveries.is_some())
             .count();
         shared.metrics.reclaimed.increment(reclaimed as u64);
+        let max = s.cfg.max_deliveries;
+        if let Some(d) = taken
+            .entries
+            .iter()
+            .find(|d| d.deliveries.is_some_and(|n| n >= 3 && n <= max))
+        {
+            // Taken as a suspect: delivered more than once before this claim.
+            *janitor.suspect.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.entry.id.clone());
+        }
         for d in taken.entries {
             let Some(one) = permit.split(1) else { break };
             dispatch(&shared, &tx, d.entry, one, d.deliveries);

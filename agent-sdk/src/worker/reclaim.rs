@@ -14,8 +14,10 @@
 //! - delivered once: its worker died once. Claimed in bulk and run.
 //! - delivered more than once: it was in flight when workers died more than
 //!   once — maybe the culprit, maybe a bystander of the culprit. At most one
-//!   such suspect is claimed per pass, so a poison message no longer takes
-//!   its neighbours down with it and each suspect is judged on its own.
+//!   such suspect is claimed per pass, and none while the last one claimed
+//!   still runs, so a poison message no longer takes its neighbours down
+//!   with it and each suspect is judged on its own. The next pass follows
+//!   as soon as the suspect is settled.
 //!
 //! Live workers never lose their tasks this way because the lease loop renews
 //! them well inside `claim_idle` (checked by `RuntimeConfig::validate`), and
@@ -48,7 +50,28 @@ impl ReadPolicy for Triage<'_> {
     }
 
     fn reclaim_now(&self) -> bool {
-        self.janitor.urgent.swap(false, Ordering::Relaxed)
+        // The suspect we ran last is settled: the next one need not wait
+        // for the pass's interval.
+        let settled = {
+            let mut s = self.janitor.suspect.lock().unwrap_or_else(|e| e.into_inner());
+            match s.as_deref() {
+                Some(id) if !self.inflight.contains(id) => {
+                    *s = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.janitor.urgent.swap(false, Ordering::Relaxed) || settled
+    }
+
+    fn suspects(&self) -> bool {
+        let s = self.janitor.suspect.lock().unwrap_or_else(|e| e.into_inner());
+        s.as_deref().is_none_or(|id| !self.inflight.contains(id))
+    }
+
+    fn short_block(&self) -> bool {
+        !self.janitor.dead().is_empty()
     }
 
     fn dead_consumers(&self) -> Vec<String> {
