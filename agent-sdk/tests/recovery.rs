@@ -189,4 +189,67 @@ async fn a_redis_freeze_takes_no_task_from_a_live_worker() {
     ledger(&redis).assert_exact(&ids, &[]);
 }
 
+/// The holder of the fault type's janitor lease, if any.
+fn janitor_holder(redis: &TestRedis) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(keys().janitor(&fault_type()))
+        .arg("holder")
+        .query(&mut redis.connection())
+        .unwrap()
+}
+
+/// One instance of an agent type holds the janitor lease (promoter and
+/// reclaimer) and keeps it; when it stops, another takes over, and delayed
+/// tasks are still promoted and run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_janitor_per_agent_type_and_another_takes_over() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    let names = ["jan-a", "jan-b", "jan-c"];
+    let mut workers: Vec<_> = names
+        .into_iter()
+        .map(|w| Some(start_fault(config(&redis, w))))
+        .collect();
+    wait_until(WAIT, "a janitor lease holder", || async {
+        janitor_holder(&redis).is_some()
+    })
+    .await;
+    let first = janitor_holder(&redis).unwrap();
+    assert!(names.contains(&first.as_str()), "holder {first}");
+    // Several renewal periods: it keeps the lease, nobody else takes it.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(janitor_holder(&redis).as_deref(), Some(first.as_str()));
+    }
+
+    let i = names.iter().position(|n| *n == first).unwrap();
+    workers[i].take().unwrap().shutdown().await;
+    wait_until(WAIT, "another holder of the janitor lease", || async {
+        janitor_holder(&redis).is_some_and(|h| h != first && names.contains(&h.as_str()))
+    })
+    .await;
+
+    // Delayed tasks need the new holder's promoter.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let opts = agent_sdk::EnqueueOptions {
+            delay: Some(Duration::from_millis(300)),
+            ..agent_sdk::EnqueueOptions::default()
+        };
+        ids.push(
+            client
+                .enqueue(&fault_type(), &sleep_input(10), opts)
+                .await
+                .unwrap()
+                .task_id,
+        );
+    }
+    ids.extend(enqueue_n(&client, 5, &sleep_input(10)).await);
+    wait_settled(&redis, 10).await;
+    for w in workers.into_iter().flatten() {
+        w.shutdown().await;
+    }
+    ledger(&redis).assert_exact(&ids, &[]);
+}
+
 const WAIT: Duration = Duration::from_secs(30);

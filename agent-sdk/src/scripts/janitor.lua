@@ -12,7 +12,8 @@
 --
 -- KEYS[1] lease hash, KEYS[2] consumers hash (instance id -> client id).
 -- ARGV[1] instance id, ARGV[2] lease ttl ms, ARGV[3] largest tick gap ms,
--- ARGV[4] hold ms, ARGV[5] holder known dead (its connection is gone) to
+-- ARGV[4] hold ms (ARGV[2] is also the oldest renewal a holder may have:
+-- past it the lease is taken over), ARGV[5] holder known dead (its connection is gone) to
 -- take the lease from, or ''.
 -- Returns { 1, now, hold_until } when ARGV[1] holds the lease after the
 -- call, else { 0, now, holder, the holder's client id or nil }.
@@ -22,7 +23,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', lease, 'holder', 'expires', 'tick', 'hold_until')
 local holder, expires, tick, hold_until = h[1], tonumber(h[2]) or 0, tonumber(h[3]), tonumber(h[4]) or 0
-if holder and holder ~= me and expires > now and holder ~= dead then
+-- Held by another: by a live instance until it lapses, unless its last
+-- renewal is older than our own lease period (an instance renewing far
+-- more slowly than we expect counts as gone: the fastest settings win).
+if holder and holder ~= me and expires > now and holder ~= dead
+    and not (tick and now - tick > ttl) then
   return { 0, now, holder, redis.call('HGET', consumers, holder) }
 end
 if tick and now - tick > gap then

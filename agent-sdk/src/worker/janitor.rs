@@ -230,6 +230,30 @@ pub(crate) async fn run(
     mut conn: Conn,
     stop: CancellationToken,
 ) {
+    run_until_stopped(&s, &state, &mut conn, &stop).await;
+    if state.leader.swap(false, Ordering::Relaxed) {
+        // Hand the lease on at once: a lease that lapses now is free for
+        // the next instance's attempt, not after three renewal periods.
+        let release = async {
+            let t = Timings {
+                ttl: Duration::ZERO,
+                ..Timings::new(s.cfg.lease_renew)
+            };
+            if let Some(mut c) = conn.get(&CancellationToken::new()).await {
+                let _ = lease_call(&s, &t, &state, &mut c, "").await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), release).await;
+    }
+}
+
+async fn run_until_stopped(
+    s: &Arc<Settings>,
+    state: &Arc<JanitorState>,
+    conn: &mut Conn,
+    stop: &CancellationToken,
+) {
+    let (s, state, stop) = (s.clone(), state.clone(), stop.clone());
     let t = Timings::new(s.cfg.lease_renew);
     // The first attempt looks at the holder's connection: a restarted
     // process takes the lease over from its crashed predecessor at once.
