@@ -4,7 +4,10 @@
 # Starts its own redis-server on a free port, runs --instances idle worker
 # instances (default 1000) in --processes processes (default 10; instances of
 # one process share one multiplexed connection, each has its own blocking
-# reader), waits until they settle, then measures over --seconds (default 15)
+# reader), with default settings (--heartbeat D overrides that one), waits
+# until they settle (35 s: past the start-up traffic and into the steady
+# rhythm of 30 s reads and lease attempts), then measures over --seconds
+# (default 30, one read period)
 # the Redis CPU per second (INFO cpu: used_cpu_sys + used_cpu_user) and the
 # connections (connected_clients, less this script's own). Then, with the
 # workers gone, puts 200,000 entries pending at a consumer that is gone and
@@ -12,23 +15,25 @@
 # Prints one JSON object on stdout; progress and the commands an idle
 # instance sends per second go to stderr.
 #
-#   scripts/idle-bench.sh [--instances N] [--processes P] [--seconds S] [--pending N]
+#   scripts/idle-bench.sh [--instances N] [--processes P] [--seconds S] [--pending N] [--heartbeat D]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 instances=1000
 processes=10
-seconds=15
+seconds=30
 pending=200000
+heartbeat=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
     --processes) processes=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --pending) pending=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--instances N] [--processes P] [--seconds S] [--pending N]" >&2; exit 64 ;;
+    --heartbeat) heartbeat=(--heartbeat "$2"); shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--instances N] [--processes P] [--seconds S] [--pending N] [--heartbeat D]" >&2; exit 64 ;;
   esac
 done
 for v in "$instances" "$processes" "$seconds" "$pending"; do
@@ -65,7 +70,7 @@ echo "starting $instances idle instances in $processes processes..." >&2
 for i in $(seq 1 "$processes"); do
   n=$per
   [ "$i" -le "$extra" ] && n=$(( n + 1 ))
-  RUST_LOG=warn "$bin" workers --redis-url "$url" --instances "$n" >"$work/w$i.log" 2>&1 &
+  RUST_LOG=warn "$bin" workers --redis-url "$url" --instances "$n" "${heartbeat[@]}" >"$work/w$i.log" 2>&1 &
   pids+=($!)
 done
 
@@ -84,7 +89,7 @@ while :; do
   fi
   sleep 1
 done
-sleep 8
+sleep 35
 
 rc config resetstat >/dev/null
 c0=$(cpu_us)

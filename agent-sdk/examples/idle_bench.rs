@@ -62,6 +62,9 @@ enum Mode {
         /// Agent type of the instances.
         #[arg(long, default_value = "idler")]
         agent_type: String,
+        /// Heartbeat period (the runtime's default when not given).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        heartbeat: Option<Duration>,
     },
     /// Reclaim cost per call at a long pending list.
     Reclaim {
@@ -88,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             instances,
             agent_type,
-        } => workers(redis_url, namespace, instances, agent_type).await,
+            heartbeat,
+        } => workers(redis_url, namespace, instances, agent_type, heartbeat).await,
         Mode::Reclaim {
             redis_url,
             pending,
@@ -102,15 +106,19 @@ async fn workers(
     namespace: String,
     instances: usize,
     agent_type: String,
+    heartbeat: Option<Duration>,
 ) -> anyhow::Result<()> {
     let stop = agent_sdk::shutdown::on_signals()?;
     let connector = Connector::new(&url)?;
     let mut handles = Vec::new();
     for _ in 0..instances {
-        let cfg = RuntimeConfig {
+        let mut cfg = RuntimeConfig {
             redis: RedisArgs::new(url.clone(), namespace.clone()),
             ..RuntimeConfig::default()
         };
+        if let Some(h) = heartbeat {
+            cfg.heartbeat = h;
+        }
         let worker = Worker::builder(Noop)
             .agent_type(agent_type.clone())
             .config(cfg)
