@@ -136,7 +136,10 @@ async fn workers(
 
 /// `(calls, usec)` of one command in `INFO commandstats`.
 async fn stat(c: &mut redis::aio::MultiplexedConnection, cmd: &str) -> anyhow::Result<(u64, u64)> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(c).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await?;
     let prefix = format!("cmdstat_{cmd}:");
     let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
         return Ok((0, 0));
@@ -202,7 +205,12 @@ async fn reclaim(url: String, pending: usize, calls: usize) -> anyhow::Result<()
         let n = left.min(5000);
         let mut pipe = redis::pipe();
         for _ in 0..n {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("body").arg("{}").ignore();
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("body")
+                .arg("{}")
+                .ignore();
         }
         let _: () = pipe.query_async(&mut c).await?;
         left -= n;
@@ -226,7 +234,8 @@ async fn reclaim(url: String, pending: usize, calls: usize) -> anyhow::Result<()
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Abandoned: idle 200 ms is old enough, every pass claims a batch.
-    let (claiming, claimed) = passes(&url, &mut c, stream, Duration::from_millis(200), calls).await?;
+    let (claiming, claimed) =
+        passes(&url, &mut c, stream, Duration::from_millis(200), calls).await?;
     // Nothing old enough (idle an hour): every pass scans its window only.
     let (scanning, _) = passes(&url, &mut c, stream, Duration::from_secs(3600), calls).await?;
     // The scan the reader made before: XPENDING … IDLE from the start.

@@ -197,7 +197,11 @@ impl Conn {
             connector: self.connector.clone(),
             role: self.role,
             response_timeout: self.response_timeout,
-            inner: if self.shared { None } else { self.inner.clone() },
+            inner: if self.shared {
+                None
+            } else {
+                self.inner.clone()
+            },
             shared: self.shared,
             generation: self.generation,
             backoff: None,
@@ -302,7 +306,8 @@ impl Conn {
     /// Reports a successful call: the next failure starts the backoff afresh,
     /// and loops waiting out a backoff (Redis was failing) try again now.
     pub fn succeeded(&mut self) {
-        if self.backoff.take().is_some() || self.connector.shared.waiting.load(Ordering::Relaxed) > 0
+        if self.backoff.take().is_some()
+            || self.connector.shared.waiting.load(Ordering::Relaxed) > 0
         {
             self.connector.shared.recovered.notify_waiters();
         }
@@ -340,7 +345,11 @@ mod tests {
             let step = BACKOFF_MIN
                 .saturating_mul(1u32 << n.min(16))
                 .min(BACKOFF_MAX);
-            assert!(d <= step && d >= step / 2, "step {n}: {d:?} outside [{:?}, {step:?}]", step / 2);
+            assert!(
+                d <= step && d >= step / 2,
+                "step {n}: {d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
             assert!(d <= BACKOFF_MAX);
         }
     }

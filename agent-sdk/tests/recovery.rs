@@ -8,12 +8,12 @@
 
 mod common;
 
-use agent_sdk::{Agent, AgentError, RuntimeConfig, TaskContext};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use agent_sdk::testing::TestRedis;
+use agent_sdk::{Agent, AgentError, RuntimeConfig, TaskContext};
 use common::*;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A field of `INFO <section>`.
@@ -119,14 +119,24 @@ async fn freed_memory_settles_the_last_task_within_two_seconds() {
     // commits are refused, again and again: long enough for an exponential
     // backoff to have grown to seconds.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(oom_refusals(&redis) > before + 12, "commits were refused with OOM");
-    assert_eq!(ledger(&redis).settled(), 0, "nothing committed while out of memory");
+    assert!(
+        oom_refusals(&redis) > before + 12,
+        "commits were refused with OOM"
+    );
+    assert_eq!(
+        ledger(&redis).settled(),
+        0,
+        "nothing committed while out of memory"
+    );
 
     let _: () = redis::cmd("DEL").arg("ballast").query(&mut conn).unwrap();
     let freed = Instant::now();
     wait_settled(&redis, 12).await;
     let took = freed.elapsed();
-    println!("last task settled {} ms after memory was freed", took.as_millis());
+    println!(
+        "last task settled {} ms after memory was freed",
+        took.as_millis()
+    );
     assert!(
         took < Duration::from_secs(2),
         "the last task settled {took:?} after memory was freed (bound: 2 s)"
@@ -175,9 +185,16 @@ async fn a_redis_freeze_takes_no_task_from_a_live_worker() {
     let mut most = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while ledger(&redis).settled() < 12 {
-        assert!(Instant::now() < deadline, "not settled: {:#?}", ledger(&redis));
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {:#?}",
+            ledger(&redis)
+        );
         for (id, owner, n) in pending(&redis) {
-            assert_eq!(n, 1, "entry {id} delivered {n} times (now at {owner}) after the freeze");
+            assert_eq!(
+                n, 1,
+                "entry {id} delivered {n} times (now at {owner}) after the freeze"
+            );
             most = most.max(n);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -148,11 +148,7 @@ const MAX_IN_FLIGHT: usize = 4;
 
 /// One commit call's outcome: the batch, the handle its retries go through,
 /// and the reply (`None`: abandoned because `stop` fired while retrying).
-type Attempt = (
-    Vec<Finished>,
-    Conn,
-    Option<redis::RedisResult<Vec<i64>>>,
-);
+type Attempt = (Vec<Finished>, Conn, Option<redis::RedisResult<Vec<i64>>>);
 
 /// Runs until every sender is gone and the queue is drained. After `stop`
 /// fires, a batch that cannot be committed is left pending for another worker.

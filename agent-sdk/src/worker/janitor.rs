@@ -33,9 +33,9 @@ use crate::connection::Conn;
 use crate::scripts;
 use redis::aio::MultiplexedConnection;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +135,8 @@ async fn lease_call(
         .arg(take_from)
         .invoke_async(c)
         .await?;
-    let int = |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+    let int =
+        |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
     if int(reply.first()) == Some(1) {
         return Ok(Lease::Held);
     }
@@ -200,7 +201,11 @@ async fn find_dead(
     let hash = s.keys.consumers(&s.agent_type);
     let gone: Vec<&String> = known.iter().filter(|k| !holding.contains(k)).collect();
     if !gone.is_empty() {
-        let _: i64 = redis::cmd("HDEL").arg(&hash).arg(&gone).query_async(c).await?;
+        let _: i64 = redis::cmd("HDEL")
+            .arg(&hash)
+            .arg(&gone)
+            .query_async(c)
+            .await?;
     }
     if holding.is_empty() {
         return Ok(Vec::new());
@@ -270,7 +275,9 @@ async fn run_until_stopped(
             Ok(Lease::Held) => {
                 conn.succeeded();
                 if !state.leader.swap(true, Ordering::Relaxed) {
-                    tracing::info!("holding the janitor lease: promoting and reclaiming for this agent type");
+                    tracing::info!(
+                        "holding the janitor lease: promoting and reclaiming for this agent type"
+                    );
                 }
                 match find_dead(&s, &mut c, &state.dead()).await {
                     Ok(dead) => {
@@ -295,7 +302,8 @@ async fn run_until_stopped(
                             Ok(pause) => next_promote = Instant::now() + pause,
                             Err(e) => {
                                 tracing::warn!(error = %e, "promotion failed; retrying");
-                                next_promote = Instant::now() + s.cfg.promote_interval.max(Duration::from_millis(100));
+                                next_promote = Instant::now()
+                                    + s.cfg.promote_interval.max(Duration::from_millis(100));
                             }
                         }
                     }

@@ -418,7 +418,11 @@ impl<A: Agent> Worker<A> {
         background.wait().await;
         heartbeat::deregister(&s, &connector).await;
         let leave = async {
-            if let Some(mut c) = connector.shared("deregister").get(&CancellationToken::new()).await {
+            if let Some(mut c) = connector
+                .shared("deregister")
+                .get(&CancellationToken::new())
+                .await
+            {
                 janitor::leave(&s, &mut c).await;
             }
         };

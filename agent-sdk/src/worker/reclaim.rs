@@ -53,7 +53,11 @@ impl ReadPolicy for Triage<'_> {
         // The suspect we ran last is settled: the next one need not wait
         // for the pass's interval.
         let settled = {
-            let mut s = self.janitor.suspect.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self
+                .janitor
+                .suspect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match s.as_deref() {
                 Some(id) if !self.inflight.contains(id) => {
                     *s = None;
@@ -66,7 +70,11 @@ impl ReadPolicy for Triage<'_> {
     }
 
     fn suspects(&self) -> bool {
-        let s = self.janitor.suspect.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self
+            .janitor
+            .suspect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         s.as_deref().is_none_or(|id| !self.inflight.contains(id))
     }
 

@@ -80,7 +80,11 @@ async fn a_poison_message_is_dead_lettered_within_a_minute_at_default_settings()
         took < Duration::from_secs(60),
         "dead-lettered after {took:?} (bound: 60 s)"
     );
-    assert!(started >= 6, "the poison message crashed only {} workers", started - 1);
+    assert!(
+        started >= 6,
+        "the poison message crashed only {} workers",
+        started - 1
+    );
 
     worker.signal("TERM");
     worker.wait_exit(Duration::from_secs(40)).await;
