@@ -269,4 +269,107 @@ async fn one_janitor_per_agent_type_and_another_takes_over() {
     ledger(&redis).assert_exact(&ids, &[]);
 }
 
+/// Records the Redis server's time (ms) when each handler starts.
+#[derive(Clone)]
+struct Clocked {
+    redis: redis::Client,
+    started_ms: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Agent for Clocked {
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+
+    async fn handle(
+        &self,
+        _ctx: &TaskContext,
+        input: serde_json::Value,
+    ) -> Result<serde_json::Value, AgentError> {
+        let mut c = self
+            .redis
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| AgentError::retryable(e.to_string()))?;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| AgentError::retryable(e.to_string()))?;
+        self.started_ms
+            .lock()
+            .unwrap()
+            .push(secs * 1000 + micros / 1000);
+        Ok(input)
+    }
+}
+
+/// The server's clock jumped since the janitor lease's last renewal (as
+/// after a freeze): the instance that takes the lease over claims nothing
+/// before the hold is over, however long the entries look idle, so that
+/// live workers can renew first. Checked on the server's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clock_jump_claims_wait_for_the_hold() {
+    let redis = TestRedis::start();
+    let client = client(&redis).await;
+    create_group(&redis);
+    let ids = enqueue_n(&client, 1, &sleep_input(0)).await;
+    // Delivered to a consumer that then stopped, idle for ten minutes.
+    deliver_unseen(&redis, "stopped");
+    let mut conn = redis.connection();
+    let entry = pending(&redis)[0].0.clone();
+    let _: Vec<String> = redis::cmd("XCLAIM")
+        .arg(keys().tasks(&fault_type()))
+        .arg("workers")
+        .arg("stopped")
+        .arg(0)
+        .arg(&entry)
+        .arg("IDLE")
+        .arg(600_000)
+        .arg("JUSTID")
+        .query(&mut conn)
+        .unwrap();
+    // The lease was last renewed a minute ago and has lapsed.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let now = secs * 1000 + micros / 1000;
+    let _: () = redis::cmd("HSET")
+        .arg(keys().janitor(&fault_type()))
+        .arg("holder")
+        .arg("stopped")
+        .arg("expires")
+        .arg(now - 1)
+        .arg("tick")
+        .arg(now - 60_000)
+        .arg("hold_until")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+
+    let agent = Clocked {
+        redis: redis::Client::open(redis.url()).unwrap(),
+        started_ms: Arc::default(),
+    };
+    let cfg = config(&redis, "after-jump");
+    // The hold the runtime documents: three renewal periods.
+    let hold = 3 * cfg.lease_renew.as_millis() as u64;
+    let worker = start(agent.clone(), cfg);
+    wait_settled(&redis, 1).await;
+    worker.shutdown().await;
+    let hold_until: u64 = redis::cmd("HGET")
+        .arg(keys().janitor(&fault_type()))
+        .arg("hold_until")
+        .query(&mut conn)
+        .unwrap();
+    let started = agent.started_ms.lock().unwrap().clone();
+    assert!(
+        hold_until >= now + hold,
+        "the new holder set a hold of {hold} ms from its takeover (hold until {hold_until}, lease lapsed at {now})"
+    );
+    assert_eq!(started.len(), 1, "the task ran once: {started:?}");
+    assert!(
+        started[0] >= hold_until,
+        "the abandoned task was claimed at {} ms, before the hold ended at {hold_until} ms",
+        started[0]
+    );
+    ledger(&redis).assert_exact(&ids, &[]);
+}
+
 const WAIT: Duration = Duration::from_secs(30);
