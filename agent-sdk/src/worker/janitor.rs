@@ -152,6 +152,9 @@ async fn lease_call(
     Ok(Lease::Other { holder, client })
 }
 
+/// The lease's `holder`, `expires` and `tick`.
+type LeaseFields = (Option<String>, Option<u64>, Option<u64>);
+
 /// Whether another instance holds the lease and renews it within our lease
 /// period, by the Redis server's clock (`TIME` in the same round trip): the
 /// test `janitor.lua` makes, without running a script.
@@ -161,10 +164,7 @@ async fn held_by_other(
     state: &JanitorState,
     c: &mut MultiplexedConnection,
 ) -> redis::RedisResult<bool> {
-    let ((secs, micros), (holder, expires, tick)): (
-        (u64, u64),
-        (Option<String>, Option<u64>, Option<u64>),
-    ) = redis::pipe()
+    let ((secs, micros), (holder, expires, tick)): ((u64, u64), LeaseFields) = redis::pipe()
         .cmd("TIME")
         .cmd("HMGET")
         .arg(&state.lease_key)
