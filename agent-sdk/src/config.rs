@@ -44,8 +44,10 @@ pub struct RuntimeConfig {
     #[arg(long, env = "AGENTIC_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
 
-    /// How long one XREADGROUP blocks waiting for work.
-    #[arg(long, env = "AGENTIC_READ_BLOCK", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How long one XREADGROUP blocks waiting for work. New work ends the
+    /// wait at once, and so do shutdown and a reclaim pass that is due, so a
+    /// long block only saves an idle worker's round trips.
+    #[arg(long, env = "AGENTIC_READ_BLOCK", default_value = "30s", value_parser = humantime::parse_duration)]
     pub read_block: Duration,
 
     /// Attempts and backoff.
@@ -123,7 +125,7 @@ impl Default for RuntimeConfig {
             instance_id: None,
             concurrency: 16,
             batch_size: 64,
-            read_block: Duration::from_secs(2),
+            read_block: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             task_timeout: Duration::from_secs(300),
             claim_idle: Duration::from_secs(60),

@@ -2,7 +2,7 @@
 //! keys, arguments and reply; every key it touches is passed in `KEYS` and
 //! shares one hash tag, so they run unchanged on Redis Cluster.
 //!
-//! Scripts run once per batch (commit, renew, claim, promote), never once per task.
+//! Scripts run once per batch (commit, renew, claim, reclaim, promote), never once per task.
 //!
 //! Each starts with a `#!lua` shebang (Redis 7+): a script so marked is
 //! refused whole with `OOM` when Redis is over `maxmemory`, instead of being
@@ -23,6 +23,14 @@ pub(crate) static RENEW: LazyLock<Script> =
 /// Claim abandoned entries by id, reporting those whose body is gone.
 pub(crate) static CLAIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/claim.lua")));
+
+/// One bounded reclaim pass with poison triage, fenced by the janitor lease.
+pub(crate) static RECLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reclaim.lua")));
+
+/// Acquire, renew or take over the janitor lease of an agent type.
+pub(crate) static JANITOR: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/janitor.lua")));
 
 /// Move due delayed entries into the task stream.
 pub(crate) static PROMOTE: LazyLock<Script> =

@@ -8,11 +8,15 @@
 //!    from the start, so entries added before the first reader are work
 //!    too; `BUSYGROUP` is success; `NOGROUP` at run time — the stream was
 //!    deleted or flushed — means "create it again and go on");
-//! 2. every [`reclaim_interval`] of `claim_idle`, takes over entries idle
-//!    that long at other consumers (dead ones): `XPENDING … IDLE` lists
-//!    them with their delivery counts, the caller's [`ReadPolicy`] picks,
-//!    and `claim.lua` claims them by id, acknowledging those whose body is
-//!    gone (a trimmed or deleted entry would otherwise vanish unseen);
+//! 2. every [`reclaim_interval`] of `claim_idle` (or at once when the
+//!    caller's [`ReadPolicy`] asks: a consumer known dead), takes over
+//!    entries idle that long at other consumers (dead ones) in one call of
+//!    `reclaim.lua`: a window of [`RECLAIM_SCAN`] pending entries from a
+//!    cursor kept between passes (cost O(window), not O(pending list)),
+//!    poison triage by delivery count, and entries whose body is gone
+//!    acknowledged (a trimmed or deleted entry would otherwise vanish
+//!    unseen). A policy may name a lease the pass must hold (the worker's
+//!    janitor lease: one reclaimer per agent type), checked in the script;
 //! 3. goes through its own pending list when it may hold entries this
 //!    process never saw — at start (a restart under the same name), and
 //!    after any failed call (a read whose reply was lost may still have
@@ -37,7 +41,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Abandoned entries looked at per reclaim pass (`XPENDING … IDLE` count).
+/// Pending entries looked at per reclaim pass: the window `reclaim.lua`
+/// scans from its cursor, whatever the pending list's length.
 pub const RECLAIM_SCAN: usize = 200;
 
 /// How often a reader looks for abandoned entries: a quarter of the idle
@@ -224,15 +229,6 @@ fn value_bytes(v: redis::Value) -> Vec<u8> {
     }
 }
 
-/// A pending entry of another consumer, idle long enough to be taken over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Abandoned {
-    /// The entry id.
-    pub id: String,
-    /// Deliveries so far (before the claim that would take it).
-    pub deliveries: usize,
-}
-
 /// What a reader's caller decides about entries.
 pub trait ReadPolicy {
     /// Whether this process holds `id` already (it is running it): such an
@@ -241,10 +237,48 @@ pub trait ReadPolicy {
         false
     }
 
-    /// Which of `abandoned` (none of them held) to claim, at most `budget`:
-    /// their indices. All of them, by default.
-    fn choose(&self, abandoned: &[Abandoned], budget: usize) -> Vec<usize> {
-        (0..abandoned.len().min(budget)).collect()
+    /// Poison triage: an abandoned entry delivered this many times is still
+    /// claimed (for the caller to dead-letter), one delivered more than once
+    /// but fewer only one per pass. `None`: claim every abandoned entry.
+    fn max_deliveries(&self) -> Option<u32> {
+        None
+    }
+
+    /// Whether this reader runs reclaim passes now (another process may be
+    /// the one that does).
+    fn reclaims(&self) -> bool {
+        true
+    }
+
+    /// Whether a pass is wanted before its interval is up (asked once: the
+    /// answer is consumed).
+    fn reclaim_now(&self) -> bool {
+        false
+    }
+
+    /// Consumers known dead: their entries are abandoned whatever their
+    /// idle time.
+    fn dead_consumers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether a pass may claim a suspect (see [`ReadPolicy::max_deliveries`])
+    /// now: no earlier suspect of ours is still running.
+    fn suspects(&self) -> bool {
+        true
+    }
+
+    /// Whether reads should block only briefly: passes are wanted soon
+    /// (entries of dead consumers wait for them).
+    fn short_block(&self) -> bool {
+        false
+    }
+
+    /// The lease a pass must hold, and the largest gap (ms by the server's
+    /// clock) since its holder's last renewal at which claims may go on:
+    /// checked atomically with the claims (see `reclaim.lua`).
+    fn lease(&self) -> Option<(&str, u64)> {
+        None
     }
 }
 
@@ -259,8 +293,9 @@ impl ReadPolicy for TakeAll {}
 pub struct Delivered {
     /// The entry.
     pub entry: Entry,
-    /// For an entry taken over from another consumer: its deliveries
-    /// including this claim. `None` for a new entry or one of our own.
+    /// For an entry taken over (from another consumer, or from our own
+    /// pending list): its deliveries including this claim. `None` for a new
+    /// entry.
     pub deliveries: Option<u32>,
 }
 
@@ -287,7 +322,12 @@ pub struct GroupReader {
     /// through it (`Some(None)`: from its start).
     own: Option<Option<String>>,
     next_reclaim: Instant,
-    reclaim_cursor: Option<String>,
+    /// Where the next reclaim window starts (`-`, or `(<id>` after the
+    /// last entry looked at).
+    reclaim_cursor: String,
+    /// The last pass filled its budget or stopped mid-list: another may
+    /// find more at once.
+    reclaim_more: bool,
 }
 
 /// What one step did.
@@ -317,7 +357,8 @@ impl GroupReader {
             group_ready: false,
             own: Some(None),
             next_reclaim: Instant::now() + reclaim_interval(claim_idle),
-            reclaim_cursor: None,
+            reclaim_cursor: "-".to_owned(),
+            reclaim_more: false,
         }
     }
 
@@ -370,7 +411,7 @@ impl GroupReader {
                 return None;
             }
             let mut c = conn.get(stop).await?;
-            let step = self.upkeep_due().unwrap_or(Step::New);
+            let step = self.upkeep_due(policy).unwrap_or(Step::New);
             match self.take(&mut c, step, want, policy).await {
                 Ok(taken) => {
                     conn.succeeded();
@@ -386,11 +427,17 @@ impl GroupReader {
     }
 
     /// The upkeep step due, if one is: a reclaim pass every
-    /// [`reclaim_interval`] (its clock restarts now), else our own pending
-    /// list when it may hold entries never seen.
-    fn upkeep_due(&mut self) -> Option<Step> {
-        if Instant::now() >= self.next_reclaim {
-            self.next_reclaim = Instant::now() + reclaim_interval(self.claim_idle);
+    /// [`reclaim_interval`] (its clock restarts now), sooner when the policy
+    /// asks or the last pass may have left more behind; else our own
+    /// pending list when it may hold entries never seen.
+    fn upkeep_due<P: ReadPolicy>(&mut self, policy: &P) -> Option<Step> {
+        let now = Instant::now();
+        let due = now >= self.next_reclaim;
+        if due {
+            self.next_reclaim = now + reclaim_interval(self.claim_idle);
+        }
+        let urgent = policy.reclaim_now();
+        if (due || urgent || std::mem::take(&mut self.reclaim_more)) && policy.reclaims() {
             Some(Step::Reclaim)
         } else {
             self.own.clone().map(Step::Own)
@@ -407,7 +454,21 @@ impl GroupReader {
         match step {
             Step::Reclaim => self.reclaim(c, want, policy).await,
             Step::Own(from) => self.recover_own(c, from, want, policy).await,
-            Step::New => self.read_new(c, want).await,
+            Step::New => {
+                // A reclaimer blocks no longer than until its next pass.
+                let block = if policy.reclaims() && policy.short_block() {
+                    self.block.min(Duration::from_millis(100))
+                } else if policy.reclaims() {
+                    self.block.min(
+                        self.next_reclaim
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(10)),
+                    )
+                } else {
+                    self.block
+                };
+                self.read_new(c, want, block).await
+            }
         }
     }
 
@@ -456,6 +517,7 @@ impl GroupReader {
         &mut self,
         c: &mut C,
         want: usize,
+        block: Duration,
     ) -> redis::RedisResult<Taken> {
         let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -464,7 +526,7 @@ impl GroupReader {
             .arg("COUNT")
             .arg(want)
             .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")
@@ -505,11 +567,15 @@ impl GroupReader {
             Some(last) if own.ids.len() == want => Some(Some(last.id.clone())),
             _ => None,
         };
-        let unseen: Vec<String> = own
+        // Deliveries so far: a process restarted under the same name (a
+        // fixed --instance-id) finds here what its predecessor was running
+        // when it crashed, and a poison message must still reach
+        // max_deliveries.
+        let unseen: Vec<(String, usize)> = own
             .ids
             .into_iter()
-            .map(|p| p.id)
-            .filter(|id| !policy.holds(id))
+            .filter(|p| !policy.holds(&p.id))
+            .map(|p| (p.id, p.times_delivered))
             .collect();
         if unseen.is_empty() {
             return Ok(Taken::default());
@@ -519,106 +585,100 @@ impl GroupReader {
             count = unseen.len(),
             "picking up entries delivered to this consumer that it never handled (a lost reply, or a restart)"
         );
-        let (claimed, vanished) = self.claim(c, &unseen, 0).await?;
+        let ids: Vec<String> = unseen.iter().map(|(id, _)| id.clone()).collect();
+        let (claimed, vanished) = self.claim(c, &ids, 0).await?;
         Ok(Taken {
             entries: claimed
                 .into_iter()
-                .map(|entry| Delivered {
-                    entry,
-                    deliveries: None,
+                .map(|entry| {
+                    // The claim counted one more delivery.
+                    let n = unseen
+                        .iter()
+                        .find(|(id, _)| *id == entry.id)
+                        .map_or(1, |(_, n)| n + 1);
+                    Delivered {
+                        entry,
+                        deliveries: Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                    }
                 })
                 .collect(),
             vanished,
         })
     }
 
-    /// One pass over entries idle `claim_idle` at other consumers.
+    /// One reclaim pass (`reclaim.lua`, see the module docs): takes at most
+    /// `want` entries abandoned by other consumers.
     async fn reclaim<C: ConnectionLike + Send, P: ReadPolicy>(
         &mut self,
         c: &mut C,
         want: usize,
         policy: &P,
     ) -> redis::RedisResult<Taken> {
-        let idle: StreamPendingCountReply = self.reclaim_scan().query_async(c).await?;
-        self.reclaimed(c, idle, want, policy).await
-    }
-
-    /// The `XPENDING … IDLE` call of a reclaim pass, from where the last
-    /// one stopped.
-    fn reclaim_scan(&self) -> redis::Cmd {
-        let start = self
-            .reclaim_cursor
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.stream)
-            .arg(&self.group)
-            .arg("IDLE")
-            .arg(self.claim_idle.as_millis() as u64)
-            .arg(start)
-            .arg("+")
-            .arg(RECLAIM_SCAN);
-        cmd
-    }
-
-    /// The rest of a reclaim pass, given what its scan found idle: claims
-    /// what the policy chooses.
-    async fn reclaimed<C: ConnectionLike + Send, P: ReadPolicy>(
-        &mut self,
-        c: &mut C,
-        idle: StreamPendingCountReply,
-        want: usize,
-        policy: &P,
-    ) -> redis::RedisResult<Taken> {
-        let idle_ms = self.claim_idle.as_millis() as u64;
-        self.reclaim_cursor = if idle.ids.len() < RECLAIM_SCAN {
-            None // wrapped: the next pass starts from the beginning
-        } else {
-            idle.ids.last().map(|p| p.id.clone())
+        let mut inv = scripts::RECLAIM.prepare_invoke();
+        inv.key(&self.stream);
+        let gap = match policy.lease() {
+            Some((key, gap)) => {
+                inv.key(key);
+                gap
+            }
+            None => 0,
         };
-        let abandoned: Vec<Abandoned> = idle
-            .ids
-            .into_iter()
-            .filter(|p| !policy.holds(&p.id))
-            .map(|p| Abandoned {
-                id: p.id,
-                deliveries: p.times_delivered,
-            })
-            .collect();
-        let chosen: Vec<&Abandoned> = policy
-            .choose(&abandoned, want)
-            .into_iter()
-            .filter_map(|i| abandoned.get(i))
-            .take(want)
-            .collect();
-        if chosen.is_empty() {
+        inv.arg(&self.group)
+            .arg(&*self.consumer)
+            .arg(self.claim_idle.as_millis() as u64)
+            .arg(&self.reclaim_cursor)
+            .arg(RECLAIM_SCAN)
+            .arg(want)
+            .arg(policy.max_deliveries().unwrap_or(0))
+            .arg(gap)
+            .arg(u8::from(policy.suspects()));
+        for dead in policy.dead_consumers() {
+            inv.arg(dead);
+        }
+        let (state, claimed, ids, counts, vanished, next): (
+            i64,
+            redis::Value,
+            Vec<String>,
+            Vec<u32>,
+            Vec<String>,
+            String,
+        ) = inv.invoke_async(c).await?;
+        if state != 1 {
+            if state < 0 {
+                tracing::debug!(stream = %self.stream, "reclaim on hold: the server's clock jumped (a freeze?); live workers renew first");
+            }
             return Ok(Taken::default());
         }
-        let ids: Vec<String> = chosen.iter().map(|a| a.id.clone()).collect();
-        let (claimed, vanished) = self.claim(c, &ids, idle_ms).await?;
-        if !claimed.is_empty() {
-            tracing::info!(
-                stream = %self.stream,
-                count = claimed.len(),
-                "reclaimed entries abandoned by other consumers"
-            );
+        self.reclaim_more = next != "-" && !ids.is_empty();
+        self.reclaim_cursor = next;
+        if !vanished.is_empty() {
+            tracing::error!(stream = %self.stream, count = vanished.len(), ids = ?vanished, "pending entries vanished from the stream before they were handled (trimmed or deleted by someone else)");
         }
-        let entries = claimed
+        let entries: Vec<Delivered> = parse_entries(claimed)
             .into_iter()
             .map(|entry| {
-                let deliveries = chosen
+                let deliveries = ids
                     .iter()
-                    .find(|a| a.id == entry.id)
-                    .map_or(u32::MAX, |a| {
-                        u32::try_from(a.deliveries + 1).unwrap_or(u32::MAX)
-                    });
+                    .position(|id| *id == entry.id)
+                    .and_then(|i| counts.get(i).copied())
+                    .unwrap_or(u32::MAX);
                 Delivered {
                     entry,
                     deliveries: Some(deliveries),
                 }
             })
             .collect();
-        Ok(Taken { entries, vanished })
+        if !entries.is_empty() {
+            tracing::info!(
+                stream = %self.stream,
+                count = entries.len(),
+                "reclaimed entries abandoned by other consumers"
+            );
+        }
+        Ok(Taken {
+            entries,
+            vanished: vanished.len(),
+        })
     }
 
     /// Claims `ids` for this consumer if still idle `min_idle_ms`

@@ -52,6 +52,25 @@ impl Keys {
         self.agent(t, "dlq-index")
     }
 
+    /// `N:agent:{T}:janitor` — hash: the lease of the one worker instance of
+    /// type `T` that runs the promoter and the reclaim scan (`holder`
+    /// instance id, `expires` and `tick` — its last renewal — in ms by the
+    /// Redis server's clock, `hold_until`: no claim before then, after the
+    /// server's clock jumped as in a freeze). Taken when free, expired, or
+    /// held by an instance whose connection is gone.
+    pub fn janitor(&self, t: &AgentType) -> String {
+        self.agent(t, "janitor")
+    }
+
+    /// `N:agent:{T}:consumers` — hash: worker instance id → the Redis client
+    /// id of its reader's connection, written at each connect. The janitor
+    /// asks `CLIENT LIST ID` whether a consumer holding entries still has its
+    /// connection: a crashed process's entries are taken at once, not after
+    /// `claim_idle`.
+    pub fn consumers(&self, t: &AgentType) -> String {
+        self.agent(t, "consumers")
+    }
+
     /// `N:agent:{T}:delayed` — sorted set of retries and delayed tasks, score = due
     /// time in ms by the Redis server's clock.
     pub fn delayed(&self, t: &AgentType) -> String {

@@ -4,9 +4,9 @@
 //! New entries of every stream come in one blocking call
 //! (`XREADGROUP … STREAMS s1 s2 … > > …`), so a stream joining the set
 //! costs an argument, not a connection. The upkeep stays per stream and is
-//! [`GroupReader`]'s own: the group is created on each stream, the idle
-//! scans of a reclaim pass go out for every stream in one pipelined round
-//! trip (a claim follows only where something was abandoned), and our own
+//! [`GroupReader`]'s own: the group is created on each stream, a reclaim
+//! pass (one bounded `reclaim.lua` call) runs on each stream whose pass is
+//! due, and our own
 //! pending list is gone through stream by stream when it may hold entries
 //! never seen (at start, after a failed call).
 //!
@@ -16,7 +16,6 @@
 use super::{GroupReader, ReadPolicy, Step, Taken, parse_read_reply_by_stream};
 use crate::connection::{Conn, is_connection_error};
 use crate::shutdown::pause;
-use redis::streams::StreamPendingCountReply;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -171,10 +170,8 @@ impl ManyReader {
         Ok(())
     }
 
-    /// The upkeep due on every stream: the idle scans of the reclaim passes
-    /// that are due in one pipelined round trip, then claims where
-    /// something was abandoned and own pending lists that may hold unseen
-    /// entries. What every stream took, by stream; a failed call ends the
+    /// The upkeep due on every stream: the reclaim passes that are due,
+    /// then own pending lists that may hold unseen entries. What every stream took, by stream; a failed call ends the
     /// upkeep (the caller reads every own pending list again).
     async fn upkeep<P: ReadPolicy>(
         &mut self,
@@ -189,30 +186,23 @@ impl ManyReader {
             if !r.group_ready {
                 continue;
             }
-            match r.upkeep_due() {
+            match r.upkeep_due(policy) {
                 Some(Step::Reclaim) => reclaim.push(i),
                 Some(Step::Own(from)) => own.push((i, from)),
                 Some(Step::New) | None => {}
             }
         }
-        if !reclaim.is_empty() {
-            let mut pipe = redis::pipe();
-            for &i in &reclaim {
-                pipe.add_command(self.readers[i].reclaim_scan());
-            }
-            let scans: Vec<StreamPendingCountReply> = pipe.query_async(c).await?;
-            for (i, idle) in reclaim.into_iter().zip(scans) {
-                let r = &mut self.readers[i];
-                let t = match r.reclaimed(c, idle, want, policy).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        r.after_error(&e);
-                        return Err(e);
-                    }
-                };
-                if !t.entries.is_empty() || t.vanished > 0 {
-                    out.push((r.stream.clone(), t));
+        for i in reclaim {
+            let r = &mut self.readers[i];
+            let t = match r.take(c, Step::Reclaim, want, policy).await {
+                Ok(t) => t,
+                Err(e) => {
+                    r.after_error(&e);
+                    return Err(e);
                 }
+            };
+            if !t.entries.is_empty() || t.vanished > 0 {
+                out.push((r.stream.clone(), t));
             }
         }
         for (i, from) in own {

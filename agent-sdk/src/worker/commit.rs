@@ -12,7 +12,6 @@ use crate::connection::Conn;
 use crate::scripts;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use redis::aio::MultiplexedConnection;
 use schemas::DeadLetterReason;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,48 +148,58 @@ fn is_nogroup(e: &redis::RedisError) -> bool {
 /// but while it runs one the worker builds the next, so neither side idles.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// One commit call's outcome: the batch, the handle its retries go through,
+/// and the reply (`None`: abandoned because `stop` fired while retrying).
+type Attempt = (Vec<Finished>, Conn, Option<redis::RedisResult<Vec<i64>>>);
+
 /// Runs until every sender is gone and the queue is drained. After `stop`
 /// fires, a batch that cannot be committed is left pending for another worker.
+///
+/// A failed call is retried by its own future, with its own backoff, beside
+/// the other calls: one batch's wait never holds up the settlement of the
+/// next ones, and the wait ends early when any call of this process
+/// succeeds (see [`Conn::failed`]).
 pub(crate) async fn run(
     settings: Arc<Settings>,
     inflight: Arc<Inflight>,
     metrics: Arc<WorkerMetrics>,
     mut rx: mpsc::UnboundedReceiver<Finished>,
-    mut conn: Conn,
+    conn: Conn,
     stop: CancellationToken,
 ) {
-    let mut running = FuturesUnordered::new();
+    let mut running: FuturesUnordered<futures::future::BoxFuture<'static, Attempt>> =
+        FuturesUnordered::new();
     let mut open = true;
     loop {
         tokio::select! {
             // Settle finished calls first: that frees slots for the reader.
-            Some((batch, reply)) = running.next(), if !running.is_empty() => {
-                let batch: Vec<Finished> = batch;
+            Some((batch, mut handle, reply)) = running.next(), if !running.is_empty() => {
                 match reply {
-                    Ok(v) => {
-                        conn.succeeded();
+                    None => settle(batch, None, &inflight, &metrics),
+                    Some(Ok(v)) => {
+                        handle.succeeded();
                         settle(batch, Some(v), &inflight, &metrics);
                     }
-                    Err(e) if is_nogroup(&e) => {
+                    Some(Err(e)) if is_nogroup(&e) => {
                         // The stream or its group was deleted (FLUSHALL, DEL):
                         // every entry we hold is gone with it.
                         tracing::warn!(error = %e, "task stream or group vanished under running tasks; their results are dropped");
                         let gone = vec![2; batch.len()];
                         settle(batch, Some(gone), &inflight, &metrics);
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         if e.code() == Some("OOM") {
                             tracing::error!(error = %e, "redis is out of memory; commits wait until it has room (maxmemory-policy must be noeviction)");
                         }
                         // Retrying is safe: the fencing check skips entries an
                         // earlier attempt committed after all.
-                        match conn.failed(&e, &stop).await {
-                            true => match conn.get(&stop).await {
-                                Some(c) => running.push(commit_once(settings.clone(), batch, c)),
-                                None => settle(batch, None, &inflight, &metrics),
-                            },
-                            false => settle(batch, None, &inflight, &metrics),
-                        }
+                        let (s, stop) = (settings.clone(), stop.clone());
+                        running.push(Box::pin(async move {
+                            if !handle.failed(&e, &stop).await {
+                                return (batch, handle, None);
+                            }
+                            commit_once(s, batch, handle, stop).await
+                        }));
                     }
                 }
             }
@@ -207,10 +216,7 @@ pub(crate) async fn run(
                         Err(_) => break,
                     }
                 }
-                match conn.get(&stop).await {
-                    Some(c) => running.push(commit_once(settings.clone(), batch, c)),
-                    None => settle(batch, None, &inflight, &metrics),
-                }
+                running.push(Box::pin(commit_once(settings.clone(), batch, conn.handle(), stop.clone())));
             }
             else => break,
         }
@@ -221,10 +227,14 @@ pub(crate) async fn run(
 async fn commit_once(
     settings: Arc<Settings>,
     batch: Vec<Finished>,
-    mut c: MultiplexedConnection,
-) -> (Vec<Finished>, redis::RedisResult<Vec<i64>>) {
+    mut handle: Conn,
+    stop: CancellationToken,
+) -> Attempt {
+    let Some(mut c) = handle.get(&stop).await else {
+        return (batch, handle, None);
+    };
     let reply = invocation(&settings, &batch).invoke_async(&mut c).await;
-    (batch, reply)
+    (batch, handle, Some(reply))
 }
 
 /// Releases a batch: counts what was committed, logs what was not. `None`

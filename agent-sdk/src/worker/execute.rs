@@ -219,8 +219,12 @@ async fn run_task<A: Agent>(
     let run = async {
         let handler = AssertUnwindSafe(shared.agent.handle(&ctx, envelope.input)).catch_unwind();
         tokio::select! {
-            r = tokio::time::timeout(timeout, handler) => Some(r),
+            // Cancelled first: a handler that returns because its token
+            // fired (a cancellable sleep) has not finished its work, and
+            // its entry is no longer ours to settle.
+            biased;
             _ = token.cancelled() => None,
+            r = tokio::time::timeout(timeout, handler) => Some(r),
         }
     }
     .instrument(span.clone())

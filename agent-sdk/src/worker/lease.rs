@@ -30,12 +30,14 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
         }
         let ids = inflight.ids();
-        for chunk in ids.chunks(RENEW_BATCH) {
+        let mut chunks = ids.chunks(RENEW_BATCH);
+        let mut chunk = chunks.next();
+        while let Some(ids) = chunk {
             let mut inv = scripts::RENEW.prepare_invoke();
             inv.key(&s.tasks_key)
                 .arg(schemas::WORKERS_GROUP)
                 .arg(&*s.consumer);
-            for id in chunk {
+            for id in ids {
                 inv.arg(id);
             }
             let Some(mut c) = conn.get(&stop).await else {
@@ -52,12 +54,17 @@ pub(crate) async fn run(
                             inflight.abandon(&id);
                         }
                     }
+                    chunk = chunks.next();
                 }
                 Err(e) => {
+                    // Try the same renewal again as soon as Redis answers
+                    // (the wait ends early when any call succeeds), not a
+                    // whole period later: after an outage or a freeze the
+                    // idle clocks of our entries ran, and the reclaimer
+                    // gives live workers one renewal period to reset them.
                     if !conn.failed(&e, &stop).await {
                         return;
                     }
-                    break;
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! The worker: consumes one agent type's task stream through the `workers`
 //! consumer group and runs each task through an [`Agent`].
 //!
-//! One process runs these loops, each on its own Redis connection so a slow
-//! or blocked call in one never stalls another:
+//! One process runs these loops on two Redis connections: the reader's own
+//! (a blocked `XREADGROUP` parks its connection) and one multiplexed
+//! connection every other loop shares (no call on it blocks):
 //!
 //! | loop | what it does |
 //! |---|---|
@@ -11,7 +12,8 @@
 //! | [`execute`] | one tokio task per entry: decode, run the handler, decide |
 //! | [`commit`] | batches finished tasks into one fenced `commit.lua` call |
 //! | [`lease`] | renews the claim on running tasks so nobody reclaims them |
-//! | [`promote`] | moves due retries / delayed tasks into the stream |
+//! | [`janitor`] | the lease that makes one instance per agent type the promoter and reclaimer |
+//! | [`promote`] | (janitor only) moves due retries / delayed tasks into the stream |
 //! | [`heartbeat`] | keeps this instance's registry record alive |
 
 mod commit;
@@ -19,6 +21,7 @@ mod delivery;
 mod execute;
 mod health;
 mod heartbeat;
+mod janitor;
 mod lease;
 mod metrics;
 mod promote;
@@ -151,6 +154,7 @@ pub struct WorkerBuilder<A> {
     config: RuntimeConfig,
     agent_type: Option<String>,
     version: String,
+    connector: Option<Connector>,
 }
 
 impl<A: Agent> WorkerBuilder<A> {
@@ -172,6 +176,15 @@ impl<A: Agent> WorkerBuilder<A> {
         self
     }
 
+    /// Shares `connector` (and so its multiplexed connection) with other
+    /// workers of this process: several workers in one process then hold
+    /// one shared connection plus one reader connection each. By default a
+    /// worker opens its own from the configuration's Redis URL.
+    pub fn connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
     /// Validates everything and builds the worker. No I/O happens here.
     pub fn build(self) -> Result<Worker<A>> {
         let cfg = self.config;
@@ -188,7 +201,10 @@ impl<A: Agent> WorkerBuilder<A> {
             None => consumer_id(None).into(),
         };
         schemas::names::validate_consumer(&consumer)?;
-        let connector = cfg.redis.connector()?;
+        let connector = match self.connector {
+            Some(c) => c,
+            None => cfg.redis.connector()?,
+        };
         let settings = Settings {
             tasks_key: keys.tasks(&agent_type),
             results_key: keys.results(&agent_type),
@@ -253,6 +269,7 @@ impl<A: Agent> Worker<A> {
             config: RuntimeConfig::default(),
             agent_type: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            connector: None,
         }
     }
 
@@ -313,7 +330,6 @@ impl<A: Agent> Worker<A> {
         );
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let short = Duration::from_secs(5);
         let activity = shared.inflight.activity.clone();
         let committer = tokio::spawn(
             commit::run(
@@ -321,7 +337,7 @@ impl<A: Agent> Worker<A> {
                 shared.inflight.clone(),
                 shared.metrics.clone(),
                 rx,
-                connector.conn("commit", short),
+                connector.shared("commit"),
                 shared.hard_stop.clone(),
             )
             .instrument(shared.span.clone())
@@ -334,7 +350,7 @@ impl<A: Agent> Worker<A> {
                 s.clone(),
                 shared.inflight.clone(),
                 status.clone(),
-                connector.conn("heartbeat", short),
+                connector.shared("heartbeat"),
                 stop_all.clone(),
             )
             .instrument(shared.span.clone()),
@@ -343,23 +359,55 @@ impl<A: Agent> Worker<A> {
             lease::run(
                 s.clone(),
                 shared.inflight.clone(),
-                connector.conn("lease", short),
+                connector.shared("lease"),
                 stop_all.clone(),
             )
             .instrument(shared.span.clone()),
         );
+        let janitor_state = Arc::new(janitor::JanitorState::new(&s));
         background.spawn(
-            promote::run(
+            janitor::run(
                 s.clone(),
-                connector.conn("promote", short),
+                janitor_state.clone(),
+                connector.shared("janitor"),
                 shutdown.clone(),
             )
             .instrument(shared.span.clone()),
         );
         background.close();
-        read::run(shared.clone(), tx, reader, read_conn, shutdown.clone())
-            .in_loop(activity.clone(), Loop::Reader)
-            .await;
+        // At shutdown, end the reader's blocking read at once instead of
+        // waiting out --read-block; again until the reader is out, in case
+        // the first arrived between two reads.
+        let read_done = CancellationToken::new();
+        let unblocker = tokio::spawn({
+            let (state, done, stop) = (janitor_state.clone(), read_done.clone(), shutdown.clone());
+            let mut conn = connector.shared("unblock");
+            async move {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = stop.cancelled() => {}
+                }
+                while !done.is_cancelled() {
+                    if let Some(mut c) = conn.get(&done).await {
+                        janitor::unblock_reader(&state, &mut c).await;
+                    }
+                    crate::shutdown::pause(&done, Duration::from_millis(200)).await;
+                }
+            }
+        });
+        read::run(
+            shared.clone(),
+            tx,
+            reader,
+            read_conn,
+            connector.shared("register"),
+            &janitor_state,
+            shutdown.clone(),
+        )
+        .in_loop(activity.clone(), Loop::Reader)
+        .await;
+        read_done.cancel();
+        let _ = unblocker.await;
 
         // Draining.
         status.set_draining();
@@ -390,6 +438,16 @@ impl<A: Agent> Worker<A> {
         stop_all.cancel();
         background.wait().await;
         heartbeat::deregister(&s, &connector).await;
+        let leave = async {
+            if let Some(mut c) = connector
+                .shared("deregister")
+                .get(&CancellationToken::new())
+                .await
+            {
+                janitor::leave(&s, &mut c).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
         if let Some(h) = health {
             let _ = h.await;
         }

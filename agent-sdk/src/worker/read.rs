@@ -6,6 +6,7 @@
 
 use super::Shared;
 use super::execute::{Tx, dispatch};
+use super::janitor::{self, JanitorState};
 use super::reclaim::Triage;
 use crate::agent::Agent;
 use crate::connection::Conn;
@@ -18,13 +19,18 @@ pub(crate) async fn run<A: Agent>(
     tx: Tx,
     mut reader: GroupReader,
     mut conn: Conn,
+    mut register: Conn,
+    janitor: &JanitorState,
     stop: CancellationToken,
 ) {
     let s = shared.settings.clone();
     let policy = Triage {
         inflight: &shared.inflight,
-        max_deliveries: s.cfg.max_deliveries as usize,
+        max_deliveries: s.cfg.max_deliveries,
+        janitor,
     };
+    // The reader connection recorded in the consumers hash (its generation).
+    let mut registered = None;
     loop {
         // Wait for at least one free slot, then take every free one up to
         // the batch size: a read never fetches work we cannot start.
@@ -45,6 +51,21 @@ pub(crate) async fn run<A: Agent>(
             permit.merge(p);
         }
         let want = permit.num_permits();
+        // Before reading on a new connection, record its client id: while
+        // it stays connected, the janitor knows this process is alive.
+        if registered != Some(conn.generation()) {
+            let Some(mut rc) = conn.get(&stop).await else {
+                return;
+            };
+            if let Some(mut sc) = register.get(&stop).await {
+                match janitor::register_reader(&s, janitor, &mut rc, &mut sc).await {
+                    Ok(()) => registered = Some(conn.generation()),
+                    // Tried again before the next read; meanwhile our
+                    // entries are only reclaimed after claim_idle.
+                    Err(e) => tracing::debug!(error = %e, "cannot record the reader's connection"),
+                }
+            }
+        }
         let Some(taken) = reader.next(&mut conn, &stop, want, &policy).await else {
             return;
         };
@@ -57,6 +78,15 @@ pub(crate) async fn run<A: Agent>(
             .filter(|d| d.deliveries.is_some())
             .count();
         shared.metrics.reclaimed.increment(reclaimed as u64);
+        let max = s.cfg.max_deliveries;
+        if let Some(d) = taken
+            .entries
+            .iter()
+            .find(|d| d.deliveries.is_some_and(|n| n >= 3 && n <= max))
+        {
+            // Taken as a suspect: delivered more than once before this claim.
+            *janitor.suspect.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.entry.id.clone());
+        }
         for d in taken.entries {
             let Some(one) = permit.split(1) else { break };
             dispatch(&shared, &tx, d.entry, one, d.deliveries);

@@ -1,10 +1,12 @@
 //! The worker's policy for tasks left pending by dead workers: poison triage.
 //!
-//! Every `claim_idle / 4` the reader ([`crate::stream::GroupReader`]) runs
-//! one reclaim pass between two reads, so the pass draws on the same free
-//! slots (a reader blocked in `XREADGROUP` holds every free slot; a separate
-//! reclaimer would starve). The pass lists abandoned entries with their
-//! delivery counts, and [`Triage`] decides:
+//! Only the holder of the janitor lease reclaims (see [`super::janitor`]).
+//! Every `claim_idle / 4`, or at once when the janitor found a consumer whose
+//! process is gone, its reader ([`crate::stream::GroupReader`]) runs one
+//! reclaim pass between two reads, so the pass draws on the same free slots
+//! (a reader blocked in `XREADGROUP` holds every free slot; a separate
+//! reclaimer would starve). The pass (`reclaim.lua`) looks at a bounded
+//! window of the pending list and decides by delivery count:
 //!
 //! - delivered `max_deliveries` times already: a poison message that keeps
 //!   killing (or stalling) its workers. Claimed and dead-lettered, not run
@@ -12,19 +14,25 @@
 //! - delivered once: its worker died once. Claimed in bulk and run.
 //! - delivered more than once: it was in flight when workers died more than
 //!   once — maybe the culprit, maybe a bystander of the culprit. At most one
-//!   such suspect is claimed per pass, so a poison message no longer takes
-//!   its neighbours down with it and each suspect is judged on its own.
+//!   such suspect is claimed per pass, and none while the last one claimed
+//!   still runs, so a poison message no longer takes its neighbours down
+//!   with it and each suspect is judged on its own. The next pass follows
+//!   as soon as the suspect is settled.
 //!
 //! Live workers never lose their tasks this way because the lease loop renews
-//! them well inside `claim_idle` (checked by `RuntimeConfig::validate`).
+//! them well inside `claim_idle` (checked by `RuntimeConfig::validate`), and
+//! after a Redis freeze claims wait until they had the time to.
 
 use super::Inflight;
-use crate::stream::{Abandoned, ReadPolicy};
+use super::janitor::JanitorState;
+use crate::stream::ReadPolicy;
+use std::sync::atomic::Ordering;
 
 /// See the module docs.
 pub(crate) struct Triage<'a> {
     pub(crate) inflight: &'a Inflight,
-    pub(crate) max_deliveries: usize,
+    pub(crate) max_deliveries: u32,
+    pub(crate) janitor: &'a JanitorState,
 }
 
 impl ReadPolicy for Triage<'_> {
@@ -33,49 +41,52 @@ impl ReadPolicy for Triage<'_> {
         self.inflight.contains(id)
     }
 
-    fn choose(&self, abandoned: &[Abandoned], budget: usize) -> Vec<usize> {
-        let mut chosen = Vec::new();
-        let mut suspect_taken = false;
-        for (i, a) in abandoned.iter().enumerate() {
-            if chosen.len() == budget {
-                break;
-            }
-            let take = if a.deliveries >= self.max_deliveries || a.deliveries <= 1 {
-                true
-            } else if !suspect_taken {
-                suspect_taken = true;
-                true
-            } else {
-                false
-            };
-            if take {
-                chosen.push(i);
-            }
-        }
-        chosen
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn a(id: &str, deliveries: usize) -> Abandoned {
-        Abandoned {
-            id: id.into(),
-            deliveries,
-        }
+    fn max_deliveries(&self) -> Option<u32> {
+        Some(self.max_deliveries)
     }
 
-    #[test]
-    fn poison_and_first_timers_go_in_bulk_suspects_one_at_a_time() {
-        let inflight = Inflight::default();
-        let t = Triage {
-            inflight: &inflight,
-            max_deliveries: 3,
+    fn reclaims(&self) -> bool {
+        self.janitor.leader.load(Ordering::Relaxed)
+    }
+
+    fn reclaim_now(&self) -> bool {
+        // The suspect we ran last is settled: the next one need not wait
+        // for the pass's interval.
+        let settled = {
+            let mut s = self
+                .janitor
+                .suspect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match s.as_deref() {
+                Some(id) if !self.inflight.contains(id) => {
+                    *s = None;
+                    true
+                }
+                _ => false,
+            }
         };
-        let list = [a("1", 1), a("2", 2), a("3", 2), a("4", 3), a("5", 1)];
-        assert_eq!(t.choose(&list, 10), vec![0, 1, 3, 4]);
-        assert_eq!(t.choose(&list, 2), vec![0, 1]);
+        self.janitor.urgent.swap(false, Ordering::Relaxed) || settled
+    }
+
+    fn suspects(&self) -> bool {
+        let s = self
+            .janitor
+            .suspect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        s.as_deref().is_none_or(|id| !self.inflight.contains(id))
+    }
+
+    fn short_block(&self) -> bool {
+        !self.janitor.dead().is_empty()
+    }
+
+    fn dead_consumers(&self) -> Vec<String> {
+        self.janitor.dead()
+    }
+
+    fn lease(&self) -> Option<(&str, u64)> {
+        Some((&self.janitor.lease_key, self.janitor.max_gap_ms))
     }
 }
