@@ -185,19 +185,20 @@ pub async fn prune_consumers<C: ConnectionLike + Send>(
                 // expired (Redis clock), or an orchestrator replica's
                 // presence key. A name that is not a valid consumer name
                 // has neither.
-                let (expires, present): (Option<f64>, u64) = match keys.orchestrator_presence(&c.name) {
-                    Ok(orch) => {
-                        redis::pipe()
-                            .cmd("ZSCORE")
-                            .arg(keys.fleet_expires(t))
-                            .arg(&c.name)
-                            .cmd("EXISTS")
-                            .arg(orch)
-                            .query_async(conn)
-                            .await?
-                    }
-                    Err(_) => (None, 0),
-                };
+                let (expires, present): (Option<f64>, u64) =
+                    match keys.orchestrator_presence(&c.name) {
+                        Ok(orch) => {
+                            redis::pipe()
+                                .cmd("ZSCORE")
+                                .arg(keys.fleet_expires(t))
+                                .arg(&c.name)
+                                .cmd("EXISTS")
+                                .arg(orch)
+                                .query_async(conn)
+                                .await?
+                        }
+                        Err(_) => (None, 0),
+                    };
                 if present > 0 || expires.is_some_and(|e| e > now as f64) {
                     report.kept_registered += 1;
                     continue;
