@@ -40,6 +40,8 @@ fi
 echo "== the pipeline end to end: five agents, every template, failures, secrets, rollback"
 bash scripts/sdlc-checks.sh
 bash scripts/secrets-check.sh
+echo "== the soak, short: the whole system at a steady rate with kill -9, exact accounting, memory flat"
+bash scripts/soak.sh --short
 echo "== scripts/demo.sh (the README's first command)"
 demo_data=$(mktemp -d -t agentic-demo.XXXXXX)
 AGENTIC_DATA="$demo_data" bash scripts/demo.sh >/dev/null

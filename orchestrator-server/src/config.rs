@@ -112,6 +112,14 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTIC_MAX_AGENT_TYPES", default_value_t = orchestrator::engine::DEFAULT_MAX_AGENT_TYPES)]
     pub max_agent_types: usize,
 
+    /// How long each dispatched task's idempotency key (task id → entry) is
+    /// kept, so a re-dispatch after a crash adds nothing. It must outlast
+    /// the longest time every orchestrator can be down while commands wait
+    /// in an outbox; the keys (about 100 bytes each, one per dispatch)
+    /// plateau after one such period at a steady rate.
+    #[arg(long, env = "AGENTIC_DISPATCH_KEY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub dispatch_key_ttl: std::time::Duration,
+
     /// Keep the dead letters of workflow tasks that no workflow waits for
     /// any more. By default they are deleted: a stage that timed out or
     /// failed, or a workflow that ended, leaves no dead letter behind (its

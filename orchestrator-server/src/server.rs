@@ -134,6 +134,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, stop: CancellationTo
     let (mut engine, watch_rx) = Engine::new(client);
     engine.set_max_agent_types(cfg.max_agent_types);
     engine.set_keep_dead_letters(cfg.keep_dead_letters);
+    engine.set_dispatch_key_ttl(cfg.dispatch_key_ttl);
     let engine = Arc::new(engine);
 
     // The built-in `sdlc` only when none is registered (an operator's own

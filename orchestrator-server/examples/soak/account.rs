@@ -5,6 +5,7 @@
 
 use crate::fleet::{Fleet, Kills, NS, STAGES, TASK_TYPE};
 use crate::load::Outcome;
+use crate::results::Seen;
 use crate::sample::Series;
 use agent_sdk::schemas::{Keys, fields};
 use anyhow::Context;
@@ -65,6 +66,9 @@ pub(crate) struct Report {
     redis_connections_max: u64,
     rss_max_kb: BTreeMap<String, u64>,
     samples: usize,
+    /// Redis bytes by key family half-way through the load and at its end.
+    memory_by_family_mid: BTreeMap<String, u64>,
+    memory_by_family_end: BTreeMap<String, u64>,
 }
 
 /// Waits until every workflow ended and every task settled (or [`DRAIN`]
@@ -72,6 +76,7 @@ pub(crate) struct Report {
 pub(crate) async fn drain(
     fleet: &Fleet,
     outcome: &anyhow::Result<Outcome>,
+    seen: &Seen,
 ) -> anyhow::Result<Drained> {
     let Ok(outcome) = outcome else {
         return Ok(Drained::default());
@@ -97,7 +102,7 @@ pub(crate) async fn drain(
                 d.workflows.insert(id.clone(), found);
             }
         }
-        d.results = results(&mut redis, &keys.results(&t)).await?;
+        d.results = seen.lock().expect("seen").clone();
         d.dead_letters = dead_letters(&mut redis, &keys.dlq(&t)).await?;
         let ended = d.workflows.values().filter(|(s, _)| terminal(s)).count();
         let settled = outcome
@@ -179,31 +184,16 @@ fn read_archive(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Ended
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).context("an archive line is not JSON")?;
-        let wf = &v["workflow"];
-        let id = wf["id"]
+        // One line per expired workflow (`store::ArchiveRecord`); a replica
+        // killed between its archive write and its delete writes it again.
+        let id = v["id"].as_str().context("an archive line without id")?;
+        let status = v["status"]
             .as_str()
-            .context("an archive line without workflow.id")?;
-        let status = wf["status"]
-            .as_str()
-            .context("an archive line without workflow.status")?;
+            .context("an archive line without status")?;
         let events = v["events"]
             .as_array()
             .context("an archive line without events")?;
         out.insert(id.to_owned(), (status.to_owned(), successes(events)));
-    }
-    Ok(out)
-}
-
-/// Every result published for the standalone type: task id → statuses.
-async fn results(
-    redis: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, f) in xrange(redis, key).await? {
-        let id = f.get(fields::TASK_ID).cloned().unwrap_or_default();
-        let status = f.get(fields::STATUS).cloned().unwrap_or_default();
-        out.entry(id).or_default().push(status);
     }
     Ok(out)
 }
@@ -330,6 +320,8 @@ impl Report {
             redis_connections_max: series.connections_max(),
             rss_max_kb: series.rss_max_kb(),
             samples: series.len(),
+            memory_by_family_mid: outcome.families_mid.clone(),
+            memory_by_family_end: outcome.families_end.clone(),
         })
     }
 

@@ -99,6 +99,10 @@ impl Fleet {
                 "1s".into(),
                 "--archive-file".into(),
                 archive.display().to_string(),
+                // Keys that expire by TTL rather than by retention, at the
+                // soak's scale of time, so memory plateaus within the run.
+                "--dispatch-key-ttl".into(),
+                humantime::format_duration(args.retention).to_string(),
             ]));
             let program = args.bin_dir.join("orchestrator");
             fleet.add(
@@ -124,6 +128,8 @@ impl Fleet {
                 "6s".into(),
                 "--lease-renew".into(),
                 "2s".into(),
+                "--result-ttl".into(),
+                humantime::format_duration(args.retention).to_string(),
             ]);
             let program = args.bin_dir.join("fault-agent");
             fleet.add(format!("agent-{i}-{t}"), program, flags, None);

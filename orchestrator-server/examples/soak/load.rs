@@ -24,6 +24,10 @@ pub(crate) struct Outcome {
     pub(crate) tasks: BTreeMap<String, bool>,
     /// How long the load ran.
     pub(crate) ran: Duration,
+    /// Redis bytes by key family (sampled, `GET /memory`) half-way through
+    /// the load and at its end: what grew, if memory did.
+    pub(crate) families_mid: BTreeMap<String, u64>,
+    pub(crate) families_end: BTreeMap<String, u64>,
 }
 
 type Shared = Arc<Mutex<Outcome>>;
@@ -42,7 +46,11 @@ pub(crate) async fn run(args: &Args, fleet: &mut Fleet) -> anyhow::Result<Outcom
     let task_every = Duration::from_secs_f64(1.0 / args.tasks_per_s);
     let (mut next_wf, mut next_task, mut next_kill) = (started, started, started + args.kill_every);
     let mut n_wf = 0usize;
+    let mut families_mid = None;
     while started.elapsed() < args.duration {
+        if families_mid.is_none() && started.elapsed() >= args.duration / 2 {
+            families_mid = Some(families(&http, &apis).await);
+        }
         let now = Instant::now();
         if now >= next_wf {
             next_wf += wf_every;
@@ -80,7 +88,38 @@ pub(crate) async fn run(args: &Args, fleet: &mut Fleet) -> anyhow::Result<Outcom
     }
     let mut out = std::mem::take(&mut *shared.lock().expect("outcome"));
     out.ran = started.elapsed();
+    out.families_mid = families_mid.unwrap_or_default();
+    out.families_end = families(&http, &apis).await;
     Ok(out)
+}
+
+/// Redis bytes by key family, from the first replica that answers
+/// `GET /memory` (estimated from a sample; empty if none answers).
+async fn families(http: &reqwest::Client, apis: &[String]) -> BTreeMap<String, u64> {
+    for api in apis {
+        let Ok(r) = http
+            .get(format!("{api}/api/v1/memory?sample=100000"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = r.json::<Value>().await else {
+            continue;
+        };
+        return v["families"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                Some((
+                    f["family"].as_str()?.to_owned(),
+                    f["estimated_bytes"].as_u64()?,
+                ))
+            })
+            .collect();
+    }
+    BTreeMap::new()
 }
 
 /// A workflow input: each stage sleeps a little (so kills land mid-task),
@@ -101,15 +140,17 @@ fn workflow_input() -> Value {
 }
 
 /// A standalone task's input and whether it is meant to be dead-lettered:
-/// one in twenty fails its first attempt, one in a hundred fails for good.
+/// one in twenty fails its first attempt, one in five hundred fails for
+/// good (dead letters are kept until an operator acts: they are the one
+/// thing meant to grow).
 fn task_input() -> (Value, bool) {
     let mut f = json!({ "sleep_ms": fastrand::u64(0..50) });
-    match fastrand::u8(..100) {
+    match fastrand::u16(..500) {
         0 => {
             f["fail"] = json!("permanent");
             return (f, true);
         }
-        1..=5 => {
+        1..=25 => {
             f["fail"] = json!("retryable");
             f["fail_attempts"] = json!(1);
         }

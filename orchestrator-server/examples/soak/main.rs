@@ -17,6 +17,7 @@
 mod account;
 mod fleet;
 mod load;
+mod results;
 mod sample;
 
 use anyhow::{Context, bail};
@@ -65,11 +66,13 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.work_dir).context("create the work directory")?;
     let mut fleet = fleet::Fleet::start(&args).await?;
+    let reader = results::ResultsReader::start(&fleet.redis_url()).await?;
     let samples = sample::Sampler::start(fleet.redis_url(), fleet.pids());
     let outcome = load::run(&args, &mut fleet).await;
     // Memory is judged while the load runs: the drain's end is quieter.
     let series = samples.stop().await;
-    let drained = account::drain(&fleet, &outcome).await;
+    let drained = account::drain(&fleet, &outcome, &reader.seen).await;
+    reader.stop().await?;
     let report = account::Report::build(seed, &outcome, drained, &series, &fleet)?;
     fleet.stop();
     println!("{}", serde_json::to_string_pretty(&report)?);

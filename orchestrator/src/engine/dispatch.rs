@@ -3,7 +3,7 @@
 //! pipelined round trip per kind.
 
 use super::transition::Item;
-use super::{DISPATCH_IDEMPOTENCY_TTL, Engine, Outcome, Result};
+use super::{Engine, Outcome, Result};
 use crate::definition::Definition;
 use crate::machine::{Command, Event, Workflow};
 use crate::scripts::{self, invoke_all};
@@ -203,7 +203,7 @@ impl Engine {
             .key(idempotency)
             .key(keys.deadlines(&agent_type))
             .arg(&task_id)
-            .arg(DISPATCH_IDEMPOTENCY_TTL.as_millis() as u64)
+            .arg(self.dispatch_key_ttl.as_millis() as u64)
             .arg(deadline.map_or(0, |d| d.as_millis() as u64))
             .arg(&fields);
         Ok(inv)

@@ -43,7 +43,9 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 /// normally cleared milliseconds after its dispatches, and one left by a
 /// crash is carried out again within a sweep interval by any live replica,
 /// so this only has to outlast every orchestrator being down at once. Each
-/// key costs Redis about 100 bytes for this long, one per dispatch.
+/// key costs Redis about 100 bytes for this long, one per dispatch: at a
+/// steady rate they plateau after one TTL ([`Engine::set_dispatch_key_ttl`]
+/// shortens it).
 pub const DISPATCH_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Most workflow states kept in memory (see [`Engine::signal`]).
@@ -160,6 +162,8 @@ pub struct Engine {
     cache: Mutex<HashMap<String, (Workflow, u64)>>,
     /// Dead letters of tasks no workflow waits for are kept (not deleted).
     keep_dead_letters: bool,
+    /// How long a dispatch's idempotency key is kept.
+    dispatch_key_ttl: Duration,
     /// The last reading of the Redis server's clock (ms) and when it was
     /// taken (this process's monotonic clock): see [`Engine::server_now`].
     clock: Mutex<Option<(u64, std::time::Instant)>>,
@@ -182,6 +186,7 @@ impl Engine {
                 watch_tx,
                 cache: Mutex::default(),
                 keep_dead_letters: false,
+                dispatch_key_ttl: DISPATCH_IDEMPOTENCY_TTL,
                 clock: Mutex::default(),
             },
             watch_rx,
@@ -206,6 +211,13 @@ impl Engine {
     /// Key names.
     pub fn keys(&self) -> &Keys {
         self.store.keys()
+    }
+
+    /// How long each dispatch's idempotency key is kept (at least 1 s;
+    /// [`DISPATCH_IDEMPOTENCY_TTL`] by default): it must outlast the longest
+    /// time every orchestrator can be down while an outbox waits.
+    pub fn set_dispatch_key_ttl(&mut self, ttl: Duration) {
+        self.dispatch_key_ttl = ttl.max(Duration::from_secs(1));
     }
 
     /// Caps the agent types this engine watches (at least 1).
