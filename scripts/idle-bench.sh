@@ -80,7 +80,8 @@ want=$(( instances + processes ))
 deadline=$(( SECONDS + 120 ))
 while :; do
   clients=$(info_field clients connected_clients)
-  registered=$(rc zcard idlebench:registry:agents)
+  # The type's fleet: one entry per instance, written by its heartbeat.
+  registered=$(rc hlen 'idlebench:agent:{idler}:fleet')
   if [ "$(( clients - 1 ))" -ge "$want" ] && [ "$registered" -ge "$instances" ]; then break; fi
   if [ $SECONDS -ge $deadline ]; then
     echo "instances did not settle: $clients clients, $registered registered (want $want, $instances)" >&2

@@ -311,17 +311,39 @@ impl Client {
             let Ok(t) = AgentType::new(t) else {
                 continue;
             };
-            let ((secs, micros), records): ((u64, u64), HashMap<String, String>) = redis::pipe()
+            type Scores = HashMap<String, f64>;
+            let ((secs, micros), records, expires, seen): (
+                (u64, u64),
+                HashMap<String, String>,
+                Scores,
+                Scores,
+            ) = redis::pipe()
                 .cmd("TIME")
                 .hgetall(self.keys.fleet(&t))
+                .cmd("ZRANGE")
+                .arg(self.keys.fleet_expires(&t))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .cmd("ZRANGE")
+                .arg(self.keys.fleet_seen(&t))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
                 .query_async(&mut conn)
                 .await?;
-            // Live: not past the expiry the heartbeat script wrote (both
-            // times by the Redis clock).
-            let now = secs * 1000 + micros / 1000;
+            // Live: not past the expiry the last heartbeat set (both times
+            // by the Redis clock; the sorted sets move at every beat, the
+            // record only when it changes).
+            let now = (secs * 1000 + micros / 1000) as f64;
             for (id, raw) in records {
                 match serde_json::from_str::<FleetRecord>(&raw) {
-                    Ok(r) if r.expires_at_ms > now => out.push(r.record),
+                    Ok(mut r) if expires.get(&id).is_some_and(|e| *e > now) => {
+                        if let Some(s) = seen.get(&id) {
+                            r.record.last_seen_ms = r.record.last_seen_ms.max(*s as u64);
+                        }
+                        out.push(r.record)
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(instance = %id, error = %e, "leaving out an unreadable fleet record");

@@ -267,6 +267,11 @@ impl Activity {
     }
 }
 
+/// An unchanged record is written again after this many beats anyway, so
+/// the last read and commit times it shows are at most this many beats old
+/// (the sorted sets that liveness is judged by move at every beat).
+const FULL_EVERY: u32 = 6;
+
 pub(crate) async fn run(
     s: Arc<Settings>,
     inflight: Arc<Inflight>,
@@ -289,6 +294,15 @@ pub(crate) async fn run(
         s.keys.progress(&s.agent_type),
     ];
     let mut type_known = false;
+    // The record last written and how many beats ago: an unchanged record
+    // is not sent again until FULL_EVERY beats have passed (see heartbeat.lua).
+    let mut written: Option<(String, u32)> = None;
+    // The Redis server's time at the last full beat (the script returns it)
+    // and when that was on this process's monotonic clock.
+    let mut redis_clock: Option<(u64, std::time::Instant)> = None;
+    // The newest activity the last touch wrote (monotonic ticks): an idle
+    // instance's does not move between its reads.
+    let mut touched_activity = 0u64;
     loop {
         let record = AgentRecord {
             instance_id: s.consumer.to_string(),
@@ -297,7 +311,9 @@ pub(crate) async fn run(
             host: host.clone(),
             pid: std::process::id(),
             started_at_ms,
-            last_seen_ms: now_ms(),
+            // The script writes the Redis time; a constant here keeps
+            // unchanged records equal from one beat to the next.
+            last_seen_ms: 0,
             status: if status.draining.load(Ordering::Relaxed) {
                 AgentStatus::Draining
             } else {
@@ -312,12 +328,80 @@ pub(crate) async fn run(
             return;
         };
         let (reports, settled) = activity.take();
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        let unchanged = written
+            .as_ref()
+            .is_some_and(|(last, beats)| *last == json && *beats < FULL_EVERY);
+        if unchanged
+            && reports.is_empty()
+            && settled.is_empty()
+            && let Some((at_ms, at)) = redis_clock
+        {
+            // A touch: only the sorted sets move, three plain ZADDs instead of
+            // the script (most of an idle fleet's cost). Redis's time now is
+            // its reading at the last full beat plus the time elapsed here
+            // since, measured on one monotonic clock: no two hosts' clocks
+            // are compared, and the next full beat reads it afresh.
+            let now = at_ms + at.elapsed().as_millis() as u64;
+            let latest = activity
+                .last_read
+                .load(Ordering::Relaxed)
+                .max(activity.last_commit.load(Ordering::Relaxed))
+                .max(activity.last_progress.load(Ordering::Relaxed));
+            let newest = (latest != touched_activity && latest != 0)
+                .then(|| now.saturating_sub(activity.age(latest).max(0) as u64));
+            let mut pipe = redis::pipe();
+            // XX: a record removed meanwhile (a clean stop, a prune) is not
+            // brought back by a touch; CH: 0 changed means it was missing.
+            pipe.cmd("ZADD")
+                .arg(&fleet[1])
+                .arg("XX")
+                .arg("CH")
+                .arg(now)
+                .arg(&*s.consumer);
+            pipe.cmd("ZADD")
+                .arg(&fleet[2])
+                .arg("XX")
+                .arg(now + ttl.as_millis() as u64)
+                .arg(&*s.consumer)
+                .ignore();
+            if let Some(n) = newest {
+                pipe.cmd("ZADD")
+                    .arg(&fleet[3])
+                    .arg("XX")
+                    .arg("GT")
+                    .arg(n)
+                    .arg(&*s.consumer)
+                    .ignore();
+            }
+            match pipe.query_async::<(i64,)>(&mut c).await {
+                Ok((1,)) => {
+                    touched_activity = latest;
+                    if let Some((_, beats)) = written.as_mut() {
+                        *beats += 1;
+                    }
+                    activity.beat_ok();
+                    conn.succeeded();
+                    if !pause(&s, &status, &stop).await {
+                        return;
+                    }
+                }
+                Ok(_) => written = None,
+                Err(e) => {
+                    activity.beat_failed(&e);
+                    if !conn.failed(&e, &stop).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
         let mut inv = HEARTBEAT.prepare_invoke();
         for k in &fleet {
             inv.key(k);
         }
         inv.arg(&*s.consumer)
-            .arg(serde_json::to_string(&record).unwrap_or_default())
+            .arg(if unchanged { "" } else { json.as_str() })
             .arg(ttl.as_millis() as u64)
             .arg(activity.age(activity.last_read.load(Ordering::Relaxed)))
             .arg(activity.age(activity.last_commit.load(Ordering::Relaxed)))
@@ -337,21 +421,32 @@ pub(crate) async fn run(
             pipe.sadd(s.keys.registry_types(), s.agent_type.as_str())
                 .ignore();
         }
-        pipe.invoke_script(&inv).ignore();
-        let mut result = pipe.query_async::<()>(&mut c).await;
+        pipe.invoke_script(&inv);
+        let mut result = pipe.query_async::<(i64,)>(&mut c).await;
         if result
             .as_ref()
             .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
             // First beat on this server (or after a SCRIPT FLUSH / restart).
             result = match inv.load_async(&mut c).await {
-                Ok(_) => pipe.query_async::<()>(&mut c).await,
+                Ok(_) => pipe.query_async::<(i64,)>(&mut c).await,
                 Err(e) => Err(e),
             };
         }
         match result {
-            Ok(()) => {
+            Ok((-1,)) => {
+                // The record is gone (Redis lost it): write it now.
+                written = None;
+                activity.untake(reports, settled);
+                continue;
+            }
+            Ok((now,)) => {
                 type_known = true;
+                redis_clock = Some((now as u64, std::time::Instant::now()));
+                written = Some(match written.take() {
+                    Some((last, beats)) if unchanged => (last, beats + 1),
+                    _ => (json, 1),
+                });
                 activity.beat_ok();
                 conn.succeeded();
             }
@@ -364,13 +459,20 @@ pub(crate) async fn run(
                 continue;
             }
         }
-        tokio::select! {
-            // Stop first: a ready timer must not start another round after it.
-            biased;
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(s.cfg.heartbeat) => {}
-            _ = status.changed.notified() => {}
+        if !pause(&s, &status, &stop).await {
+            return;
         }
+    }
+}
+
+/// Waits for the next beat (or a status change); false when stopped.
+async fn pause(s: &Settings, status: &Status, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        // Stop first: a ready timer must not start another round after it.
+        biased;
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(s.cfg.heartbeat) => true,
+        _ = status.changed.notified() => true,
     }
 }
 

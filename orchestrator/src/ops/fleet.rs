@@ -249,6 +249,7 @@ pub async fn page<C: ConnectionLike + Send>(
         .key(keys.fleet_expires(t))
         .key(keys.fleet_active(t))
         .key(keys.tasks(t))
+        .key(keys.fleet_seen(t))
         .arg(WORKERS_GROUP)
         .arg(cursor)
         .arg(limit)
@@ -270,18 +271,22 @@ pub async fn page<C: ConnectionLike + Send>(
         .unwrap_or_else(|| "0".into());
     let waiting = int(reply.get(2)) == 1;
     let mut instances = Vec::new();
-    for chunk in reply.get(3..).unwrap_or_default().chunks(4) {
+    for chunk in reply.get(3..).unwrap_or_default().chunks(5) {
         let Some(raw) = chunk
             .get(1)
             .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
         else {
             continue;
         };
-        let Ok(record) = serde_json::from_str::<FleetRecord>(&raw) else {
+        let Ok(mut record) = serde_json::from_str::<FleetRecord>(&raw) else {
             continue;
         };
         let expires = num(chunk.get(2));
         let active = num(chunk.get(3));
+        // The sorted sets' times are the current ones (the record is
+        // rewritten only when it changes).
+        record.expires_at_ms = record.expires_at_ms.max(expires);
+        record.record.last_seen_ms = record.record.last_seen_ms.max(num(chunk.get(4)));
         let state = InstanceStatus::judge(
             &record,
             expires,

@@ -2,11 +2,14 @@
 -- the caller needs to give each a status: its gone time, its last sign of
 -- work, and whether the type has backlog waiting.
 --
+-- Last seen and expiry come from the sorted sets, which every heartbeat
+-- moves; a record is rewritten only when it changes (heartbeat.lua).
+--
 -- KEYS[1] fleet hash, KEYS[2] fleet-expires, KEYS[3] fleet-active,
--- KEYS[4] tasks stream.
+-- KEYS[4] tasks stream, KEYS[5] fleet-seen.
 -- ARGV[1] workers group, ARGV[2] cursor, ARGV[3] count.
 -- Returns {now, next cursor, backlog waiting (0/1), id, record, expires,
--- active, id, record, ...}.
+-- active, seen, id, record, ...}.
 local fleet, expires, active, tasks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group = ARGV[1]
 local t = redis.call('TIME')
@@ -34,5 +37,6 @@ for i = 1, #kv, 2 do
   out[#out + 1] = kv[i + 1]
   out[#out + 1] = redis.call('ZSCORE', expires, kv[i]) or '0'
   out[#out + 1] = redis.call('ZSCORE', active, kv[i]) or '0'
+  out[#out + 1] = redis.call('ZSCORE', KEYS[5], kv[i]) or '0'
 end
 return out
