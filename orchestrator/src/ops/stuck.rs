@@ -42,8 +42,8 @@ pub struct StageWhy {
     pub reason: StageReason,
 }
 
-/// Progress a running task reported (filled by the task-progress work;
-/// `None` until then).
+/// Progress a running task reported (`TaskContext::progress`, read from
+/// the type's progress hash; `None` until it reports).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct TaskProgress {
@@ -343,6 +343,14 @@ pub async fn explain<C: ConnectionLike + Send>(
     }
     let located = locate(conn, keys, &by_type).await?;
     let live = live_consumers(conn, keys, &located).await?;
+    let running: Vec<(&str, &str)> = wf
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Running)
+        .filter_map(|s| Some((agent_of(def, &s.name)?, s.task_id.as_deref()?)))
+        .filter(|(agent, _)| AgentType::new(*agent).is_ok())
+        .collect();
+    let progress = super::fleet::running_progress(conn, keys, &running).await?;
     let approval_since = if wf
         .stages
         .iter()
@@ -388,7 +396,14 @@ pub async fn explain<C: ConnectionLike + Send>(
                     let i = by_type.get(&agent)?.iter().position(|t| t == task)?;
                     Some((l, l.found.get(i)?.clone()))
                 });
-                reason_of(wf, s, &agent, found, live.get(&agent))
+                reason_of(
+                    wf,
+                    s,
+                    &agent,
+                    found,
+                    live.get(&agent),
+                    s.task_id.as_ref().and_then(|t| progress.get(t)),
+                )
             }
         };
         out.push(StageWhy {
@@ -414,6 +429,7 @@ fn reason_of(
     agent: &str,
     found: Option<(&Located, Found)>,
     live: Option<&Liveness>,
+    progress: Option<&schemas::TaskProgress>,
 ) -> StageReason {
     let replay_route = format!("POST /api/v1/workflows/{}/stages/{}/replay", wf.id, s.name);
     let Some((l, found)) = found else {
@@ -471,7 +487,11 @@ fn reason_of(
                 deliveries,
                 for_ms: EntryId::ms_of(&id).map(|t| l.now_ms.saturating_sub(t)),
                 entry_id: id,
-                progress: None,
+                progress: progress.map(|p| TaskProgress {
+                    fraction: f64::from(p.fraction),
+                    message: p.message.clone(),
+                    at_ms: p.at_ms,
+                }),
             }
         }
         Found::Queued { id, ahead } => {

@@ -87,6 +87,18 @@ async fn a_running_stage_shows_its_progress_and_a_stuck_agent_is_wedged_everywhe
     assert_eq!(p["message"], "<script>alert(1)</script> half way", "{v}");
     assert_eq!(p["instance"], worker.instance_id.as_str(), "{v}");
     assert!(p["at_ms"].as_u64().is_some(), "{v}");
+    // The stage's reason says where it runs, with the same progress.
+    let why = &v["why"][0]["reason"];
+    assert_eq!(why["kind"], "running", "{v}");
+    assert_eq!(why["instance"], worker.instance_id.as_str(), "{v}");
+    assert_eq!(
+        why["progress"]["fraction"]
+            .as_f64()
+            .map(|f| (f * 100.0).round()),
+        Some(42.0),
+        "{v}"
+    );
+    assert_eq!(why["progress"]["message"], p["message"], "{v}");
     // Its event stream: a `progress` event.
     let resp = api
         .http
