@@ -40,8 +40,10 @@ pub struct AgentsQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     agent_type: Option<String>,
-    /// The `next_cursor` of the previous page (with `type`).
-    #[param(pattern = "^[0-9]{1,20}$")]
+    /// The `next_cursor` of the previous page, `<type>:<position>`: it
+    /// names its agent type, and lists that type's next page whatever
+    /// `type` says.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}:[0-9]{1,20}$")]
     cursor: Option<String>,
     /// Instances per page, 1–1000 (100 by default); without `type`, the
     /// most instances listed in all.
@@ -57,7 +59,8 @@ pub struct AgentsView {
     agents: Vec<InstanceView>,
     /// Every agent type registered or needed by a definition, by name.
     types: Vec<TypeView>,
-    /// With `type`: the cursor of the next page, absent after the last.
+    /// With `type` (or a cursor): the cursor of that type's next page
+    /// (`<type>:<position>`), absent after the last.
     next_cursor: Option<String>,
     /// Without `type`: more instances exist than listed (page by type).
     truncated: bool,
@@ -95,21 +98,27 @@ pub async fn list(
             fleet::MAX_PAGE
         )));
     }
-    let only = match &q.agent_type {
-        Some(t) => Some(
-            AgentType::new(t.clone()).map_err(|e| ApiError::bad_request(format!("type: {e}")))?,
+    // A cursor names its type (`<type>:<position>`), so it is never
+    // without one, and it wins over `type` (it continues what it began).
+    let (only, cursor) = match (&q.cursor, &q.agent_type) {
+        (Some(c), _) => {
+            let bad = || ApiError::bad_request(format!("cursor {c:?} is not a page cursor"));
+            let (t, pos) = c.rsplit_once(':').ok_or_else(bad)?;
+            if pos.is_empty() || pos.len() > 20 || !pos.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let t = AgentType::new(t).map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?;
+            (Some(t), pos.to_owned())
+        }
+        (None, Some(t)) => (
+            Some(
+                AgentType::new(t.clone())
+                    .map_err(|e| ApiError::bad_request(format!("type: {e}")))?,
+            ),
+            "0".to_owned(),
         ),
-        None => None,
+        (None, None) => (None, "0".to_owned()),
     };
-    if q.cursor.is_some() && only.is_none() {
-        return Err(ApiError::bad_request("cursor needs type"));
-    }
-    let cursor = q.cursor.unwrap_or_else(|| "0".into());
-    if cursor.is_empty() || cursor.len() > 20 || !cursor.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(format!(
-            "cursor {cursor:?} is not a page cursor"
-        )));
-    }
     let mut conn = state.conn().await?;
     let keys = state.engine().keys();
     let settings = *state.fleet();
@@ -145,7 +154,7 @@ pub async fn list(
                 if only.is_some() {
                     let p = fleet::page(&mut conn, keys, &t, &cursor, limit, &settings).await?;
                     agents.extend(p.instances);
-                    next_cursor = p.next_cursor;
+                    next_cursor = p.next_cursor.map(|n| format!("{t}:{n}"));
                 } else if s.total > 0 {
                     let room = limit.saturating_sub(agents.len());
                     if room == 0 {

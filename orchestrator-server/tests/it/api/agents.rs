@@ -173,10 +173,21 @@ async fn a_running_stage_shows_its_progress_and_a_stuck_agent_is_wedged_everywhe
     assert!(s["oldest_pending_age_ms"].as_u64().is_some(), "{s}");
     assert!(s["oldest_waiting_age_ms"].is_null(), "{s}");
     assert_eq!(s["consumers"], 1, "{s}");
+    // A cursor names its type and wins over `type`.
+    let v = api
+        .get_json("/agents?type=other&cursor=slowpoke:0&limit=1", 200)
+        .await;
+    let listed: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["slowpoke"], "{v}");
     // Bad paging input is a 400.
     let r = api.get("/agents?cursor=5").await;
     assert_eq!(r.status(), 400);
-    let r = api.get("/agents?type=slowpoke&cursor=x1").await;
+    let r = api.get("/agents?type=slowpoke&cursor=slowpoke:x1").await;
     assert_eq!(r.status(), 400);
     let r = api.get("/agents?limit=0").await;
     assert_eq!(r.status(), 400);
