@@ -4,6 +4,7 @@
 //! definition needs it while none is live.
 
 use super::AppState;
+use super::doc::formats::{AgentTypeName, AgentsCursor};
 use super::error::{ApiError, ApiErrorBody, ApiResult};
 use super::extract::ApiQuery;
 use agent_sdk::schemas::AgentType;
@@ -38,12 +39,12 @@ pub struct TypeView {
 pub struct AgentsQuery {
     /// Only instances of this agent type, one page at a time.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<AgentTypeName>)]
     agent_type: Option<String>,
     /// The `next_cursor` of the previous page, `<type>:<position>`: it
     /// names its agent type, and lists that type's next page whatever
     /// `type` says.
-    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}:[0-9]{1,20}$")]
+    #[param(value_type = Option<AgentsCursor>, example = "e2e:0")]
     cursor: Option<String>,
     /// Instances per page, 1–1000 (100 by default); without `type`, the
     /// most instances listed in all.

@@ -46,6 +46,7 @@ pub const BEARER: &str = "bearer";
         orchestrator::store::LogEntry,
         // The formats that parameters name (bodies' fields register theirs).
         formats::AgentTypeName,
+        formats::AgentsCursor,
         formats::Name,
         formats::WorkflowId,
         formats::TaskKey,

@@ -15,6 +15,12 @@ use utoipa::openapi::{RefOr, schema::SchemaType};
 /// `(?!(?:w1|w2|…)$)`: none of the stream commands' reserved words, in
 /// any case when `any_case` (the names that allow upper case).
 fn not_reserved(any_case: bool) -> String {
+    reserved_before(any_case, "$")
+}
+
+/// [`not_reserved`] for a name followed by `end` (a regex) rather than the
+/// end of the string.
+fn reserved_before(any_case: bool, end: &str) -> String {
     let words: Vec<String> = agent_sdk::schemas::names::RESERVED
         .iter()
         .map(|w| {
@@ -27,7 +33,7 @@ fn not_reserved(any_case: bool) -> String {
             }
         })
         .collect();
-    format!("(?!(?:{})$)", words.join("|"))
+    format!("(?!(?:{}){end})", words.join("|"))
 }
 
 /// A string schema; `max` is the longest when the pattern leaves the
@@ -69,6 +75,16 @@ format_type!(
         format!("^{}[a-z0-9_-]{{1,64}}$", not_reserved(false)),
         Some(agent_sdk::schemas::names::MAX_NAME_LEN),
         "validation",
+    )
+);
+
+format_type!(
+    /// A page cursor of `GET /agents`: the agent type it pages, and where.
+    AgentsCursor => string(
+        "Page cursor: `<agent type>:<position>`, a `next_cursor` of `GET /agents`",
+        format!("^{}[a-z0-9_-]{{1,64}}:[0-9]{{1,20}}$", reserved_before(false, ":")),
+        None,
+        "e2e:0",
     )
 );
 
