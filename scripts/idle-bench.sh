@@ -2,9 +2,9 @@
 # The idle benchmark of the worker runtime: what an idle fleet costs Redis.
 #
 # Starts its own redis-server on a free port, runs --instances idle worker
-# instances (default 1000) in --processes processes (default 10; instances of
-# one process share one multiplexed connection, each has its own blocking
-# reader), with default settings (--heartbeat D overrides that one), waits
+# instances (default 1000) in --processes processes (default 10; the instances
+# of one process share its two connections: the multiplexed one and their
+# doorbell's), with default settings (--heartbeat D overrides that one), waits
 # until they settle (35 s: past the start-up traffic and into the steady
 # rhythm of 30 s reads and lease attempts), then measures over --seconds
 # (default 30, one read period)
@@ -76,7 +76,7 @@ done
 
 # Settled: every instance registered and connected, then a little longer
 # for the start-up traffic (group creation, lease attempts) to pass.
-want=$(( instances + processes ))
+want=$(( 2 * processes ))
 deadline=$(( SECONDS + 120 ))
 while :; do
   clients=$(info_field clients connected_clients)

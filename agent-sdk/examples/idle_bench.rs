@@ -1,9 +1,8 @@
 //! The idle benchmark's processes (driven by `scripts/idle-bench.sh`).
 //!
 //! `idle_bench workers --instances N`: runs N idle worker instances of a
-//! no-op agent in this process, sharing one multiplexed connection (each
-//! has its own blocking reader connection), with default settings, until
-//! SIGTERM.
+//! no-op agent in this process, sharing one connector (so the process
+//! holds two connections), with default settings, until SIGTERM.
 //!
 //! `idle_bench reclaim --pending N`: puts N tasks in a stream, delivers them
 //! all to a consumer that then goes away, and runs reclaim passes over that

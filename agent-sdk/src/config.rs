@@ -44,9 +44,10 @@ pub struct RuntimeConfig {
     #[arg(long, env = "AGENTIC_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
 
-    /// How long one XREADGROUP blocks waiting for work. New work ends the
-    /// wait at once, and so do shutdown and a reclaim pass that is due, so a
-    /// long block only saves an idle worker's round trips.
+    /// How long an idle reader waits for work before it reads again anyway.
+    /// New work ends the wait at once (the process's doorbell), and so do
+    /// shutdown and a reclaim pass that is due, so a long wait only saves
+    /// an idle worker's round trips.
     #[arg(long, env = "AGENTIC_READ_BLOCK", default_value = "30s", value_parser = humantime::parse_duration)]
     pub read_block: Duration,
 

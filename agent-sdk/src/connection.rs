@@ -6,12 +6,16 @@
 //! it drops the connection and the next use reconnects with exponential
 //! backoff ([`redis_backoff`]), never in a busy loop.
 //!
-//! A worker process holds two connections: each blocking reader has its own
-//! ([`Connector::conn`]: a blocked `XREADGROUP` parks its connection), and
-//! every other loop — commits, lease renewals, the janitor, heartbeats —
-//! shares one multiplexed connection ([`Connector::shared`]). A success on
+//! A worker process holds two connections, however many workers it runs:
+//! every loop — reads, commits, lease renewals, the janitor, heartbeats —
+//! shares one multiplexed connection ([`Connector::shared`]; no call on it
+//! blocks), and the readers wait for new entries on the connector's
+//! doorbell ([`crate::connection::bell`]), whose blocking `XREAD` has a
+//! connection of its own ([`Connector::conn`]). A success on
 //! any of them ends every loop's backoff wait, so after an outage nothing
 //! sits out the rest of a long backoff step once Redis answers.
+
+pub mod bell;
 
 use crate::{Error, Result};
 use redis::aio::MultiplexedConnection;
@@ -84,6 +88,12 @@ struct Shared {
     recovered: Notify,
     /// Loops waiting out a backoff (no wake-up to send when 0).
     waiting: AtomicUsize,
+    /// The readers' doorbells (see [`crate::connection::bell`]).
+    bells: Arc<crate::connection::bell::Bells>,
+    /// Hash fields that hold the shared connection's Redis client id
+    /// (`(key, field)`), written again at every reconnect before any other
+    /// call: see [`Connector::record_client_id`].
+    records: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// Opens connections to one Redis.
@@ -115,6 +125,37 @@ impl Connector {
     /// (pools, pub/sub, connection managers).
     pub fn client(&self) -> &redis::Client {
         &self.client
+    }
+
+    /// Keeps `HSET key field <client id>` true of the shared connection:
+    /// written by every connect of it before anything else is sent on it,
+    /// so a reconnect (after a timeout in any loop) never leaves the old,
+    /// closed connection's id recorded for long. The worker records its
+    /// consumer here: the janitor takes the entries of a consumer whose
+    /// recorded connection is gone at once, as a crash.
+    pub fn record_client_id(&self, key: impl Into<String>, field: impl Into<String>) {
+        let pair = (key.into(), field.into());
+        let mut records = self
+            .shared
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !records.contains(&pair) {
+            records.push(pair);
+        }
+    }
+
+    /// Stops recording `field` (a worker that stopped).
+    pub fn forget_client_id(&self, key: &str, field: &str) {
+        self.shared
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, f)| k != key || f != field);
+    }
+
+    pub(crate) fn bells(&self) -> Arc<crate::connection::bell::Bells> {
+        self.shared.bells.clone()
     }
 
     pub fn redacted_url(&self) -> &str {
@@ -229,9 +270,10 @@ impl Conn {
                     return None;
                 }
                 // Connect under the lock: one connect for every handle.
-                match self.connect().await {
+                match self.connect_recorded().await {
                     Some(c) => {
                         let g = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.connected(g);
                         *slot = Some((g, c.clone()));
                         self.generation = g;
                         return Some(c);
@@ -253,6 +295,7 @@ impl Conn {
                 match self.connect().await {
                     Some(c) => {
                         self.generation += 1;
+                        self.connected(self.generation);
                         self.inner = Some(c.clone());
                         return Some(c);
                     }
@@ -266,14 +309,49 @@ impl Conn {
         }
     }
 
+    /// Logs a connect that is not the first of its connection (whichever
+    /// handle of a shared connection made it).
+    fn connected(&self, generation: u64) {
+        if generation > 1 {
+            tracing::info!(role = self.role, url = %self.connector.redacted, "reconnected to redis");
+        }
+    }
+
+    /// A new shared connection, its client id recorded where asked (see
+    /// [`Connector::record_client_id`]); a failure to record is a failure
+    /// to connect.
+    async fn connect_recorded(&mut self) -> Option<MultiplexedConnection> {
+        let mut c = self.connect().await?;
+        let records = self
+            .connector
+            .shared
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if records.is_empty() {
+            return Some(c);
+        }
+        let recorded = async {
+            let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await?;
+            let mut pipe = redis::pipe();
+            for (key, field) in &records {
+                pipe.hset(key, field, id).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
+        };
+        match recorded.await {
+            Ok(()) => Some(c),
+            Err(e) => {
+                tracing::warn!(role = self.role, url = %self.connector.redacted, error = %e, "cannot record the new connection's client id; reconnecting");
+                None
+            }
+        }
+    }
+
     async fn connect(&mut self) -> Option<MultiplexedConnection> {
         match self.connector.connect(self.response_timeout).await {
-            Ok(c) => {
-                if self.backoff.take().is_some() {
-                    tracing::info!(role = self.role, url = %self.connector.redacted, "reconnected to redis");
-                }
-                Some(c)
-            }
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(role = self.role, url = %self.connector.redacted, error = %e, "cannot connect to redis; retrying");
                 None

@@ -22,7 +22,11 @@
 //!    after any failed call (a read whose reply was lost may still have
 //!    delivered on the server). Listing with `XPENDING` counts no delivery;
 //!    only entries the caller does not hold are claimed;
-//! 4. otherwise reads new entries with `XREADGROUP … BLOCK`.
+//! 4. otherwise reads new entries with `XREADGROUP … BLOCK`; or, with a
+//!    doorbell ([`GroupReader::with_doorbell`]: the worker's readers), reads
+//!    without blocking and, when nothing came, waits for the stream's bell
+//!    ([`crate::connection::bell`]), so that readers hold no connection of
+//!    their own.
 //!
 //! Connection failures go through [`Conn`]'s backoff. The reader never
 //! acknowledges: what an entry's handling means — a worker's fenced commit,
@@ -30,6 +34,7 @@
 
 mod many;
 
+pub use crate::connection::bell::Subscription;
 pub use many::ManyReader;
 
 use crate::connection::Conn;
@@ -38,6 +43,7 @@ use redis::aio::ConnectionLike;
 use redis::streams::StreamPendingCountReply;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -328,6 +334,10 @@ pub struct GroupReader {
     /// The last pass filled its budget or stopped mid-list: another may
     /// find more at once.
     reclaim_more: bool,
+    /// Reads do not block; an empty one waits for this bell.
+    bell: Option<Subscription>,
+    /// Ends a wait for the bell early (a reclaim pass that cannot wait).
+    wake: Option<Arc<Notify>>,
 }
 
 /// What one step did.
@@ -359,7 +369,18 @@ impl GroupReader {
             next_reclaim: Instant::now() + reclaim_interval(claim_idle),
             reclaim_cursor: "-".to_owned(),
             reclaim_more: false,
+            bell: None,
+            wake: None,
         }
+    }
+
+    /// Reads without blocking and waits for `bell` when nothing came (see
+    /// the module docs), for at most the read period given to
+    /// [`GroupReader::new`]; `wake` ends such a wait early.
+    pub fn with_doorbell(mut self, bell: Subscription, wake: Arc<Notify>) -> Self {
+        self.bell = Some(bell);
+        self.wake = Some(wake);
+        self
     }
 
     /// The stream read.
@@ -412,9 +433,29 @@ impl GroupReader {
             }
             let mut c = conn.get(stop).await?;
             let step = self.upkeep_due(policy).unwrap_or(Step::New);
+            let new = matches!(step, Step::New);
+            if new && let Some(bell) = &mut self.bell {
+                bell.seen();
+            }
             match self.take(&mut c, step, want, policy).await {
                 Ok(taken) => {
                     conn.succeeded();
+                    if new && taken.entries.is_empty() && self.bell.is_some() {
+                        drop(c);
+                        // A reclaimer's wait ends at its next pass; the
+                        // others' on the process-wide grid of their read
+                        // period, so that a process's idle readers read
+                        // again together (one write on the shared connection).
+                        let until = if policy.reclaims() {
+                            Instant::now() + self.block_for(policy)
+                        } else {
+                            crate::clock::next_tick(self.block)
+                        };
+                        let wake = self.wake.clone();
+                        if let Some(bell) = &mut self.bell {
+                            bell.wait(until, wake.as_deref(), stop).await;
+                        }
+                    }
                     return Some(taken);
                 }
                 Err(e) => {
@@ -455,20 +496,25 @@ impl GroupReader {
             Step::Reclaim => self.reclaim(c, want, policy).await,
             Step::Own(from) => self.recover_own(c, from, want, policy).await,
             Step::New => {
-                // A reclaimer blocks no longer than until its next pass.
-                let block = if policy.reclaims() && policy.short_block() {
-                    self.block.min(Duration::from_millis(100))
-                } else if policy.reclaims() {
-                    self.block.min(
-                        self.next_reclaim
-                            .saturating_duration_since(Instant::now())
-                            .max(Duration::from_millis(10)),
-                    )
-                } else {
-                    self.block
-                };
+                let block = (self.bell.is_none()).then(|| self.block_for(policy));
                 self.read_new(c, want, block).await
             }
+        }
+    }
+
+    /// How long to wait for new entries: a reclaimer no longer than until
+    /// its next pass.
+    fn block_for<P: ReadPolicy>(&self, policy: &P) -> Duration {
+        if policy.reclaims() && policy.short_block() {
+            self.block.min(Duration::from_millis(100))
+        } else if policy.reclaims() {
+            self.block.min(
+                self.next_reclaim
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10)),
+            )
+        } else {
+            self.block
         }
     }
 
@@ -513,20 +559,23 @@ impl GroupReader {
         }
     }
 
+    /// `XREADGROUP … >`, blocking for `block` if given.
     async fn read_new<C: ConnectionLike + Send>(
         &mut self,
         c: &mut C,
         want: usize,
-        block: Duration,
+        block: Option<Duration>,
     ) -> redis::RedisResult<Taken> {
-        let reply: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
             .arg(&self.group)
             .arg(&*self.consumer)
             .arg("COUNT")
-            .arg(want)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
+            .arg(want);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        let reply: redis::Value = cmd
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")

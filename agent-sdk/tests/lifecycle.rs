@@ -761,3 +761,138 @@ async fn entries_delivered_to_this_consumer_but_never_seen_are_picked_up() {
     worker.shutdown().await;
     ledger.assert_exact(&ids, &[]);
 }
+
+/// Counts each handler call by task input `i`.
+#[derive(Clone, Default)]
+struct Counting(Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>>);
+
+impl Agent for Counting {
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+
+    async fn handle(
+        &self,
+        _ctx: &TaskContext,
+        input: serde_json::Value,
+    ) -> Result<serde_json::Value, AgentError> {
+        let i = input["i"].as_u64().unwrap_or(u64::MAX);
+        *self.0.lock().unwrap().entry(i).or_default() += 1;
+        Ok(input)
+    }
+}
+
+/// `connected_clients` of the test Redis.
+async fn connected_clients(c: &mut redis::aio::MultiplexedConnection) -> usize {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Six workers of three types in one process, on one connector: the process
+/// holds two connections (the shared one and its doorbell's) however many
+/// workers it runs, and a task enqueued while every reader waits is taken
+/// by the doorbell, not at the end of a read period: the read period here
+/// is 60 s (reclaim passes 150 s) and the test's patience 40 s. Tasks go one at a time to each
+/// type in turn, so the doorbell keeps starting and stopping its watch of
+/// each stream while it blocks on the others. Every task succeeds once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_of_many_workers_holds_two_connections() {
+    let redis = TestRedis::start();
+    let mut admin = async_conn(&redis).await;
+    let client = client(&redis).await;
+    let base = connected_clients(&mut admin).await;
+    let connector = agent_sdk::connection::Connector::new(&redis.url()).unwrap();
+    let types = ["alpha", "beta", "gamma"];
+    let agent = Counting::default();
+    let stop = agent_sdk::CancellationToken::new();
+    let mut handles = Vec::new();
+    for t in types.iter().flat_map(|t| [t, t]) {
+        // No pass of the reclaimer (every claim_idle / 4) within the test
+        // either: its reads would find the tasks without the bell.
+        let cfg = agent_sdk::RuntimeConfig {
+            read_block: Duration::from_secs(60),
+            claim_idle: Duration::from_secs(600),
+            ..short_timings(&redis, NS, t)
+        };
+        let w = agent_sdk::Worker::builder(agent.clone())
+            .config(cfg)
+            .connector(connector.clone())
+            .build()
+            .unwrap();
+        handles.push(tokio::spawn(w.run_until(stop.clone())));
+    }
+    // Every reader waits on the doorbell once its connection is up.
+    wait_until(WAIT, "the workers' two connections", || {
+        let url = redis.url();
+        async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            // This probe's own connection is one more.
+            connected_clients(&mut c).await == base + 3
+        }
+    })
+    .await;
+    // Let the readers' first reads pass: they now wait for the bell.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut ids = Vec::new();
+    for i in 0..30u64 {
+        let t = agent_sdk::schemas::AgentType::new(types[i as usize % 3]).unwrap();
+        let id = client
+            .enqueue(
+                &t,
+                &serde_json::json!({ "i": i }),
+                EnqueueOptions::default(),
+            )
+            .await
+            .unwrap()
+            .task_id;
+        let wait = tokio::time::timeout(Duration::from_secs(40), async {
+            loop {
+                if client.result(&t, &id).await.unwrap().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        assert!(
+            wait.await.is_ok(),
+            "task {i} of {t} was not taken within 40 s (read period 60 s): the doorbell did not ring"
+        );
+        ids.push((t, id));
+        // Now and then, long enough for the doorbell to stop watching it.
+        if i % 7 == 6 {
+            tokio::time::sleep(agent_sdk::connection::bell::LINGER * 2).await;
+        }
+    }
+    assert_eq!(
+        connected_clients(&mut admin).await,
+        base + 2,
+        "one process of six workers holds exactly two connections"
+    );
+    stop.cancel();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let calls = agent.0.lock().unwrap().clone();
+    assert_eq!(calls.len(), 30, "every task ran: {calls:?}");
+    assert!(calls.values().all(|n| *n == 1), "each ran once: {calls:?}");
+    for t in types {
+        let t = agent_sdk::schemas::AgentType::new(t).unwrap();
+        let mine: Vec<String> = ids
+            .iter()
+            .filter(|(ty, _)| *ty == t)
+            .map(|(_, id)| id.clone())
+            .collect();
+        agent_sdk::testing::Ledger::read(&redis, &keys(), &t).assert_exact(&mine, &[]);
+    }
+}

@@ -465,13 +465,15 @@ pub(crate) async fn run(
     }
 }
 
-/// Waits for the next beat (or a status change); false when stopped.
+/// Waits for the next beat (or a status change); false when stopped. Beats
+/// fall on the process's grid ([`crate::clock::next_tick`]): the workers of
+/// one process beat together, in one write on their shared connection.
 async fn pause(s: &Settings, status: &Status, stop: &CancellationToken) -> bool {
     tokio::select! {
         // Stop first: a ready timer must not start another round after it.
         biased;
         _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(s.cfg.heartbeat) => true,
+        _ = tokio::time::sleep_until(crate::clock::next_tick(s.cfg.heartbeat)) => true,
         _ = status.changed.notified() => true,
     }
 }

@@ -35,8 +35,9 @@ use redis::aio::MultiplexedConnection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -77,10 +78,9 @@ pub(crate) struct JanitorState {
     pub(crate) dead: Mutex<Vec<String>>,
     pub(crate) lease_key: String,
     pub(crate) max_gap_ms: u64,
-    /// The Redis client id of this instance's reader connection (0: none
-    /// yet): `CLIENT UNBLOCK` ends its blocking read early, for a reclaim
-    /// pass that cannot wait or for shutdown.
-    pub(crate) reader_client: AtomicI64,
+    /// Ends the reader's wait for new entries early, for a reclaim pass
+    /// that cannot wait.
+    pub(crate) wake: Arc<Notify>,
     /// The suspect this instance took over last (an entry delivered more
     /// than once, fewer than max_deliveries): no other is taken while it runs.
     pub(crate) suspect: Mutex<Option<String>>,
@@ -94,7 +94,7 @@ impl JanitorState {
             dead: Mutex::new(Vec::new()),
             lease_key: s.keys.janitor(&s.agent_type),
             max_gap_ms: Timings::new(s.cfg.lease_renew).max_gap.as_millis() as u64,
-            reader_client: AtomicI64::new(0),
+            wake: Arc::default(),
             suspect: Mutex::new(None),
         }
     }
@@ -309,7 +309,7 @@ async fn run_until_stopped(
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(on_beat(&s, wait)) => {}
             }
             continue;
         }
@@ -331,9 +331,9 @@ async fn run_until_stopped(
                         }
                         state.set_dead(dead);
                         if any {
-                            // The reader may be blocked for a while: the
+                            // The reader may be waiting for a while: the
                             // pass is due now.
-                            unblock_reader(&state, &mut c).await;
+                            state.wake.notify_one();
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "cannot look for dead consumers"),
@@ -395,39 +395,32 @@ async fn run_until_stopped(
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(on_beat(&s, wait)) => {}
         }
     }
 }
 
-/// Ends the blocking read of this instance's reader, if one is under way
-/// (a no-op otherwise).
-pub(crate) async fn unblock_reader(state: &JanitorState, c: &mut MultiplexedConnection) {
-    let id = state.reader_client.load(Ordering::Relaxed);
-    if id > 0 {
-        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(id)
-            .query_async(c)
-            .await;
-    }
+/// The first heartbeat of this process after `wait` from now: a contender's
+/// attempts leave with the heartbeats of the process's workers, in one
+/// write (see [`crate::clock::next_tick`]). The jitter of `wait` still
+/// spreads a fleet's processes.
+fn on_beat(s: &Settings, wait: Duration) -> Instant {
+    crate::clock::tick_after(std::time::Instant::now() + wait, s.cfg.heartbeat)
 }
 
-/// Records this instance's reader connection (its Redis client id) in the
-/// consumers hash, so the janitor can tell when its process is gone.
+/// Records the connection this instance reads on (its Redis client id: the
+/// process's shared connection) in the consumers hash, so the janitor can
+/// tell when its process is gone.
 pub(crate) async fn register_reader(
     s: &Settings,
-    state: &JanitorState,
-    read: &mut MultiplexedConnection,
-    shared: &mut MultiplexedConnection,
+    c: &mut MultiplexedConnection,
 ) -> redis::RedisResult<()> {
-    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(read).await?;
-    state.reader_client.store(id, Ordering::Relaxed);
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(c).await?;
     redis::cmd("HSET")
         .arg(s.keys.consumers(&s.agent_type))
         .arg(&*s.consumer)
         .arg(id)
-        .query_async(shared)
+        .query_async(c)
         .await
 }
 

@@ -1,9 +1,10 @@
 //! The worker: consumes one agent type's task stream through the `workers`
 //! consumer group and runs each task through an [`Agent`].
 //!
-//! One process runs these loops on two Redis connections: the reader's own
-//! (a blocked `XREADGROUP` parks its connection) and one multiplexed
-//! connection every other loop shares (no call on it blocks):
+//! One process runs these loops, for however many workers it runs, on two
+//! Redis connections: one multiplexed connection every loop shares (no call
+//! on it blocks: reads do not block either) and the one its readers' doorbell
+//! blocks on while they wait for new entries ([`crate::connection::bell`]):
 //!
 //! | loop | what it does |
 //! |---|---|
@@ -176,10 +177,10 @@ impl<A: Agent> WorkerBuilder<A> {
         self
     }
 
-    /// Shares `connector` (and so its multiplexed connection) with other
-    /// workers of this process: several workers in one process then hold
-    /// one shared connection plus one reader connection each. By default a
-    /// worker opens its own from the configuration's Redis URL.
+    /// Shares `connector` (and so its two connections: the multiplexed one
+    /// and its doorbell's) with other workers of this process: however many
+    /// workers a process runs on one connector, it holds two connections.
+    /// By default a worker opens its own from the configuration's Redis URL.
     pub fn connector(mut self, connector: Connector) -> Self {
         self.connector = Some(connector);
         self
@@ -308,16 +309,20 @@ impl<A: Agent> Worker<A> {
             None => None,
         };
 
-        // The reader's response timeout must outlast its BLOCK, or every idle
-        // read would look like a dead connection.
-        let mut read_conn = connector.conn("read", s.cfg.read_block + Duration::from_secs(5));
+        // Reads do not block: they share the process's connection, and an
+        // empty one waits for the stream's doorbell (or for the janitor's
+        // wake-up, or for --read-block at most).
+        let janitor_state = Arc::new(janitor::JanitorState::new(&s));
+        connector.record_client_id(s.keys.consumers(&s.agent_type), &*s.consumer);
+        let mut read_conn = connector.shared("read");
         let mut reader = GroupReader::new(
             s.tasks_key.clone(),
             schemas::WORKERS_GROUP,
             s.consumer.clone(),
             s.cfg.claim_idle,
             s.cfg.read_block,
-        );
+        )
+        .with_doorbell(connector.doorbell(&s.tasks_key), janitor_state.wake.clone());
         // The group first: the other loops have nothing to do without it.
         if !reader.ensure_group(&mut read_conn, &shutdown).await {
             return Ok(());
@@ -364,7 +369,6 @@ impl<A: Agent> Worker<A> {
             )
             .instrument(shared.span.clone()),
         );
-        let janitor_state = Arc::new(janitor::JanitorState::new(&s));
         background.spawn(
             janitor::run(
                 s.clone(),
@@ -375,39 +379,17 @@ impl<A: Agent> Worker<A> {
             .instrument(shared.span.clone()),
         );
         background.close();
-        // At shutdown, end the reader's blocking read at once instead of
-        // waiting out --read-block; again until the reader is out, in case
-        // the first arrived between two reads.
-        let read_done = CancellationToken::new();
-        let unblocker = tokio::spawn({
-            let (state, done, stop) = (janitor_state.clone(), read_done.clone(), shutdown.clone());
-            let mut conn = connector.shared("unblock");
-            async move {
-                tokio::select! {
-                    _ = done.cancelled() => return,
-                    _ = stop.cancelled() => {}
-                }
-                while !done.is_cancelled() {
-                    if let Some(mut c) = conn.get(&done).await {
-                        janitor::unblock_reader(&state, &mut c).await;
-                    }
-                    crate::shutdown::pause(&done, Duration::from_millis(200)).await;
-                }
-            }
-        });
+        // Shutdown ends the reader's wait at once (it waits on the token).
         read::run(
             shared.clone(),
             tx,
             reader,
             read_conn,
-            connector.shared("register"),
             &janitor_state,
             shutdown.clone(),
         )
         .in_loop(activity.clone(), Loop::Reader)
         .await;
-        read_done.cancel();
-        let _ = unblocker.await;
 
         // Draining.
         status.set_draining();
@@ -437,6 +419,7 @@ impl<A: Agent> Worker<A> {
         }
         stop_all.cancel();
         background.wait().await;
+        connector.forget_client_id(&s.keys.consumers(&s.agent_type), &s.consumer);
         heartbeat::deregister(&s, &connector).await;
         let leave = async {
             if let Some(mut c) = connector

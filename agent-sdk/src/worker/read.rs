@@ -19,7 +19,6 @@ pub(crate) async fn run<A: Agent>(
     tx: Tx,
     mut reader: GroupReader,
     mut conn: Conn,
-    mut register: Conn,
     janitor: &JanitorState,
     stop: CancellationToken,
 ) {
@@ -29,7 +28,8 @@ pub(crate) async fn run<A: Agent>(
         max_deliveries: s.cfg.max_deliveries,
         janitor,
     };
-    // The reader connection recorded in the consumers hash (its generation).
+    // The connection recorded in the consumers hash (its generation): the
+    // first time here; every reconnect records it itself (the connector).
     let mut registered = None;
     loop {
         // Wait for at least one free slot, then take every free one up to
@@ -53,19 +53,18 @@ pub(crate) async fn run<A: Agent>(
         let want = permit.num_permits();
         // Before reading on a new connection, record its client id: while
         // it stays connected, the janitor knows this process is alive.
+        let Some(mut rc) = conn.get(&stop).await else {
+            return;
+        };
         if registered != Some(conn.generation()) {
-            let Some(mut rc) = conn.get(&stop).await else {
-                return;
-            };
-            if let Some(mut sc) = register.get(&stop).await {
-                match janitor::register_reader(&s, janitor, &mut rc, &mut sc).await {
-                    Ok(()) => registered = Some(conn.generation()),
-                    // Tried again before the next read; meanwhile our
-                    // entries are only reclaimed after claim_idle.
-                    Err(e) => tracing::debug!(error = %e, "cannot record the reader's connection"),
-                }
+            match janitor::register_reader(&s, &mut rc).await {
+                Ok(()) => registered = Some(conn.generation()),
+                // Tried again before the next read; meanwhile our
+                // entries are only reclaimed after claim_idle.
+                Err(e) => tracing::debug!(error = %e, "cannot record the reader's connection"),
             }
         }
+        drop(rc);
         let Some(taken) = reader.next(&mut conn, &stop, want, &policy).await else {
             return;
         };
