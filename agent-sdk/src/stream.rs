@@ -199,21 +199,7 @@ fn parse_read_reply(v: redis::Value) -> Vec<Entry> {
 /// timed out): `[[stream key, entries], …]` in RESP2, a map of key →
 /// entries in RESP3.
 fn parse_read_reply_by_stream(v: redis::Value) -> Vec<(String, Vec<Entry>)> {
-    let streams: Vec<(redis::Value, redis::Value)> = match v {
-        redis::Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                redis::Value::Array(kv) => {
-                    let mut kv = kv.into_iter();
-                    Some((kv.next()?, kv.next()?))
-                }
-                _ => None,
-            })
-            .collect(),
-        redis::Value::Map(kv) => kv,
-        _ => Vec::new(),
-    };
-    streams
+    crate::connection::bell::read_reply_streams(v)
         .into_iter()
         .map(|(k, v)| {
             (

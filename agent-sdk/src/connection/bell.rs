@@ -353,24 +353,40 @@ async fn watch(connector: Connector, bells: Arc<Bells>, gone: CancellationToken)
             None => {
                 // The set to watch changed: end the block on the server
                 // (it answers as if it timed out), then take that answer.
-                // Bounded: when it cannot be sent, the block ends by
-                // itself within WATCH_BLOCK (readers keep their own period).
-                if let Some((_, id)) = client {
-                    let send = async {
-                        if let Some(mut u) = unblock.get(&gone).await {
-                            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                                .arg("UNBLOCK")
-                                .arg(id)
-                                .query_async(&mut u)
-                                .await;
+                // The XREAD may not have reached Redis yet (UNBLOCK then
+                // answers 0 and the read would block a whole WATCH_BLOCK):
+                // send it again until it lands or the read answers.
+                loop {
+                    if gone.is_cancelled() {
+                        return;
+                    }
+                    let landed = match client {
+                        Some((_, id)) => {
+                            let send = async {
+                                let mut u = unblock.get(&gone).await?;
+                                redis::cmd("CLIENT")
+                                    .arg("UNBLOCK")
+                                    .arg(id)
+                                    .query_async::<i64>(&mut u)
+                                    .await
+                                    .ok()
+                            };
+                            tokio::time::timeout(Duration::from_secs(1), send)
+                                .await
+                                .ok()
+                                .flatten()
+                                == Some(1)
                         }
+                        None => true,
                     };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+                    if landed {
+                        break read.await;
+                    }
+                    tokio::select! {
+                        r = &mut read => break r,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
                 }
-                if gone.is_cancelled() {
-                    return;
-                }
-                read.await
             }
         };
         match reply {
@@ -400,10 +416,12 @@ fn last_id(v: redis::Value) -> Option<String> {
     text(pair.into_iter().next()?)
 }
 
-/// `(stream, id of its last entry)` of an `XREAD` reply: `[[key, entries],
-/// …]` in RESP2, a map of key → entries in RESP3; nil when it timed out.
-fn read_reply_ids(v: redis::Value) -> Vec<(String, String)> {
-    let pairs: Vec<(redis::Value, redis::Value)> = match v {
+/// The `(stream key, entries)` pairs of an `XREAD`/`XREADGROUP` reply:
+/// `[[key, entries], …]` in RESP2, a map of key → entries in RESP3; none
+/// when it timed out (nil). The one place that knows both shapes (the
+/// stream readers parse their entries from it too).
+pub(crate) fn read_reply_streams(v: redis::Value) -> Vec<(redis::Value, redis::Value)> {
+    match v {
         redis::Value::Array(streams) => streams
             .into_iter()
             .filter_map(|s| match s {
@@ -416,8 +434,12 @@ fn read_reply_ids(v: redis::Value) -> Vec<(String, String)> {
             .collect(),
         redis::Value::Map(kv) => kv,
         _ => Vec::new(),
-    };
-    pairs
+    }
+}
+
+/// `(stream, id of its last entry)` of an `XREAD` reply.
+fn read_reply_ids(v: redis::Value) -> Vec<(String, String)> {
+    read_reply_streams(v)
         .into_iter()
         .filter_map(|(k, entries)| Some((text(k)?, last_id(entries)?)))
         .collect()
